@@ -1,0 +1,125 @@
+"""The one error hierarchy of otp-agent.
+
+Every error raised on purpose by the project derives from :class:`OtpAgentError`.  Each class
+carries a stable ``code`` (sent on the wire and mapped to exit codes by the CLI) and an
+``exit_status`` following SPEC.md: 1 rejected or not found, 2 usage or configuration error,
+3 agent unreachable, 4 key backend or store unavailable.  Messages never contain secrets or codes.
+"""
+
+from __future__ import annotations
+
+
+class OtpAgentError(Exception):
+    """Root of every deliberate otp-agent error."""
+
+    code = "error"
+    exit_status = 1
+
+
+class ConfigError(OtpAgentError):
+    """The configuration file is missing, unreadable, or has a wrong key, type or value."""
+
+    code = "config"
+    exit_status = 2
+
+
+class UsageError(OtpAgentError):
+    """A request or command line is malformed (bad argument, bad value)."""
+
+    code = "usage"
+    exit_status = 2
+
+
+class ProtocolError(OtpAgentError):
+    """A socket frame is malformed, truncated, oversized or of an unknown version or type."""
+
+    code = "protocol"
+    exit_status = 2
+
+
+class AgentUnreachable(OtpAgentError):
+    """The agent's socket cannot be reached or did not answer in time (client side)."""
+
+    code = "unreachable"
+    exit_status = 3
+
+
+class PermissionDenied(OtpAgentError):
+    """The peer (identified by its kernel credentials) may not make this request."""
+
+    code = "permission"
+    exit_status = 1
+
+
+class NotFound(OtpAgentError):
+    """A token or user named in a request does not exist."""
+
+    code = "not_found"
+    exit_status = 1
+
+
+class Conflict(OtpAgentError):
+    """A token with this serial, or with this same secret, already exists."""
+
+    code = "conflict"
+    exit_status = 1
+
+
+class InvalidToken(OtpAgentError):
+    """Token parameters break the OATH rules (key size, digits, algorithm, period)."""
+
+    code = "invalid_token"
+    exit_status = 2
+
+
+class KeyBackendError(OtpAgentError):
+    """The key backend failed to seal a secret or to compute an HMAC."""
+
+    code = "keystore"
+    exit_status = 4
+
+
+class KeyBackendUnavailable(KeyBackendError):
+    """The key backend cannot be used at all (missing master key, HSM down or mismatched)."""
+
+    code = "keystore_unavailable"
+
+
+class SealedSecretInvalid(KeyBackendError):
+    """A sealed secret (AEAD blob or HSM key block) failed its integrity check or belongs elsewhere."""
+
+    code = "sealed_secret_invalid"
+
+
+class StoreError(OtpAgentError):
+    """The token store failed (I/O error, full disk, read-only, corrupted)."""
+
+    code = "store"
+    exit_status = 4
+
+
+class StoreUnavailable(StoreError):
+    """The token store cannot be opened or reached."""
+
+    code = "store_unavailable"
+
+
+class PskcError(OtpAgentError):
+    """A PSKC file cannot be imported; ``problems`` lists every reason with key Id and line."""
+
+    code = "pskc"
+    exit_status = 1
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+ERRORS_BY_CODE: dict[str, type[OtpAgentError]] = {
+    cls.code: cls
+    for cls in (
+        OtpAgentError, ConfigError, UsageError, ProtocolError, AgentUnreachable, PermissionDenied,
+        NotFound, Conflict, InvalidToken, KeyBackendError, KeyBackendUnavailable,
+        SealedSecretInvalid, StoreError, StoreUnavailable, PskcError,
+    )
+}

@@ -1,0 +1,13 @@
+"""Pure OATH mathematics: parameters, HOTP/TOTP codes, otpauth:// URIs.  Standard library only."""
+
+from otp_agent.oath.hotp import (
+    HmacBatch, codes_for, counter_message, dynamic_truncate, format_code, match_code, time_step,
+)
+from otp_agent.oath.params import (
+    DEFAULT_PERIOD, HashAlgorithm, OathParams, TokenType, check_key_size,
+)
+
+__all__ = [
+    "DEFAULT_PERIOD", "HashAlgorithm", "HmacBatch", "OathParams", "TokenType", "check_key_size",
+    "codes_for", "counter_message", "dynamic_truncate", "format_code", "match_code", "time_step",
+]

@@ -1,0 +1,67 @@
+"""OATH token parameters and the key-size rules of the OATH validation server profile."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from otp_agent.errors import InvalidToken
+
+
+class TokenType(str, enum.Enum):
+    """The two OATH one-time password families."""
+
+    HOTP = "hotp"
+    TOTP = "totp"
+
+
+class HashAlgorithm(str, enum.Enum):
+    """HMAC hash functions allowed by RFC 6238 (HOTP uses the same set here)."""
+
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+    SHA512 = "sha512"
+
+    @property
+    def digest_size(self) -> int:
+        """Size in bytes of the HMAC output."""
+        return {"sha1": 20, "sha256": 32, "sha512": 64}[self.value]
+
+    @property
+    def minimum_key_size(self) -> int:
+        """Smallest secret accepted at token creation (OATH profile: 20, 32, 64 bytes)."""
+        return self.digest_size
+
+
+DEFAULT_PERIOD = 30
+MAX_SECRET_SIZE = 128
+
+
+@dataclass(frozen=True)
+class OathParams:
+    """Everything that determines a token's codes, except its secret and its moving factor."""
+
+    token_type: TokenType
+    algorithm: HashAlgorithm = HashAlgorithm.SHA1
+    digits: int = 6
+    period: int = DEFAULT_PERIOD
+    t0: int = 0
+
+    def __post_init__(self) -> None:
+        if self.digits not in (6, 8):
+            raise InvalidToken(f"digits must be 6 or 8, not {self.digits!r}")
+        if not isinstance(self.period, int) or not 1 <= self.period <= 3600:
+            raise InvalidToken(f"period must be an integer from 1 to 3600 seconds, not {self.period!r}")
+        if not isinstance(self.t0, int) or self.t0 < 0:
+            raise InvalidToken(f"T0 must be a non-negative integer, not {self.t0!r}")
+
+
+def check_key_size(algorithm: HashAlgorithm, size: int) -> None:
+    """Raise :class:`InvalidToken` when a secret of ``size`` bytes is too short for ``algorithm``."""
+    if size < algorithm.minimum_key_size:
+        raise InvalidToken(
+            f"a {algorithm.value.upper()} secret must be at least {algorithm.minimum_key_size} bytes, "
+            f"this one has {size}"
+        )
+    if size > MAX_SECRET_SIZE:
+        raise InvalidToken(f"a secret may not exceed {MAX_SECRET_SIZE} bytes, this one has {size}")
