@@ -11,23 +11,26 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 from typing import Any
 
 from otp_agent.errors import ProtocolError
 
 VERSION = 1
 MAX_FRAME = 64 * 1024
+#: Frames from administrative peers may be larger (a PSKC import of 100,000 tokens).
+MAX_ADMIN_FRAME = 256 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
 
 #: Operations a non-admin peer may call (anything else needs uid 0 or the admin group).
 VALIDATION_OPS = frozenset({"validate", "enrolled", "ping"})
 
 
-def encode_frame(message: dict[str, Any]) -> bytes:
+def encode_frame(message: dict[str, Any], *, max_frame: int = MAX_ADMIN_FRAME) -> bytes:
     """Serialise one message, with its length prefix."""
     payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    if len(payload) > MAX_FRAME:
-        raise ProtocolError(f"message of {len(payload)} bytes exceeds the {MAX_FRAME}-byte limit")
+    if len(payload) > max_frame:
+        raise ProtocolError(f"message of {len(payload)} bytes exceeds the {max_frame}-byte limit")
     return _LENGTH.pack(len(payload)) + payload
 
 
@@ -44,32 +47,40 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
     return message
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def _recv_exact(sock: socket.socket, size: int, deadline: float | None) -> bytes:
     chunks = bytearray()
     while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("frame not received in time")
+            sock.settimeout(remaining)
+        chunk = sock.recv(min(size - len(chunks), 1 << 20))
         if not chunk:
             raise EOFError if not chunks else ProtocolError("connection closed inside a frame")
         chunks += chunk
     return bytes(chunks)
 
 
-def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
+def recv_frame(sock: socket.socket, *, max_frame: int = MAX_FRAME,
+               deadline: float | None = None) -> dict[str, Any] | None:
     """Read one message; ``None`` on a clean end of stream between frames.
 
-    Socket timeouts propagate as :class:`TimeoutError` (the caller sets ``sock.settimeout``).
+    ``deadline`` (a ``time.monotonic()`` value) bounds the whole frame, so a client trickling
+    bytes cannot hold a connection; without it the socket's own timeout applies.  Timeouts
+    propagate as :class:`TimeoutError`.
     """
     try:
-        header = _recv_exact(sock, _LENGTH.size)
+        header = _recv_exact(sock, _LENGTH.size, deadline)
     except EOFError:
         return None
     except ProtocolError:
         raise ProtocolError("connection closed inside a frame header") from None
     (length,) = _LENGTH.unpack(header)
-    if length == 0 or length > MAX_FRAME:
-        raise ProtocolError(f"frame length {length} outside 1..{MAX_FRAME}")
+    if length == 0 or length > max_frame:
+        raise ProtocolError(f"frame length {length} outside 1..{max_frame}")
     try:
-        payload = _recv_exact(sock, length)
+        payload = _recv_exact(sock, length, deadline)
     except EOFError:
         raise ProtocolError("connection closed inside a frame") from None
     return decode_payload(payload)

@@ -1,0 +1,224 @@
+"""Token administration: enrollment, import, lifecycle, export and status.
+
+Runs inside the daemon (the only process that opens the store and the key backend) on behalf of
+administrative peers.  Secrets are generated or received here, sealed by the key backend at once,
+and dropped; only the enrollment reply carries a fresh secret back (inside the otpauth:// URI),
+over the root-only socket, so that the administrator can show it to the user's phone.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from otp_agent.audit import AuditLog, RequestContext
+from otp_agent.errors import Conflict, InvalidToken, KeyBackendError, NotFound, PskcError, UsageError
+from otp_agent.keystore import KeyBackend, TokenIdentity
+from otp_agent.oath import HashAlgorithm, OathParams, TokenType, check_key_size
+from otp_agent.oath.uri import provisioning_uri
+from otp_agent.sensitive import Secret
+from otp_agent.store import Token, TokenStore
+
+_SERIAL_ATTEMPTS = 8
+_MAX_NAME = 256
+
+
+def check_name(value: object, what: str) -> str:
+    """Validate a user name or issuer: 1-256 printable characters, no ':'-free requirement."""
+    if not isinstance(value, str) or not value or len(value) > _MAX_NAME \
+            or not value.isprintable() or value != value.strip():
+        raise UsageError(f"{what} must be 1 to {_MAX_NAME} printable characters without "
+                         "leading or trailing spaces")
+    return value
+
+
+def new_serial(token_type: TokenType) -> str:
+    """A fresh serial in the OATH token identifier shape: 'OA' + type + 8 digits."""
+    kind = "TO" if token_type is TokenType.TOTP else "HO"
+    return f"OA{kind}{secrets.randbelow(10**8):08d}"
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """A token to create: parameters, secret and initial state (from enrollment or PSKC)."""
+
+    serial: str
+    params: OathParams
+    secret: Secret
+    user: str | None = None
+    counter: int = 0
+    drift: int = 0
+    issuer: str | None = None
+    not_before: float | None = None
+    not_after: float | None = None
+
+
+class Administration:
+    """Administrative operations on tokens."""
+
+    def __init__(self, store: TokenStore, keys: KeyBackend, audit: AuditLog) -> None:
+        self.store, self.keys, self.audit = store, keys, audit
+
+    def _sealed_token(self, spec: TokenSpec, fingerprint: bytes) -> Token:
+        check_key_size(spec.params.algorithm, len(spec.secret))
+        identity = TokenIdentity(spec.serial, spec.params.algorithm)
+        return Token(serial=spec.serial, token_type=spec.params.token_type,
+                     algorithm=spec.params.algorithm, digits=spec.params.digits,
+                     period=spec.params.period, t0=spec.params.t0,
+                     sealed=self.keys.seal_secret(identity, spec.secret), fingerprint=fingerprint,
+                     user=spec.user, counter=spec.counter, drift=spec.drift, issuer=spec.issuer,
+                     not_before=spec.not_before, not_after=spec.not_after, created=time.time())
+
+    def enroll(self, user: str, params: OathParams, issuer: str,
+               context: RequestContext) -> dict[str, Any]:
+        """Create a token with a fresh random secret; return its serial, URI and public view."""
+        check_name(user, "user")
+        check_name(issuer, "issuer")
+        with Secret(secrets.token_bytes(params.algorithm.minimum_key_size)) as secret:
+            fingerprint = self.keys.fingerprint(secret)
+            for _attempt in range(_SERIAL_ATTEMPTS):
+                spec = TokenSpec(new_serial(params.token_type), params, secret, user=user, issuer=issuer)
+                token = self._sealed_token(spec, fingerprint)
+                try:
+                    self.store.add_tokens([token])
+                    break
+                except Conflict:
+                    if self.store.get(spec.serial) is None:
+                        raise
+            else:
+                raise Conflict("could not find a free serial number")
+            uri = provisioning_uri(secret.reveal(), params, account=user, issuer=issuer)
+        self.audit.record("enroll", context, user=user, serial=token.serial, result="ok")
+        return {"serial": token.serial, "uri": uri, "token": token.public()}
+
+    def import_tokens(self, records: Sequence[Mapping[str, Any]], *, dry_run: bool,
+                      context: RequestContext) -> dict[str, Any]:
+        """Import token records (from a PSKC file), all or nothing.
+
+        :raises PskcError: one or more records are invalid, duplicated or already present; the
+            ``problems`` name each one; nothing was written.
+        """
+        problems: list[str] = []
+        tokens: list[Token] = []
+        seen_serials: dict[str, int] = {}
+        seen_fingerprints: dict[bytes, str] = {}
+        for index, record in enumerate(records):
+            label = str(record.get("serial") or f"record {index + 1}")
+            try:
+                spec = token_spec_from_record(record)
+                with spec.secret:
+                    fingerprint = self.keys.fingerprint(spec.secret)
+                    if spec.serial in seen_serials:
+                        raise Conflict("serial appears twice in the file")
+                    if fingerprint in seen_fingerprints:
+                        raise Conflict(f"same secret as token {seen_fingerprints[fingerprint]}")
+                    seen_serials[spec.serial] = index
+                    seen_fingerprints[fingerprint] = spec.serial
+                    if self.store.get(spec.serial) is not None:
+                        raise Conflict("a token with this serial is already in the store")
+                    tokens.append(self._sealed_token(spec, fingerprint))
+            except (UsageError, InvalidToken, Conflict, KeyBackendError) as exc:
+                problems.append(f"{label}: {exc}")
+        duplicates = self.store.existing_fingerprints(seen_fingerprints)
+        problems += [f"{seen_fingerprints[fp]}: a token with the same secret is already in the store"
+                     for fp in duplicates]
+        if problems:
+            self.audit.record("import", context, result="refused", reason=f"{len(problems)} problems")
+            raise PskcError(f"import refused, nothing was imported ({len(problems)} problems)", problems)
+        if not dry_run:
+            self.store.add_tokens(tokens)
+        self.audit.record("import", context, result="dry_run" if dry_run else "ok",
+                          count=len(tokens))
+        return {"imported": 0 if dry_run else len(tokens), "checked": len(tokens),
+                "dry_run": dry_run, "serials": [t.serial for t in tokens]}
+
+    def export_tokens(self, context: RequestContext) -> dict[str, Any]:
+        """Return every token with its secret, for an encrypted PSKC export (software backend)."""
+        open_secret = getattr(self.keys, "export_secret", None)
+        if open_secret is None:
+            raise KeyBackendError(f"the {self.keys.name} key backend cannot export secrets in "
+                                  "clear: they never leave the HSM")
+        exported = []
+        for token in self.store.all_tokens():
+            with open_secret(token.identity, token.sealed) as secret:
+                view = token.public()
+                view["secret_b64"] = base64.b64encode(secret.reveal()).decode("ascii")
+                exported.append(view)
+        self.audit.record("export", context, result="ok", count=len(exported))
+        return {"tokens": exported}
+
+    def find(self, target: str) -> list[Token]:
+        """Tokens by serial, or else by owner.  :raises NotFound: neither matches."""
+        token = self.store.get(target)
+        tokens = [token] if token is not None else self.store.tokens_for_user(target)
+        if not tokens:
+            raise NotFound(f"no token with serial or owner {target!r}")
+        return tokens
+
+    def set_fields(self, serial: str, changes: Mapping[str, Any], context: RequestContext,
+                   event: str) -> Token:
+        """Change the owner or the enabled flag of a token."""
+        token = self.store.update_admin_fields(serial, changes)
+        self.audit.record(event, context, serial=serial, user=token.user, result="ok")
+        return token
+
+    def remove(self, serial: str, context: RequestContext) -> None:
+        """Delete a token."""
+        self.store.remove(serial)
+        self.audit.record("remove", context, serial=serial, result="ok")
+
+    def unlock(self, target: str, context: RequestContext) -> int:
+        """Clear failures and locks of the tokens found by serial or owner."""
+        tokens = self.find(target)
+        for token in tokens:
+            self.store.reset_throttling(token.serial)
+            self.audit.record("unlock", context, serial=token.serial, user=token.user, result="ok")
+        return len(tokens)
+
+
+def _parse_time(value: object, what: str) -> float | None:
+    from datetime import datetime
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{what} must be an ISO 8601 date")
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise UsageError(f"{what} is not an ISO 8601 date") from None
+
+
+def token_spec_from_record(record: Mapping[str, Any]) -> TokenSpec:
+    """Check one wire import record and turn it into a :class:`TokenSpec`."""
+    serial = record.get("serial")
+    if not isinstance(serial, str) or not serial or len(serial) > 64 or not serial.isprintable():
+        raise UsageError("serial must be 1 to 64 printable characters")
+    try:
+        params = OathParams(TokenType(record.get("type")), HashAlgorithm(record.get("algorithm", "sha1")),
+                            int(record.get("digits", 6)), int(record.get("period", 30)),
+                            int(record.get("t0", 0)))
+        counter, drift = int(record.get("counter") or 0), int(record.get("drift") or 0)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"bad token parameters: {exc}") from None
+    if counter < 0:
+        raise UsageError("counter must not be negative")
+    encoded = record.get("secret_b64")
+    if not isinstance(encoded, str):
+        raise UsageError("secret missing")
+    try:
+        secret = Secret(base64.b64decode(encoded, validate=True))
+    except (binascii.Error, ValueError):
+        raise UsageError("secret is not valid base64") from None
+    user = record.get("user")
+    issuer = record.get("issuer")
+    return TokenSpec(serial=serial, params=params, secret=secret,
+                     user=check_name(user, "user") if user is not None else None,
+                     counter=counter, drift=drift,
+                     issuer=check_name(issuer, "issuer") if issuer is not None else None,
+                     not_before=_parse_time(record.get("not_before"), "not_before"),
+                     not_after=_parse_time(record.get("not_after"), "not_after"))

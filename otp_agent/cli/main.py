@@ -1,0 +1,190 @@
+"""``otpctl``: argument parsing and the one funnel from errors to exit codes.
+
+Exit codes (SPEC.md): 0 success, 1 rejected or not found, 2 usage or configuration error,
+3 agent unreachable, 4 key backend or store unavailable.  Secrets never come from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from otp_agent import __version__
+from otp_agent.cli.client import AgentClient
+from otp_agent.cli.render import print_decision, print_status, print_tokens, show_qr
+from otp_agent.config import load_config
+from otp_agent.errors import OtpAgentError, PskcError
+
+Command = Callable[[argparse.Namespace, AgentClient, TextIO], int]
+
+
+def _emit(arguments: argparse.Namespace, out: TextIO, reply: dict[str, Any], text: str) -> None:
+    if getattr(arguments, "json", False):
+        reply = {k: v for k, v in reply.items() if k not in ("v", "ok")}
+        json.dump(reply, out, indent=2, sort_keys=True)
+        out.write("\n")
+    elif text:
+        print(text, file=out)
+
+
+def cmd_enroll(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    reply = client.request("enroll", user=arguments.user, type=arguments.type,
+                           algorithm=arguments.algorithm, digits=arguments.digits,
+                           period=arguments.period, issuer=arguments.issuer)
+    if arguments.json:
+        _emit(arguments, out, reply, "")
+        return 0
+    print(f"Enrolled token {reply['serial']} for {arguments.user}.", file=out)
+    print("Scan this code with an authenticator app, or enter the URI by hand:", file=out)
+    print(reply["uri"], file=out)
+    if arguments.qr == "always" or (arguments.qr == "auto" and out.isatty()):
+        show_qr(reply["uri"], out)
+    return 0
+
+
+def cmd_list(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    reply = client.request("list")
+    if arguments.json:
+        _emit(arguments, out, reply, "")
+    else:
+        print_tokens(reply["tokens"], out)
+    return 0
+
+
+def cmd_show(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    reply = client.request("show", target=arguments.target)
+    if arguments.json:
+        _emit(arguments, out, reply, "")
+    else:
+        print_tokens(reply["tokens"], out, detailed=True)
+    return 0
+
+
+def _simple(op: str, fields: tuple[str, ...], message: str) -> Command:
+    def command(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+        values = {name: getattr(arguments, name) for name in fields}
+        reply = client.request(op, **values)
+        _emit(arguments, out, reply, message.format(**values, **reply))
+        return 0
+    return command
+
+
+def cmd_check(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    reply = client.request("check", user=arguments.user, code=arguments.code, service="otpctl")
+    if arguments.json:
+        _emit(arguments, out, reply, "")
+    else:
+        print_decision(reply, out)
+    return 0 if reply.get("result") == "accept" else 1
+
+
+def cmd_status(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    reply = client.request("status")
+    if arguments.json:
+        _emit(arguments, out, reply, "")
+    else:
+        print_status(reply, out)
+    healthy = all(reply.get(part, {}).get("ok") for part in ("agent", "store", "keystore"))
+    return 0 if healthy else 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``otpctl`` argument parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a value given before the verb must survive the verb's own parser.
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="configuration file (default $OTP_AGENT_CONFIG or /etc/otp-agent/agent.toml)")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help="seconds to wait for the agent (default 60)")
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="otpctl", parents=[common],
+                                     description="Administer otp-agent tokens.")
+    parser.add_argument("--version", action="version", version=f"otpctl {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, handler: Command, help_text: str, *, with_json: bool = True) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, parents=[common, json_flag] if with_json else [common],
+                               help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    enroll = verb("enroll", cmd_enroll, "create a token with a fresh secret for USER")
+    enroll.add_argument("user")
+    enroll.add_argument("--type", choices=["totp", "hotp"], default="totp")
+    enroll.add_argument("--algorithm", choices=["sha1", "sha256", "sha512"], default="sha1")
+    enroll.add_argument("--digits", type=int, choices=[6, 8], default=6)
+    enroll.add_argument("--period", type=int, default=30, help="TOTP time step in seconds")
+    enroll.add_argument("--issuer", default="otp-agent", help="name shown by the authenticator app")
+    enroll.add_argument("--qr", choices=["auto", "always", "never"], default="auto",
+                        help="print a QR code (auto: only on a terminal)")
+
+    try:
+        from otp_agent.cli import pskc_commands
+    except ImportError:  # pragma: no cover - the PSKC module is being written.
+        pass
+    else:
+        importer = verb("import", pskc_commands.run_import, "import tokens from a PSKC file (RFC 6030)")
+        pskc_commands.add_import_arguments(importer)
+        exporter = verb("export", pskc_commands.run_export, "export tokens to a protected PSKC file")
+        pskc_commands.add_export_arguments(exporter)
+
+    verb("list", cmd_list, "list tokens (never secrets)")
+    show = verb("show", cmd_show, "show the tokens of a serial or a user")
+    show.add_argument("target", metavar="SERIAL|USER")
+    assign = verb("assign", _simple("assign", ("serial", "user"), "Token {serial} assigned to {user}."),
+                  "give a token to a user")
+    assign.add_argument("serial")
+    assign.add_argument("user")
+    for name, text in (("disable", "disabled"), ("enable", "enabled"), ("remove", "removed")):
+        sub = verb(name, _simple(name, ("serial",), f"Token {{serial}} {text}."), f"{name} a token")
+        sub.add_argument("serial")
+    resync = verb("resync", _simple("resync", ("user", "code1", "code2"),
+                                    "Token {serial} resynchronised."),
+                  "resynchronise a token of USER from two consecutive codes")
+    resync.add_argument("user")
+    resync.add_argument("code1")
+    resync.add_argument("code2")
+    unlock = verb("unlock", _simple("unlock", ("target",), "{unlocked} token(s) unlocked."),
+                  "clear the throttling lock of a serial or a user's tokens")
+    unlock.add_argument("target", metavar="USER|SERIAL")
+    check = verb("check", cmd_check, "validate USER's CODE exactly as a login would (consumes it)")
+    check.add_argument("user")
+    check.add_argument("code")
+    verb("status", cmd_status, "agent, store and key backend health")
+    return parser
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    """Console entry point of ``otpctl``."""
+    out = out or sys.stdout
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    client: AgentClient | None = None
+    try:
+        config = load_config(getattr(arguments, "config", None))
+        client = AgentClient(config.agent.socket, timeout=getattr(arguments, "timeout", 60.0))
+        return int(arguments.handler(arguments, client, out))
+    except PskcError as exc:
+        print(f"otpctl: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return exc.exit_status
+    except OtpAgentError as exc:
+        print(f"otpctl: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except OSError as exc:
+        print(f"otpctl: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if client is not None:
+            client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Human-readable output of ``otpctl``: token tables, decisions, status, QR codes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TextIO
+
+
+def token_state(token: dict[str, Any], now: float | None = None) -> str:
+    """One word (plus detail) describing whether a token can be used now."""
+    now = time.time() if now is None else now
+    if not token.get("enabled"):
+        return "disabled"
+    if token.get("locked_until", 0) > now:
+        return f"locked {int(token['locked_until'] - now)}s"
+    if token.get("not_after") is not None and token["not_after"] <= now:
+        return "expired"
+    if token.get("user") is None:
+        return "unassigned"
+    return "active"
+
+
+def print_tokens(tokens: list[dict[str, Any]], out: TextIO, *, detailed: bool = False) -> None:
+    """Print tokens as an aligned table (or one block per token when ``detailed``)."""
+    if not tokens:
+        print("No tokens.", file=out)
+        return
+    if detailed:
+        for token in tokens:
+            print(f"{token['serial']}:", file=out)
+            for key in ("user", "type", "algorithm", "digits", "period", "t0", "counter",
+                        "last_step", "drift", "failures", "issuer", "created"):
+                print(f"  {key:<10} {token.get(key)}", file=out)
+            print(f"  {'state':<10} {token_state(token)}", file=out)
+        return
+    rows = [("SERIAL", "USER", "TYPE", "ALGORITHM", "DIGITS", "PERIOD", "STATE")]
+    rows += [(t["serial"], t.get("user") or "-", t["type"], t["algorithm"], str(t["digits"]),
+              str(t["period"]) if t["type"] == "totp" else "-", token_state(t)) for t in tokens]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+
+
+def print_decision(reply: dict[str, Any], out: TextIO) -> None:
+    """Print an accept/reject decision."""
+    verdict = "accepted" if reply.get("result") == "accept" else "rejected"
+    serial = f" (token {reply['serial']})" if reply.get("serial") else ""
+    print(f"{verdict}: {reply.get('reason')}{serial}", file=out)
+
+
+def print_status(reply: dict[str, Any], out: TextIO) -> None:
+    """Print the health report."""
+    for part in ("agent", "store", "keystore"):
+        section = reply.get(part, {})
+        details = ", ".join(f"{k}={v}" for k, v in section.items() if k != "ok")
+        print(f"{part:<9} {'ok' if section.get('ok') else 'FAILING'}  {details}", file=out)
+
+
+def show_qr(uri: str, out: TextIO) -> None:
+    """Draw the otpauth:// URI as a QR code on the terminal."""
+    import segno
+    segno.make(uri, error="m").terminal(out=out, compact=True)

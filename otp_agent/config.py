@@ -1,0 +1,251 @@
+"""Configuration: one TOML file parsed once into frozen dataclasses.
+
+Every key is checked: an unknown key, a wrong type or a bad value raises one :class:`ConfigError`
+naming the key (``policy.totp_window: must be an integer from 0 to 10``).  Paths may point
+anywhere, so the daemon, the CLI and the helper can run unprivileged in a temporary directory.
+A path given as ``credential:NAME`` is read from ``$CREDENTIALS_DIRECTORY/NAME`` (systemd
+``LoadCredential=``).  No code is executed and nothing here reads argv.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from otp_agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/otp-agent/agent.toml")
+CONFIG_ENVIRONMENT_VARIABLE = "OTP_AGENT_CONFIG"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The ``[agent]`` table: the socket and how clients are treated."""
+
+    socket: Path = Path("/run/otp-agent/agent.sock")
+    socket_mode: int = 0o666
+    client_timeout: float = 5.0
+    max_clients: int = 64
+    admin_group: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The ``[store]`` table: where tokens live."""
+
+    backend: str = "sqlite"
+    path: Path = Path("/var/lib/otp-agent/tokens.db")
+    dsn: str | None = None
+
+
+@dataclass(frozen=True)
+class KeystoreConfig:
+    """The ``[keystore]`` table: which key backend seals secrets and computes HMACs."""
+
+    backend: str = "software"
+    master_key_file: Path = Path("/etc/otp-agent/master.key")
+    #: The parsed ``[keystore.payshield]`` table (a ``PayShieldConfig``) when backend = "payshield".
+    payshield: Any = None
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The ``[policy]`` table: validation windows, throttling and the roll-out policy."""
+
+    totp_window: int = 1
+    hotp_lookahead: int = 10
+    totp_max_drift: int = 4
+    hotp_resync_window: int = 100
+    totp_resync_window: int = 20
+    lock_threshold: int = 5
+    lock_base_seconds: int = 30
+    lock_max_seconds: int = 3600
+    unenrolled: str = "deny"
+    password_service: str = "otp-agent-password"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The ``[audit]`` table: where the decision log goes."""
+
+    path: Path | None = Path("/var/log/otp-agent/audit.log")
+    syslog: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    keystore: KeystoreConfig = field(default_factory=KeystoreConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    source: Path | None = None
+
+
+def default_config_path() -> Path:
+    """Return ``$OTP_AGENT_CONFIG`` or ``/etc/otp-agent/agent.toml``."""
+    return Path(os.environ.get(CONFIG_ENVIRONMENT_VARIABLE) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and check the configuration file.
+
+    :raises ConfigError: the file is missing, unreadable, not TOML, or has a bad key.
+    """
+    path = path or default_config_path()
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: configuration file not readable") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_config(document, base=path.parent, source=path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+class _Table:
+    """Typed access to one TOML table that remembers which keys were used."""
+
+    def __init__(self, name: str, data: object, base: Path) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{name}: must be a table")
+        self.name, self.data, self.base = name, data, base
+        self.used: set[str] = set()
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def get(self, key: str, default: T, check: Callable[[Any], bool], expect: str) -> T:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and not isinstance(default, bool):
+            raise ConfigError(f"{self.key(key)}: must be {expect}")
+        if not check(value):
+            raise ConfigError(f"{self.key(key)}: must be {expect}")
+        return value  # type: ignore[no-any-return]
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        return self.get(key, default, lambda v: isinstance(v, int) and low <= v <= high,
+                        f"an integer from {low} to {high}")
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.get(key, default, lambda v: isinstance(v, (int, float)) and low <= v <= high,
+                         f"a number from {low} to {high}")
+        return float(value)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        return self.get(key, default, lambda v: v in choices,
+                        "one of " + ", ".join(f'"{c}"' for c in choices))
+
+    def string(self, key: str, default: str | None) -> str | None:
+        return self.get(key, default, lambda v: isinstance(v, str) and v != "", "a non-empty string")
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self.get(key, default, lambda v: isinstance(v, bool), "true or false")
+
+    def path(self, key: str, default: Path) -> Path:
+        value = self.string(key, None)
+        if value is None:
+            return default
+        return resolve_path(value, self.base, self.key(key))
+
+    def finish(self, subtables: tuple[str, ...] = ()) -> None:
+        unknown = sorted(set(self.data) - self.used - set(subtables))
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+
+
+def resolve_path(value: str, base: Path, key: str) -> Path:
+    """Resolve a configured path: relative to the config file, or a systemd credential."""
+    if value.startswith("credential:"):
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        name = value.removeprefix("credential:")
+        if not directory or not name or "/" in name:
+            raise ConfigError(f"{key}: {value!r} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+        return Path(directory) / name
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def parse_config(document: Mapping[str, object], *, base: Path = Path("."),
+                 source: Path | None = None) -> Config:
+    """Build a :class:`Config` from a parsed TOML document."""
+    top = _Table("", document, base)
+    sections = {name: _Table(name, document.get(name, {}), base)
+                for name in ("agent", "store", "keystore", "policy", "audit")}
+    top.used.update(sections)
+    top.finish()
+    a, s, k, p, au = (sections[n] for n in ("agent", "store", "keystore", "policy", "audit"))
+
+    agent = AgentConfig(
+        socket=a.path("socket", AgentConfig.socket),
+        socket_mode=a.integer("socket_mode", 0o666, 0, 0o777),
+        client_timeout=a.number("client_timeout", 5.0, 0.1, 300.0),
+        max_clients=a.integer("max_clients", 64, 1, 4096),
+        admin_group=a.string("admin_group", None),
+    )
+    a.finish()
+
+    store = StoreConfig(
+        backend=s.choice("backend", "sqlite", ("sqlite", "postgresql")),
+        path=s.path("path", StoreConfig.path),
+        dsn=s.string("dsn", None),
+    )
+    if store.backend == "postgresql" and not store.dsn:
+        raise ConfigError("store.dsn: required when store.backend = \"postgresql\"")
+    s.finish()
+
+    backend = k.choice("backend", "software", ("software", "payshield"))
+    payshield = None
+    if backend == "payshield":
+        if "payshield" not in k.data:
+            raise ConfigError("keystore.payshield: table required when keystore.backend = \"payshield\"")
+        from otp_agent.keystore.payshield.config import parse_payshield_config
+        payshield = parse_payshield_config(dict(k.data["payshield"]))
+    keystore = KeystoreConfig(
+        backend=backend,
+        master_key_file=k.path("master_key_file", KeystoreConfig.master_key_file),
+        payshield=payshield,
+    )
+    k.finish(subtables=("payshield",))
+
+    policy = PolicyConfig(
+        totp_window=p.integer("totp_window", 1, 0, 10),
+        hotp_lookahead=p.integer("hotp_lookahead", 10, 0, 100),
+        totp_max_drift=p.integer("totp_max_drift", 4, 0, 40),
+        hotp_resync_window=p.integer("hotp_resync_window", 100, 1, 1000),
+        totp_resync_window=p.integer("totp_resync_window", 20, 1, 200),
+        lock_threshold=p.integer("lock_threshold", 5, 1, 100),
+        lock_base_seconds=p.integer("lock_base_seconds", 30, 1, 86400),
+        lock_max_seconds=p.integer("lock_max_seconds", 3600, 1, 30 * 86400),
+        unenrolled=p.choice("unenrolled", "deny", ("deny", "allow")),
+        password_service=p.string("password_service", "otp-agent-password") or "otp-agent-password",
+    )
+    if policy.lock_max_seconds < policy.lock_base_seconds:
+        raise ConfigError("policy.lock_max_seconds: must not be smaller than policy.lock_base_seconds")
+    p.finish()
+
+    audit_path: Path | None = AuditConfig.path
+    if au.data.get("path") == "":
+        au.used.add("path")
+        audit_path = None
+    else:
+        audit_path = au.path("path", AuditConfig.path)  # type: ignore[arg-type]
+    audit = AuditConfig(path=audit_path, syslog=au.boolean("syslog", False))
+    au.finish()
+    return Config(agent=agent, store=store, keystore=keystore, policy=policy, audit=audit, source=source)

@@ -1,0 +1,1 @@
+"""The otp-agent daemon: composition root, socket server, request dispatch, systemd glue."""

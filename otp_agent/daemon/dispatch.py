@@ -1,0 +1,176 @@
+"""Turns decoded requests into calls on the validation engine and administration service.
+
+This is where the authorisation rules of SPEC.md are applied, with the peer's kernel
+credentials only: uid 0 may do anything; any other uid may validate only its own user name;
+administrative operations need uid 0 or membership of ``[agent] admin_group``.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from otp_agent import __version__, wire
+from otp_agent.administration import Administration, check_name
+from otp_agent.audit import RequestContext
+from otp_agent.errors import OtpAgentError, PermissionDenied, PskcError, UsageError
+from otp_agent.oath import HashAlgorithm, OathParams, TokenType
+from otp_agent.validation import Validator
+
+_log = logging.getLogger(__name__)
+_CONTEXT_FIELDS = ("service", "rhost", "tty")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Kernel credentials of the process at the other end of a connection (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+
+def _string(request: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = request.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise UsageError(f"field {key!r} must be a string")
+    return value
+
+
+def _optional_context(request: dict[str, Any], key: str) -> str | None:
+    value = request.get(key)
+    return value[:256] if isinstance(value, str) else None
+
+
+class Dispatcher:
+    """Maps operation names to handlers and enforces who may call them."""
+
+    def __init__(self, validator: Validator, admin: Administration, *,
+                 admin_group: str | None, status: Callable[[], dict[str, Any]]) -> None:
+        self.validator, self.admin, self.status = validator, admin, status
+        self._admin_gid: int | None = None
+        if admin_group:
+            try:
+                self._admin_gid = grp.getgrnam(admin_group).gr_gid
+            except KeyError:
+                _log.warning("admin group %s does not exist; only root may administer", admin_group)
+
+    def is_admin(self, peer: Peer) -> bool:
+        """True for uid 0 or a member of the admin group."""
+        return peer.uid == 0 or (self._admin_gid is not None
+                                 and (peer.gid == self._admin_gid or self._admin_gid in peer.groups))
+
+    def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Answer one request; every error becomes an error reply."""
+        op = request.get("op")
+        try:
+            if not isinstance(op, str):
+                raise UsageError("request has no operation")
+            if op not in wire.VALIDATION_OPS and not self.is_admin(peer):
+                raise PermissionDenied(f"operation {op!r} needs uid 0 or the admin group")
+            handler = getattr(self, f"op_{op}", None)
+            if handler is None:
+                raise UsageError(f"unknown operation {op!r}")
+            context = RequestContext(peer.uid, peer.pid,
+                                     *(_optional_context(request, k) for k in _CONTEXT_FIELDS))
+            return wire.ok_reply(**handler(request, peer, context))
+        except PskcError as exc:
+            reply = wire.error_reply(exc.code, str(exc))
+            reply["error"]["problems"] = exc.problems
+            return reply
+        except OtpAgentError as exc:
+            return wire.error_reply(exc.code, str(exc))
+
+    def _check_user_for_peer(self, user: str, peer: Peer) -> str:
+        check_name(user, "user")
+        if peer.uid != 0:
+            try:
+                own = pwd.getpwuid(peer.uid).pw_name
+            except KeyError:
+                own = None
+            if own != user:
+                raise PermissionDenied("a non-root peer may only validate its own user")
+        return user
+
+    # -- validation operations (any peer) ---------------------------------------------------
+
+    def op_ping(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        return {"version": __version__}
+
+    def op_validate(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        user = self._check_user_for_peer(_string(request, "user"), peer)
+        if "password_and_code" in request:
+            answer = _string(request, "password_and_code")
+            return self.validator.validate_password_and_code(user, answer, context).reply()
+        return self.validator.validate(user, _string(request, "code"), context).reply()
+
+    def op_enrolled(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        user = self._check_user_for_peer(_string(request, "user"), peer)
+        return {"enrolled": self.validator.is_enrolled(user)}
+
+    # -- administrative operations ----------------------------------------------------------
+
+    def op_check(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        context = RequestContext(peer.uid, peer.pid, context.service or "otpctl", None, None)
+        user = check_name(_string(request, "user"), "user")
+        return self.validator.validate(user, _string(request, "code"), context).reply()
+
+    def op_enroll(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        try:
+            params = OathParams(TokenType(request.get("type", "totp")),
+                                HashAlgorithm(request.get("algorithm", "sha1")),
+                                request.get("digits", 6), request.get("period", 30))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        issuer = request.get("issuer") or "otp-agent"
+        return self.admin.enroll(_string(request, "user"), params, issuer, context)
+
+    def op_import(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        records = request.get("tokens")
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise UsageError("field 'tokens' must be a list of objects")
+        return self.admin.import_tokens(records, dry_run=bool(request.get("dry_run")), context=context)
+
+    def op_export(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        return self.admin.export_tokens(context)
+
+    def op_list(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        return {"tokens": [t.public() for t in self.admin.store.all_tokens()]}
+
+    def op_show(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        return {"tokens": [t.public() for t in self.admin.find(_string(request, "target"))]}
+
+    def op_assign(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        user = check_name(_string(request, "user"), "user")
+        token = self.admin.set_fields(_string(request, "serial"), {"user": user}, context, "assign")
+        return {"token": token.public()}
+
+    def op_disable(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        token = self.admin.set_fields(_string(request, "serial"), {"enabled": False}, context, "disable")
+        return {"token": token.public()}
+
+    def op_enable(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        token = self.admin.set_fields(_string(request, "serial"), {"enabled": True}, context, "enable")
+        return {"token": token.public()}
+
+    def op_remove(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        self.admin.remove(_string(request, "serial"), context)
+        return {}
+
+    def op_unlock(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        return {"unlocked": self.admin.unlock(_string(request, "target"), context)}
+
+    def op_resync(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        user = check_name(_string(request, "user"), "user")
+        serial = self.validator.resync(user, _string(request, "code1"), _string(request, "code2"), context)
+        return {"serial": serial}
+
+    def op_status(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        return self.status()

@@ -1,0 +1,210 @@
+"""Composition root of the daemon: config -> key backend + store -> engine -> socket server.
+
+``otp-agent --config FILE`` runs in the foreground; ``--check-config`` checks the file and the
+backends and exits; ``otp-agent init --config FILE`` creates what the config names and is
+missing (master key with mode 0600, database) and never overwrites anything.
+Exit codes: 0 clean stop, 2 configuration error, 4 key backend or store unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from otp_agent import __version__
+from otp_agent.administration import Administration
+from otp_agent.audit import AuditLog
+from otp_agent.config import Config, load_config
+from otp_agent.daemon.dispatch import Dispatcher
+from otp_agent.daemon.server import AgentServer
+from otp_agent.daemon.systemd import Notifier, bind_socket, inherited_socket
+from otp_agent.errors import KeyBackendUnavailable, OtpAgentError, StoreError
+from otp_agent.keystore import KeyBackend
+from otp_agent.sensitive import Secret
+from otp_agent.store import TokenStore
+from otp_agent.validation import Validator
+
+_log = logging.getLogger("otp_agent")
+_CHECK_VALUE_KEY = "key_backend_check_value"
+_CHECK_INPUT = b"otp-agent key backend check value v1"
+
+
+def open_key_backend(config: Config) -> KeyBackend:
+    """Build the configured key backend."""
+    if config.keystore.backend == "payshield":
+        from otp_agent.keystore.payshield.backend import PayShieldKeyBackend
+        return PayShieldKeyBackend(config.keystore.payshield)
+    from otp_agent.keystore.software import SoftwareKeyBackend
+    return SoftwareKeyBackend(config.keystore.master_key_file)
+
+
+def open_store(config: Config, *, create: bool = False) -> TokenStore:
+    """Build the configured token store."""
+    if config.store.backend == "postgresql":
+        from otp_agent.store.postgresql import PostgreSQLStore  # type: ignore[import-not-found]
+        store: TokenStore = PostgreSQLStore(config.store.dsn, create=create)
+        return store
+    from otp_agent.store.sqlite import SQLiteStore
+    return SQLiteStore(config.store.path, create=create)
+
+
+def bind_backend_to_store(keys: KeyBackend, store: TokenStore) -> None:
+    """Refuse a key backend other than the one the store was created with (wrong master key/LMK)."""
+    with Secret(_CHECK_INPUT) as probe:
+        value = keys.fingerprint(probe).hex()[:16]
+    recorded = store.get_meta(_CHECK_VALUE_KEY)
+    if recorded is None:
+        store.set_meta(_CHECK_VALUE_KEY, value)
+    elif recorded != value:
+        raise KeyBackendUnavailable(
+            "the key backend does not match the one this database was created with "
+            "(wrong master key file or HSM key); refusing to start")
+
+
+def initialise(config: Config) -> list[str]:
+    """Create the master key and database if missing; return what was done."""
+    done: list[str] = []
+    if config.keystore.backend == "software":
+        from otp_agent.keystore.software import create_master_key
+        path = config.keystore.master_key_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if create_master_key(path):
+            done.append(f"created master key {path} (mode 0600)")
+        else:
+            done.append(f"kept existing master key {path}")
+    else:
+        from otp_agent.keystore.payshield.backend import initialise_payshield
+        done += initialise_payshield(config.keystore.payshield)
+    if config.store.backend == "sqlite":
+        config.store.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = config.store.path.exists()
+        store = open_store(config, create=True)
+        done.append(f"{'kept existing' if existed else 'created'} database {config.store.path}")
+    else:
+        store = open_store(config, create=True)
+        done.append("PostgreSQL schema ready")
+    keys = open_key_backend(config)
+    try:
+        bind_backend_to_store(keys, store)
+    finally:
+        keys.close()
+        store.close()
+    return done
+
+
+class Agent:
+    """The running daemon: owns the backends, the engine and the server."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.time()
+        self.keys = open_key_backend(config)
+        try:
+            self.store = open_store(config)
+            bind_backend_to_store(self.keys, self.store)
+        except BaseException:
+            self.keys.close()
+            raise
+        self.audit = AuditLog(config.audit.path, use_syslog=config.audit.syslog)
+        checker = None
+        if config.policy.password_service:
+            service = config.policy.password_service
+
+            def checker(user: str, password: str) -> bool:
+                from otp_agent.passwordcheck import check_password  # type: ignore[import-not-found]
+                return bool(check_password(user, password, service=service))
+        self.validator = Validator(self.store, self.keys, config.policy, self.audit,
+                                   password_checker=checker)
+        self.admin = Administration(self.store, self.keys, self.audit)
+        self.dispatcher = Dispatcher(self.validator, self.admin, admin_group=config.agent.admin_group,
+                                     status=self.status)
+
+    def status(self) -> dict[str, Any]:
+        """Health of the agent, the store and the key backend."""
+        return {"agent": {"ok": True, "version": __version__, "pid": os.getpid(),
+                          "uptime": round(time.time() - self.started, 1)},
+                "store": self.store.health(), "keystore": self.keys.health()}
+
+    def close(self) -> None:
+        """Release every resource."""
+        self.keys.close()
+        self.store.close()
+        self.audit.close()
+
+
+def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="otp-agent", description="OATH second-factor agent daemon.")
+    parser.add_argument("command", nargs="?", choices=["run", "init"], default="run",
+                        help="run (default) the daemon, or init: create the master key and database")
+    parser.add_argument("--config", type=Path, help="configuration file (default $OTP_AGENT_CONFIG "
+                        "or /etc/otp-agent/agent.toml)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the configuration and the backends, then exit")
+    parser.add_argument("--log-level", default=os.environ.get("OTP_AGENT_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--version", action="version", version=f"otp-agent {__version__}")
+    return parser.parse_args(argv)
+
+
+def serve(config: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    notifier = Notifier()
+    agent = Agent(config)
+    listener = inherited_socket() or bind_socket(config.agent.socket, config.agent.socket_mode)
+    server = AgentServer(listener, agent.dispatcher.handle, agent.dispatcher.is_admin,
+                         client_timeout=config.agent.client_timeout,
+                         max_clients=config.agent.max_clients)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        _log.info("signal %d: stopping after requests in flight", signum)
+        notifier.notify("STOPPING=1")
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _log.info("otp-agent %s listening on %s (store %s, key backend %s)", __version__,
+              config.agent.socket, agent.store.name, agent.keys.name)
+    notifier.notify(f"READY=1\nSTATUS=serving on {config.agent.socket}\nMAINPID={os.getpid()}")
+    try:
+        server.serve_forever(tick=notifier.watchdog_tick)
+    finally:
+        listener.close()
+        agent.close()
+    _log.info("otp-agent stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of ``otp-agent``."""
+    arguments = _parse_arguments(argv)
+    logging.basicConfig(level=arguments.log_level, stream=sys.stderr,
+                        format="otp-agent[%(process)d]: %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(arguments.config)
+        if arguments.command == "init":
+            for line in initialise(config):
+                print(line)
+            return 0
+        if arguments.check_config:
+            agent = Agent(config)
+            agent.close()
+            print(f"configuration {config.source} is valid; store and key backend are usable")
+            return 0
+        return serve(config)
+    except OtpAgentError as exc:
+        print(f"otp-agent: {exc}", file=sys.stderr)
+        return 4 if isinstance(exc, (StoreError, KeyBackendUnavailable)) else exc.exit_status
+    except OSError as exc:
+        print(f"otp-agent: {exc}", file=sys.stderr)
+        return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())

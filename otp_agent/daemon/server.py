@@ -1,0 +1,134 @@
+"""The Unix-socket server: accepts connections, reads frames, answers them.  Knows no OATH.
+
+Each connection is served by a worker thread from a bounded pool.  The peer's credentials come
+from the kernel (``SO_PEERCRED``, ``SO_PEERGROUPS``) when the connection is accepted.  Every frame
+must arrive within ``client_timeout`` seconds; a client that connects and never writes is dropped
+then.  :meth:`AgentServer.shutdown` stops accepting; requests in flight finish and are answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from otp_agent import wire
+from otp_agent.daemon.dispatch import Peer
+from otp_agent.errors import ProtocolError
+
+_log = logging.getLogger(__name__)
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_UCRED = struct.Struct("3i")
+
+
+def peer_credentials(connection: socket.socket) -> Peer:
+    """Read the connecting process's pid, uid, gid and groups from the kernel."""
+    pid, uid, gid = _UCRED.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        _UCRED.size))
+    groups: tuple[int, ...] = ()
+    try:
+        raw = connection.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * 256)
+        groups = struct.unpack(f"{len(raw) // 4}I", raw)
+    except OSError:
+        pass
+    return Peer(pid=pid, uid=uid, gid=gid, groups=groups)
+
+
+class AgentServer:
+    """Serves framed requests on a listening Unix stream socket."""
+
+    def __init__(self, listener: socket.socket, handle: Callable[[dict[str, Any], Peer], dict[str, Any]],
+                 is_admin: Callable[[Peer], bool], *, client_timeout: float, max_clients: int) -> None:
+        self.listener = listener
+        self._handle = handle
+        self._is_admin = is_admin
+        self.client_timeout = client_timeout
+        self.max_clients = max_clients
+        self._stopping = threading.Event()
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._pool = ThreadPoolExecutor(max_workers=max_clients, thread_name_prefix="client")
+
+    def serve_forever(self, tick: Callable[[], None] | None = None) -> None:
+        """Accept connections until :meth:`shutdown`; call ``tick`` about every half second."""
+        self.listener.setblocking(False)
+        while not self._stopping.is_set():
+            try:
+                readable, _, _ = select.select([self.listener], [], [], 0.5)
+            except InterruptedError:
+                continue
+            if tick is not None:
+                tick()
+            if not readable:
+                continue
+            try:
+                connection, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                _log.error("accept failed: %s", exc)
+                time.sleep(0.05)
+                continue
+            if not self._slots.acquire(blocking=False):
+                _log.warning("too many clients (%d); refusing a connection", self.max_clients)
+                self._refuse(connection)
+                continue
+            self._pool.submit(self._serve_connection, connection)
+        self._pool.shutdown(wait=True)
+
+    def shutdown(self) -> None:
+        """Stop accepting; in-flight requests finish (connections close after their reply)."""
+        self._stopping.set()
+
+    def _refuse(self, connection: socket.socket) -> None:
+        try:
+            connection.settimeout(0.5)
+            wire.send_frame(connection, wire.error_reply("unreachable", "agent busy, try again"))
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+    def _serve_connection(self, connection: socket.socket) -> None:
+        try:
+            with connection:
+                connection.setblocking(True)
+                peer = peer_credentials(connection)
+                max_frame = wire.MAX_ADMIN_FRAME if self._is_admin(peer) else wire.MAX_FRAME
+                while not self._stopping.is_set():
+                    deadline = time.monotonic() + self.client_timeout
+                    try:
+                        request = wire.recv_frame(connection, max_frame=max_frame, deadline=deadline)
+                    except ProtocolError as exc:
+                        _log.info("protocol error from uid %d pid %d: %s", peer.uid, peer.pid, exc)
+                        self._try_send(connection, wire.error_reply(exc.code, str(exc)))
+                        return
+                    except TimeoutError:
+                        _log.info("client uid %d pid %d timed out", peer.uid, peer.pid)
+                        return
+                    if request is None:
+                        return
+                    reply = self._handle(request, peer)
+                    connection.settimeout(self.client_timeout)
+                    if not self._try_send(connection, reply):
+                        return
+        except OSError as exc:
+            _log.info("client connection failed: %s", exc)
+        except Exception:  # A bug must not take the daemon down; the client gets nothing.
+            _log.exception("unexpected error while serving a client")
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _try_send(connection: socket.socket, reply: dict[str, Any]) -> bool:
+        try:
+            wire.send_frame(connection, reply)
+            return True
+        except (OSError, ProtocolError) as exc:
+            _log.info("reply not delivered: %s", exc)
+            return False

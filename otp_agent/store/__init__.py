@@ -1,0 +1,72 @@
+"""The token-store seam: one narrow interface over SQLite (one host) and PostgreSQL (a fleet).
+
+Validation state changes only through :meth:`TokenStore.compare_and_set`, which a SQL store does
+in one conditional UPDATE (``... WHERE serial = ? AND version = ?``), so two acceptances of the
+same code can never both commit, whatever the number of connections, processes or hosts.
+This module imports no concrete store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
+
+__all__ = ["ADMIN_FIELDS", "STATE_FIELDS", "Token", "TokenStore"]
+
+
+class TokenStore(Protocol):
+    """What the validation engine and the administration service need from a store."""
+
+    name: str
+
+    def add_tokens(self, tokens: Sequence[Token]) -> None:
+        """Insert all tokens in one transaction, or none.
+
+        :raises Conflict: a serial or a secret fingerprint already exists (named in the message).
+        :raises StoreError: the write failed; nothing was written.
+        """
+
+    def get(self, serial: str) -> Token | None:
+        """Return the token with this serial, or None."""
+
+    def tokens_for_user(self, user: str) -> list[Token]:
+        """Return the user's tokens, oldest first."""
+
+    def all_tokens(self) -> list[Token]:
+        """Return every token, by serial."""
+
+    def existing_fingerprints(self, fingerprints: Iterable[bytes]) -> set[bytes]:
+        """Return those of ``fingerprints`` already used by a token."""
+
+    def compare_and_set(self, serial: str, expected_version: int, changes: Mapping[str, Any]) -> bool:
+        """Apply ``changes`` (STATE_FIELDS only) if the token is still at ``expected_version``.
+
+        Durably committed before returning True; False means another writer got there first.
+        :raises StoreError: the write failed; nothing was written.
+        """
+
+    def update_admin_fields(self, serial: str, changes: Mapping[str, Any]) -> Token:
+        """Change ADMIN_FIELDS (owner, enabled) or clear throttling; return the new token.
+
+        :raises NotFound: no such token.
+        """
+
+    def reset_throttling(self, serial: str) -> None:
+        """Clear the failure counter and any lock of a token."""
+
+    def remove(self, serial: str) -> None:
+        """Delete a token.  :raises NotFound: no such token."""
+
+    def get_meta(self, key: str) -> str | None:
+        """Read a store-wide setting (e.g. the key backend's check value)."""
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Write a store-wide setting."""
+
+    def health(self) -> dict[str, object]:
+        """Return a JSON-able health report including ``"ok"``."""
+
+    def close(self) -> None:
+        """Close every connection."""

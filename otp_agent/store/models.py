@@ -1,0 +1,64 @@
+"""Token records as the store keeps them.  No ORM; frozen dataclasses only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from otp_agent.keystore import TokenIdentity
+from otp_agent.oath.params import HashAlgorithm, OathParams, TokenType
+
+#: Token fields that only the validation engine changes, under compare-and-set.
+STATE_FIELDS = frozenset({"counter", "last_step", "drift", "failures", "lock_count", "locked_until"})
+#: Token fields an administrator may change.
+ADMIN_FIELDS = frozenset({"user", "enabled"})
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token: parameters, owner, moving factor, throttling state and the sealed secret.
+
+    ``sealed`` and ``fingerprint`` are opaque (the secret is never here in clear) but are still
+    kept out of ``repr`` and out of :meth:`public`.
+    """
+
+    serial: str
+    token_type: TokenType
+    algorithm: HashAlgorithm
+    digits: int
+    period: int
+    t0: int
+    sealed: bytes = field(repr=False)
+    fingerprint: bytes = field(repr=False)
+    user: str | None = None
+    counter: int = 0
+    last_step: int | None = None
+    drift: int = 0
+    enabled: bool = True
+    failures: int = 0
+    lock_count: int = 0
+    locked_until: float = 0.0
+    issuer: str | None = None
+    not_before: float | None = None
+    not_after: float | None = None
+    created: float = 0.0
+    version: int = 0
+
+    @property
+    def params(self) -> OathParams:
+        """The token's OATH parameters."""
+        return OathParams(self.token_type, self.algorithm, self.digits, self.period, self.t0)
+
+    @property
+    def identity(self) -> TokenIdentity:
+        """What the sealed secret is bound to."""
+        return TokenIdentity(self.serial, self.algorithm)
+
+    def public(self) -> dict[str, Any]:
+        """A JSON-able view for clients: everything but the sealed secret and fingerprint."""
+        view = asdict(self)
+        for hidden in ("sealed", "fingerprint", "version"):
+            view.pop(hidden)
+        view["type"] = view.pop("token_type").value
+        view["algorithm"] = self.algorithm.value
+        return view

@@ -1,0 +1,261 @@
+"""The SQLite token store: one host, WAL journal, durable commits, versioned schema.
+
+Each thread gets its own connection (SQLite connections are not shared across threads).  Every
+write is one transaction committed with ``synchronous = FULL`` before the call returns, so an
+acceptance survives a crash or SIGKILL the moment the agent answers.  Validation state changes in
+one conditional ``UPDATE ... WHERE serial = ? AND version = ?`` (compare-and-set).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from otp_agent.oath.params import HashAlgorithm, TokenType
+from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
+
+SCHEMA_VERSION = 1
+_COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
+            "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
+            "locked_until", "issuer", "not_before", "not_after", "created", "version")
+_SELECT = "SELECT " + ", ".join(_COLUMNS) + " FROM tokens"
+_COLUMN_OF = {"user": "user_name"}
+
+
+def _migration_script(version: int) -> str:
+    name = f"sqlite_{version:03d}_" 
+    folder = resources.files("otp_agent.store") / "migrations"
+    for entry in folder.iterdir():
+        if entry.name.startswith(name) and entry.name.endswith(".sql"):
+            return entry.read_text(encoding="utf-8")
+    raise StoreError(f"migration {version} is missing from the installation")
+
+
+def _row_to_token(row: Sequence[Any]) -> Token:
+    values = dict(zip(_COLUMNS, row))
+    return Token(
+        serial=values["serial"], user=values["user_name"],
+        token_type=TokenType(values["token_type"]), algorithm=HashAlgorithm(values["algorithm"]),
+        digits=values["digits"], period=values["period"], t0=values["t0"],
+        sealed=bytes(values["sealed"]), fingerprint=bytes(values["fingerprint"]),
+        counter=values["counter"], last_step=values["last_step"], drift=values["drift"],
+        enabled=bool(values["enabled"]), failures=values["failures"],
+        lock_count=values["lock_count"], locked_until=values["locked_until"],
+        issuer=values["issuer"], not_before=values["not_before"], not_after=values["not_after"],
+        created=values["created"], version=values["version"],
+    )
+
+
+def _token_to_row(token: Token) -> tuple[Any, ...]:
+    return (token.serial, token.user, token.token_type.value, token.algorithm.value, token.digits,
+            token.period, token.t0, token.sealed, token.fingerprint, token.counter,
+            token.last_step, token.drift, int(token.enabled), token.failures, token.lock_count,
+            token.locked_until, token.issuer, token.not_before, token.not_after,
+            token.created or time.time(), token.version)
+
+
+class SQLiteStore:
+    """Token store in one SQLite file."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        self.path = path
+        if not create and not path.exists():
+            raise StoreUnavailable(f"database {path} does not exist (create it with: otp-agent init)")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            try:
+                connection = sqlite3.connect(self.path, isolation_level=None, timeout=5.0,
+                                             check_same_thread=False)
+                connection.execute("PRAGMA journal_mode = WAL")
+                connection.execute("PRAGMA synchronous = FULL")
+                connection.execute("PRAGMA secure_delete = ON")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"database {self.path} cannot be opened: {exc}") from None
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: cannot start a transaction: {exc}") from None
+        try:
+            yield connection
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._connection().execute(sql, parameters).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: read failed: {exc}") from None
+
+    def _migrate(self) -> None:
+        try:
+            with self._transaction() as connection:
+                has_meta = connection.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+                current = 0
+                if has_meta:
+                    row = connection.execute(
+                        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                    current = int(row[0]) if row else 0
+                if current > SCHEMA_VERSION:
+                    raise StoreUnavailable(
+                        f"database {self.path} has schema {current}, newer than this otp-agent "
+                        f"({SCHEMA_VERSION}); upgrade otp-agent")
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in _migration_script(version).split(";"):
+                        if statement.strip():
+                            connection.execute(statement)
+                    connection.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                        (str(version),))
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from None
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, serial: str) -> Token | None:
+        rows = self._read(_SELECT + " WHERE serial = ?", (serial,))
+        return _row_to_token(rows[0]) if rows else None
+
+    def tokens_for_user(self, user: str) -> list[Token]:
+        rows = self._read(_SELECT + " WHERE user_name = ? ORDER BY created, serial", (user,))
+        return [_row_to_token(row) for row in rows]
+
+    def all_tokens(self) -> list[Token]:
+        return [_row_to_token(row) for row in self._read(_SELECT + " ORDER BY serial")]
+
+    def existing_fingerprints(self, fingerprints: Iterable[bytes]) -> set[bytes]:
+        wanted = list(fingerprints)
+        found: set[bytes] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read(f"SELECT fingerprint FROM tokens WHERE fingerprint IN ({marks})", chunk)
+            found.update(bytes(row[0]) for row in rows)
+        return found
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _write(self, what: str, action: Any) -> Any:
+        try:
+            with self._transaction() as connection:
+                return action(connection)
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {what} failed, nothing was written: {exc}") from None
+
+    def add_tokens(self, tokens: Sequence[Token]) -> None:
+        marks = ", ".join("?" * len(_COLUMNS))
+        sql = f"INSERT INTO tokens ({', '.join(_COLUMNS)}) VALUES ({marks})"
+
+        def insert(connection: sqlite3.Connection) -> None:
+            for token in tokens:
+                try:
+                    connection.execute(sql, _token_to_row(token))
+                except sqlite3.IntegrityError:
+                    raise Conflict(f"token {token.serial}: a token with this serial or this "
+                                   "same secret already exists") from None
+
+        self._write("adding tokens", insert)
+
+    def compare_and_set(self, serial: str, expected_version: int, changes: Mapping[str, Any]) -> bool:
+        unknown = set(changes) - STATE_FIELDS
+        if unknown:
+            raise ValueError(f"not state fields: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        sql = (f"UPDATE tokens SET {assignments}, version = version + 1 "
+               "WHERE serial = ? AND version = ?")
+        parameters = (*changes.values(), serial, expected_version)
+        try:
+            cursor = self._connection().execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: commit failed, nothing was written: {exc}") from None
+        return cursor.rowcount == 1
+
+    def update_admin_fields(self, serial: str, changes: Mapping[str, Any]) -> Token:
+        unknown = set(changes) - ADMIN_FIELDS
+        if unknown:
+            raise ValueError(f"not administrative fields: {sorted(unknown)}")
+        assignments = ", ".join(f"{_COLUMN_OF.get(name, name)} = ?" for name in changes)
+
+        def update(connection: sqlite3.Connection) -> int:
+            return connection.execute(
+                f"UPDATE tokens SET {assignments}, version = version + 1 WHERE serial = ?",
+                (*changes.values(), serial)).rowcount
+
+        if self._write(f"updating token {serial}", update) != 1:
+            raise NotFound(f"no token with serial {serial}")
+        token = self.get(serial)
+        assert token is not None
+        return token
+
+    def reset_throttling(self, serial: str) -> None:
+        def update(connection: sqlite3.Connection) -> int:
+            return connection.execute(
+                "UPDATE tokens SET failures = 0, locked_until = 0, version = version + 1 "
+                "WHERE serial = ?", (serial,)).rowcount
+
+        if self._write(f"unlocking token {serial}", update) != 1:
+            raise NotFound(f"no token with serial {serial}")
+
+    def remove(self, serial: str) -> None:
+        def delete(connection: sqlite3.Connection) -> int:
+            return connection.execute("DELETE FROM tokens WHERE serial = ?", (serial,)).rowcount
+
+        if self._write(f"removing token {serial}", delete) != 1:
+            raise NotFound(f"no token with serial {serial}")
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("writing settings", lambda c: c.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)))
+
+    def health(self) -> dict[str, object]:
+        try:
+            count = self._read("SELECT count(*) FROM tokens")[0][0]
+            self._read("PRAGMA quick_check(1)")
+        except StoreError as exc:
+            return {"ok": False, "backend": self.name, "path": str(self.path), "error": str(exc)}
+        return {"ok": True, "backend": self.name, "path": str(self.path), "tokens": count,
+                "schema_version": SCHEMA_VERSION}
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()

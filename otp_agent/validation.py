@@ -1,0 +1,250 @@
+"""The validation engine: windows, replay rejection, resynchronisation and throttling.
+
+It knows the store and the key backend only through their Protocols.  Every decision is made on a
+fresh read of the token and committed with the store's compare-and-set *before* it is returned,
+so of two submissions of the same code exactly one can be accepted.  Failures count in the same
+way; past ``lock_threshold`` consecutive failures a token locks for a time that doubles with each
+lock (bounded by ``lock_max_seconds``); a success resets both.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from otp_agent.audit import AuditLog, RequestContext
+from otp_agent.config import PolicyConfig
+from otp_agent.errors import KeyBackendError, NotFound, StoreError, UsageError
+from otp_agent.keystore import KeyBackend
+from otp_agent.oath import TokenType, codes_for, match_code, time_step
+from otp_agent.store import Token, TokenStore
+
+_log = logging.getLogger(__name__)
+_CODE = re.compile(r"[0-9]{6}|[0-9]{8}")
+_CAS_ATTEMPTS = 16
+
+#: Checks a user's password through PAM: (user, password) -> bool.
+PasswordChecker = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one validation."""
+
+    accepted: bool
+    reason: str
+    serial: str | None = None
+
+    def reply(self) -> dict[str, Any]:
+        """The reply fields sent to the client."""
+        return {"result": "accept" if self.accepted else "reject", "reason": self.reason,
+                "serial": self.serial}
+
+
+@dataclass(frozen=True)
+class _Match:
+    factor: int | None = None
+    replay: bool = False
+    time_step: int = 0
+
+
+def is_valid_code(code: object) -> bool:
+    """True for a string of exactly 6 or 8 ASCII digits."""
+    return isinstance(code, str) and _CODE.fullmatch(code) is not None
+
+
+class Validator:
+    """Validates codes for users against their tokens."""
+
+    def __init__(self, store: TokenStore, keys: KeyBackend, policy: PolicyConfig, audit: AuditLog,
+                 *, clock: Callable[[], float] = time.time,
+                 password_checker: PasswordChecker | None = None) -> None:
+        self.store, self.keys, self.policy, self.audit = store, keys, policy, audit
+        self.clock = clock
+        self.password_checker = password_checker
+
+    # -- public entry points ---------------------------------------------------------------
+
+    def validate(self, user: str, code: str, context: RequestContext) -> Decision:
+        """Validate ``code`` for ``user`` and commit the outcome; audit it."""
+        decision = self._guarded(lambda: self._validate_code(user, code))
+        self.audit.record("validate", context, user=user, serial=decision.serial,
+                          result="accept" if decision.accepted else "reject", reason=decision.reason)
+        return decision
+
+    def validate_password_and_code(self, user: str, answer: str, context: RequestContext) -> Decision:
+        """Validate a password immediately followed by a code; never tell which part failed."""
+        decision = self._guarded(lambda: self._password_and_code(user, answer))
+        self.audit.record("validate", context, user=user, serial=decision.serial, mode="password+code",
+                          result="accept" if decision.accepted else "reject", reason=decision.reason)
+        return decision
+
+    def is_enrolled(self, user: str) -> bool:
+        """True when the user has at least one enabled token."""
+        return any(token.enabled for token in self.store.tokens_for_user(user))
+
+    def resync(self, user: str, code1: str, code2: str, context: RequestContext) -> str:
+        """Resynchronise a token of ``user`` from two consecutive codes; return its serial.
+
+        :raises NotFound: no token of the user produced these two codes in the resync window.
+        """
+        if not (is_valid_code(code1) and is_valid_code(code2)):
+            raise UsageError("codes must be 6 or 8 digits")
+        for _attempt in range(_CAS_ATTEMPTS):
+            for token in self._usable(user):
+                if token.digits != len(code1) or len(code1) != len(code2):
+                    continue
+                changes = self._resync_changes(token, code1, code2)
+                if changes is None:
+                    continue
+                if self.store.compare_and_set(token.serial, token.version, changes):
+                    self.audit.record("resync", context, user=user, serial=token.serial,
+                                      result="accept", reason="resynchronised")
+                    return token.serial
+                break
+            else:
+                self.audit.record("resync", context, user=user, result="reject", reason="no_match")
+                raise NotFound(f"no token of {user} produced these two consecutive codes")
+        raise StoreError("too many concurrent changes to this token; try again")
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _guarded(self, action: Callable[[], Decision]) -> Decision:
+        try:
+            return action()
+        except (KeyBackendError, StoreError) as exc:
+            _log.error("validation failed closed: %s", exc)
+            return Decision(False, exc.code)
+
+    def _usable(self, user: str) -> list[Token]:
+        now = self.clock()
+        return [t for t in self.store.tokens_for_user(user)
+                if t.enabled and (t.not_before is None or t.not_before <= now)
+                and (t.not_after is None or now < t.not_after)]
+
+    def _validate_code(self, user: str, code: str, *, commit_success: bool = True) -> Decision:
+        if not is_valid_code(code):
+            return Decision(False, "malformed")
+        for _attempt in range(_CAS_ATTEMPTS):
+            tokens = self.store.tokens_for_user(user)
+            if not tokens:
+                if self.policy.unenrolled == "allow":
+                    return Decision(True, "not_enrolled")
+                return Decision(False, "no_token")
+            usable = self._usable(user)
+            if not usable:
+                return Decision(False, "disabled")
+            now = self.clock()
+            unlocked = [t for t in usable if t.locked_until <= now]
+            if not unlocked:
+                return Decision(False, "locked", usable[0].serial)
+            matches = [(t, self._match(t, code, now)) for t in unlocked if t.digits == len(code)]
+            hit = next(((t, m) for t, m in matches if m.factor is not None), None)
+            if hit is not None and commit_success:
+                token, match = hit
+                if self.store.compare_and_set(token.serial, token.version,
+                                              self._success_changes(token, match)):
+                    return Decision(True, "accepted", token.serial)
+                continue  # Someone else changed the token: decide again on fresh state.
+            replayed = any(m.replay for _t, m in matches)
+            self._record_failures(unlocked)
+            return Decision(False, "replay" if replayed else "bad_code",
+                            unlocked[0].serial if len(unlocked) == 1 else None)
+        raise StoreError("too many concurrent changes to this user's tokens")
+
+    def _password_and_code(self, user: str, answer: str) -> Decision:
+        if self.password_checker is None:
+            raise UsageError("password-and-code mode is not available on this agent")
+        tokens = self._usable(user)
+        lengths = sorted({t.digits for t in tokens}) or [6]
+        for digits in lengths:
+            password, code = answer[:-digits], answer[-digits:]
+            if not password or not is_valid_code(code):
+                continue
+            if self.password_checker(user, password):
+                decision = self._validate_code(user, code)
+                if decision.accepted:
+                    return decision
+                return Decision(False, "bad_password_or_code", decision.serial)
+        self._record_failures([t for t in tokens if t.locked_until <= self.clock()])
+        return Decision(False, "bad_password_or_code")
+
+    def _match(self, token: Token, code: str, now: float) -> _Match:
+        """Find the moving factor of ``code`` within the token's window (no writes)."""
+        hmacs = lambda messages: self.keys.compute_hmacs(token.identity, token.sealed, messages)
+        if token.token_type is TokenType.HOTP:
+            first = max(token.counter - 1, 0)
+            factors = list(range(first, token.counter + self.policy.hotp_lookahead + 1))
+            fresh = [f for f in factors if f >= token.counter]
+        else:
+            if now < token.t0:
+                return _Match()
+            current = time_step(now, token.period, token.t0)
+            centre = current + token.drift
+            window = self.policy.totp_window
+            factors = [s for s in range(centre - window, centre + window + 1) if s >= 0]
+            fresh = [s for s in factors if token.last_step is None or s > token.last_step]
+        codes = dict(zip(factors, codes_for(hmacs, factors, token.digits)))
+        found = match_code(code, [(f, codes[f]) for f in fresh])
+        if found is not None:
+            return _Match(factor=found, time_step=0 if token.token_type is TokenType.HOTP else current)
+        stale = [(f, codes[f]) for f in factors if f not in fresh]
+        return _Match(replay=match_code(code, stale) is not None)
+
+    def _success_changes(self, token: Token, match: _Match) -> dict[str, Any]:
+        assert match.factor is not None
+        changes: dict[str, Any] = {"failures": 0, "lock_count": 0, "locked_until": 0.0}
+        if token.token_type is TokenType.HOTP:
+            changes["counter"] = match.factor + 1
+        else:
+            changes["last_step"] = match.factor
+            offset = match.factor - match.time_step
+            bound = max(self.policy.totp_max_drift, abs(token.drift))
+            changes["drift"] = offset if abs(offset) <= bound else token.drift
+        return changes
+
+    def _failure_changes(self, token: Token, now: float) -> dict[str, Any]:
+        failures = token.failures + 1
+        if failures < self.policy.lock_threshold:
+            return {"failures": failures}
+        lock_count = token.lock_count + 1
+        duration = min(self.policy.lock_base_seconds * 2 ** min(lock_count - 1, 30),
+                       self.policy.lock_max_seconds)
+        _log.warning("token %s locked for %d s after %d failures", token.serial, duration, failures)
+        return {"failures": 0, "lock_count": lock_count, "locked_until": now + duration}
+
+    def _record_failures(self, tokens: Sequence[Token]) -> None:
+        for token in tokens:
+            current: Token | None = token
+            for _attempt in range(_CAS_ATTEMPTS):
+                if current is None:
+                    break
+                if self.store.compare_and_set(current.serial, current.version,
+                                              self._failure_changes(current, self.clock())):
+                    break
+                current = self.store.get(current.serial)
+
+    def _resync_changes(self, token: Token, code1: str, code2: str) -> dict[str, Any] | None:
+        hmacs = lambda messages: self.keys.compute_hmacs(token.identity, token.sealed, messages)
+        now = self.clock()
+        if token.token_type is TokenType.HOTP:
+            factors = list(range(token.counter, token.counter + self.policy.hotp_resync_window + 2))
+        else:
+            current = time_step(now, token.period, token.t0)
+            reach = self.policy.totp_resync_window
+            factors = [s for s in range(current - reach, current + reach + 1)
+                       if s >= 0 and (token.last_step is None or s > token.last_step)]
+        codes = codes_for(hmacs, factors, token.digits)
+        pairs = [(factors[i], codes[i] + codes[i + 1]) for i in range(len(factors) - 1)
+                 if factors[i + 1] == factors[i] + 1]
+        found = match_code(code1 + code2, pairs)
+        if found is None:
+            return None
+        reset: dict[str, Any] = {"failures": 0, "lock_count": 0, "locked_until": 0.0}
+        if token.token_type is TokenType.HOTP:
+            return {**reset, "counter": found + 2}
+        return {**reset, "last_step": found + 1, "drift": found + 1 - current}
