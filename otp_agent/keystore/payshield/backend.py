@@ -1,0 +1,213 @@
+"""The payShield key backend: token secrets as LMK key blocks, HMACs computed by the HSM.
+
+Owns the mapping of the KeyBackend Protocol onto host commands:
+
+* ``seal_secret``: the clear secret is wrapped under the ZMK (in memory, then wiped) and
+  imported with LU; the HSM returns it as a key block under its LMK, with HMAC usage matching
+  the token's hash, mode G (generate only), not exportable, and an optional header block that
+  binds it to the token identity.  The sealed blob is ``S`` + that key block.
+* ``compute_hmacs``: one LQ per message, all pipelined on one connection; LQ returns an HMAC,
+  never a key, and no code path here asks the HSM for a clear key.
+* ``fingerprint``: an HMAC computed by the HSM under a dedicated fingerprint key block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from otp_agent.errors import KeyBackendError, KeyBackendUnavailable
+from otp_agent.keystore import TokenIdentity
+from otp_agent.keystore.payshield import codec
+from otp_agent.keystore.payshield.codec import HmacKey
+from otp_agent.keystore.payshield.config import PayShieldConfig
+from otp_agent.keystore.payshield.errors import PayShieldKeyBlockError
+from otp_agent.keystore.payshield.keyblock import (
+    BINDING_BLOCK_ID, HASH_ID, HMAC_USAGE, KeyBlockFormatError, attributes, binding_block,
+    split_key_block,
+)
+from otp_agent.keystore.payshield.transit import wrap_for_import
+from otp_agent.keystore.payshield.transport import Transport
+from otp_agent.sensitive import Secret
+
+logger = logging.getLogger(__name__)
+
+_FINGERPRINT_LABEL = b"otp-agent payshield fingerprint v1\x00"
+_MODE_OF_USE = "G"
+_EXPORTABILITY = "N"
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyBackendUnavailable(f"cannot read the {what} {path}: {type(exc).__name__}") from None
+
+
+def _key_block_file(path: Path, what: str) -> str:
+    text = _read_text(path, what)
+    try:
+        split_key_block(text[1:])
+    except KeyBlockFormatError:
+        raise KeyBackendUnavailable(f"{path} does not hold a key block ({what})") from None
+    if not text.startswith("S"):
+        raise KeyBackendUnavailable(f"{path} does not hold a key block ({what})")
+    return text
+
+
+class PayShieldKeyBackend:
+    """Key backend whose secrets exist only under the LMK of one or more payShield HSMs."""
+
+    name = "payshield"
+
+    def __init__(self, config: PayShieldConfig) -> None:
+        """Connect, check each HSM's LMK check value (NC), load the fingerprint key block.
+
+        :raises KeyBackendUnavailable: no HSM reachable, or an LMK check value mismatch.
+        """
+        self.config = config
+        self._fingerprint_key: str | None = None
+        if config.fingerprint_key_file is not None and config.fingerprint_key_file.exists():
+            self._fingerprint_key = _key_block_file(config.fingerprint_key_file, "fingerprint key")
+        self._transport = Transport(config)
+        try:
+            self._transport.start()
+        except BaseException:
+            self._transport.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"PayShieldKeyBackend(hosts={[str(h) for h in self.config.hosts]})"
+
+    # -- sealing -------------------------------------------------------------------------------
+
+    def seal_secret(self, identity: TokenIdentity, secret: Secret) -> bytes:
+        """Import ``secret`` under the LMK with LU and return ``S`` + key block (or a variant).
+
+        :raises KeyBackendError: no ZMK configured, or the HSM refused the import.
+        """
+        config = self.config
+        if config.zmk_file is None or config.zmk_key_block_file is None:
+            raise KeyBackendError("payShield import needs keystore.payshield.zmk_file and "
+                                  "zmk_key_block_file (see docs/hsm.md, key ceremony)")
+        zmk_key_block = _key_block_file(config.zmk_key_block_file, "ZMK key block")
+        with Secret(bytes.fromhex(_read_text(config.zmk_file, "ZMK file"))) as zmk:
+            wrapped = wrap_for_import(zmk.reveal(), secret.reveal())
+        if config.key_format == "keyblock":
+            blocks = (binding_block(identity.binding()),) if config.bind_identity else ()
+            tail = attributes(HMAC_USAGE[identity.algorithm], "H0", _MODE_OF_USE,
+                              _EXPORTABILITY, blocks)
+            request = codec.encode_lu(zmk_key_block, wrapped, codec.KEY_BLOCK_FORMAT, tail)
+        else:
+            tail = f"{HASH_ID[identity.algorithm]}01{len(secret):04d}"
+            request = codec.encode_lu(zmk_key_block, wrapped, codec.VARIANT_FORMAT, tail)
+        (response,) = self._transport.exchange([request])
+        key = codec.parse_key_response("LU", response)
+        if key.key_format == codec.KEY_BLOCK_FORMAT:
+            sealed = b"S" + key.value
+        else:
+            sealed = b"V" + HASH_ID[identity.algorithm].encode("ascii") + key.value
+        self._open(identity, sealed)  # The HSM's answer must be what we asked for.
+        return sealed
+
+    # -- HMACs ---------------------------------------------------------------------------------
+
+    def _open(self, identity: TokenIdentity, sealed: bytes) -> tuple[str, HmacKey]:
+        """Check a sealed blob on the host (format, usage, binding); return hash id and key."""
+        if sealed[:1] == b"V" and self.config.key_format == "variant":
+            hash_id = sealed[1:3].decode("ascii", "replace")
+            if hash_id != HASH_ID[identity.algorithm] or len(sealed) < 11:
+                raise PayShieldKeyBlockError("sealed HMAC key does not match the token's hash")
+            return hash_id, HmacKey(codec.VARIANT_FORMAT, sealed[3:])
+        if sealed[:1] != b"S" or not sealed.isascii():
+            raise PayShieldKeyBlockError("sealed secret is not a payShield key block")
+        text = sealed[1:].decode("ascii")
+        try:
+            header, _body = split_key_block(text)
+        except KeyBlockFormatError as exc:
+            raise PayShieldKeyBlockError(f"sealed secret is a malformed key block: {exc}") from None
+        if header.usage != HMAC_USAGE[identity.algorithm] or header.algorithm != "H":
+            raise PayShieldKeyBlockError("key block usage does not match the token's hash")
+        if self.config.bind_identity:
+            found = header.block(BINDING_BLOCK_ID)
+            if found is None or found != binding_block(identity.binding()):
+                raise PayShieldKeyBlockError("key block is bound to another token")
+        return "FF", HmacKey.key_block(text)
+
+    def compute_hmacs(self, identity: TokenIdentity, sealed: bytes,
+                      messages: Sequence[bytes]) -> list[bytes]:
+        """Return the HMAC of each message, computed by the HSM with pipelined LQ commands.
+
+        :raises SealedSecretInvalid: the key block is malformed, bound elsewhere or refused.
+        :raises KeyBackendUnavailable: no HSM answered in time (fail closed).
+        """
+        hash_id, key = self._open(identity, sealed)
+        size = identity.algorithm.digest_size
+        requests = [codec.encode_lq(hash_id, size, key, message) for message in messages]
+        if not requests:
+            return []
+        responses = self._transport.exchange(requests, pipelined=self.config.pipelining)
+        return [codec.parse_lr(response, size) for response in responses]
+
+    def fingerprint(self, secret: Secret) -> bytes:
+        """Return HMAC-SHA-256 under the HSM's fingerprint key of SHA-256(label, secret).
+
+        Only the hash of the secret travels to the HSM, never the secret.
+
+        :raises KeyBackendError: no fingerprint key (run ``otp-agent init``).
+        """
+        if self._fingerprint_key is None:
+            raise KeyBackendError("payShield fingerprint key missing: set keystore.payshield."
+                                  "fingerprint_key_file and run otp-agent init")
+        digest = hashlib.sha256(_FINGERPRINT_LABEL + secret.reveal()).digest()
+        key = HmacKey.key_block(self._fingerprint_key[1:])
+        (response,) = self._transport.exchange([codec.encode_lq("FF", 32, key, digest)])
+        return codec.parse_lr(response, 32)
+
+    # -- status --------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, object]:
+        """Probe each HSM (NO) and report hosts, active HSM and what is configured."""
+        report: dict[str, object] = {"backend": self.name}
+        try:
+            report.update(self._transport.health())
+        except KeyBackendError as exc:
+            report.update({"ok": False, "error": str(exc)})
+        report.update({
+            "key_format": self.config.key_format,
+            "fingerprint_key": self._fingerprint_key is not None,
+            "import_enabled": self.config.zmk_file is not None,
+        })
+        return report
+
+    def close(self) -> None:
+        """Close the connections and stop the transport thread."""
+        self._transport.close()
+
+
+def initialise_payshield(config: PayShieldConfig) -> list[str]:
+    """Create what the configuration names and is missing: the fingerprint key block file.
+
+    The key is generated inside the HSM with L0 (HMAC-SHA-256, generate only, not exportable)
+    and only its key block is written, with mode 0600.  Existing files are never overwritten.
+    """
+    path = config.fingerprint_key_file
+    if path is None:
+        return ["payShield: no fingerprint_key_file configured, nothing to create"]
+    if path.exists():
+        return [f"payShield: fingerprint key {path} exists, kept"]
+    transport = Transport(config)
+    try:
+        transport.start()
+        request = codec.encode_l0(32, attributes("63", "H0", _MODE_OF_USE, _EXPORTABILITY))
+        (response,) = transport.exchange([request])
+        key = codec.parse_key_response("L0", response)
+    finally:
+        transport.close()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write("S" + key.value.decode("ascii") + "\n")
+    return [f"payShield: created fingerprint key block {path} (HMAC-SHA-256 generated in the HSM)"]

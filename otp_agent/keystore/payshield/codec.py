@@ -1,0 +1,457 @@
+"""Pure payShield host-command codec: framing, requests, responses.  No sockets, no crypto.
+
+Owns the byte layouts of reference/payshield-host-commands.md for NC, NO, B2, N0, L0, LQ, LS,
+LU and A0, in both directions (the client encodes requests and parses responses; the simulator
+parses requests and encodes responses), and the 2-byte big-endian length framing.  Every field
+is walked by its length field, so binary data containing X'19, ``;`` or ``%`` is never mistaken
+for a delimiter; X'19 is only accepted after the last field, followed by the optional trailer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otp_agent.keystore.payshield.errors import PayShieldProtocolError, error_for
+from otp_agent.keystore.payshield.keyblock import HASH_ID_DIGEST_SIZE, USAGE_DIGEST_SIZE
+
+#: Largest message the HSM accepts on one connection (reference section 1.2).
+MAX_MESSAGE = 32 * 1024
+KEY_BLOCK_FORMAT = "04"
+VARIANT_FORMAT = "00"
+DELIMITER = 0x19
+
+
+class CodecError(ValueError):
+    """Bytes that do not follow a host-command layout; ``error_code`` is what an HSM would answer."""
+
+    def __init__(self, message: str, error_code: str = "15") -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+# ---------------------------------------------------------------------------------------------
+# Framing
+
+
+def frame(body: bytes) -> bytes:
+    """Prefix a message (header + command + fields) with its 2-byte big-endian length."""
+    if not 0 < len(body) <= MAX_MESSAGE:
+        raise CodecError("message empty or larger than 32 KB")
+    return len(body).to_bytes(2, "big") + body
+
+
+class FrameReader:
+    """Incremental splitter of a TCP byte stream into length-prefixed messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes and return every message now complete (without its length)."""
+        self._buffer.extend(data)
+        messages: list[bytes] = []
+        while len(self._buffer) >= 2:
+            size = int.from_bytes(self._buffer[:2], "big")
+            if size == 0 or size > MAX_MESSAGE:
+                raise CodecError("frame length zero or over 32 KB")
+            if len(self._buffer) < 2 + size:
+                break
+            messages.append(bytes(self._buffer[2:2 + size]))
+            del self._buffer[:2 + size]
+        return messages
+
+
+def response_code(command: str) -> str:
+    """Return the response code of a command: same first letter, second character plus one."""
+    return command[0] + chr(ord(command[1]) + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Field walking
+
+
+class FieldReader:
+    """Reads fields left to right from a message body, each of a known or declared length."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._position = 0
+
+    def take(self, size: int) -> bytes:
+        """Return the next ``size`` raw bytes."""
+        end = self._position + size
+        if size < 0 or end > len(self._data):
+            raise CodecError("message ends before its fields")
+        chunk = self._data[self._position:end]
+        self._position = end
+        return chunk
+
+    def text(self, size: int) -> str:
+        """Return the next ``size`` bytes as printable ASCII."""
+        chunk = self.take(size)
+        if not all(0x20 <= b < 0x7F for b in chunk):
+            raise CodecError("non-printable byte in a text field")
+        return chunk.decode("ascii")
+
+    def number(self, size: int) -> int:
+        """Return the next ``size`` ASCII decimal digits as an integer."""
+        chunk = self.text(size)
+        if not chunk.isdigit():
+            raise CodecError("non-digit in a numeric field")
+        return int(chunk)
+
+    def hex_number(self, size: int) -> int:
+        """Return the next ``size`` ASCII hexadecimal digits as an integer."""
+        chunk = self.text(size)
+        try:
+            return int(chunk, 16)
+        except ValueError:
+            raise CodecError("non-hex digit in a hexadecimal field") from None
+
+    def peek(self, size: int = 1) -> bytes:
+        """Return the next ``size`` bytes without consuming them (fewer at the end)."""
+        return self._data[self._position:self._position + size]
+
+    def expect(self, literal: bytes) -> None:
+        """Consume ``literal`` or fail."""
+        if self.take(len(literal)) != literal:
+            raise CodecError(f"expected {literal!r} delimiter")
+
+    def rest(self) -> bytes:
+        """Return every byte left."""
+        chunk = self._data[self._position:]
+        self._position = len(self._data)
+        return chunk
+
+    def finish(self) -> None:
+        """Check that nothing but an optional X'19 + printable trailer (32 max) remains."""
+        rest = self.rest()
+        if not rest:
+            return
+        trailer = rest[1:]
+        if rest[0] != DELIMITER or len(trailer) > 32 or not all(0x20 <= b < 0x7F for b in trailer):
+            raise CodecError("unexpected bytes after the last field")
+
+    def key_block(self) -> str:
+        """Read a key block without its ``S``, sized by the length in its own header."""
+        head = self.text(5)
+        if not head[1:].isdigit() or int(head[1:]) < 16:
+            raise CodecError("key block length is not decimal", error_code="83")
+        return head + self.text(int(head[1:]) - 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# HMAC key fields
+
+
+@dataclass(frozen=True)
+class HmacKey:
+    """An HMAC key as a command carries it: a key block (format 04) or a variant cryptogram (00)."""
+
+    key_format: str
+    value: bytes
+
+    def __repr__(self) -> str:
+        return f"HmacKey(format={self.key_format}, <{len(self.value)} bytes>)"
+
+    @classmethod
+    def key_block(cls, text: str) -> HmacKey:
+        """Wrap a key block given without its ``S`` prefix."""
+        return cls(KEY_BLOCK_FORMAT, text.encode("ascii"))
+
+    def encode(self) -> bytes:
+        """Return format 2N + length 4N (``FFFF`` for a key block) + key [+ ``;`` for a variant]."""
+        if self.key_format == KEY_BLOCK_FORMAT:
+            return b"04FFFF" + self.value
+        return f"00{len(self.value):04d}".encode() + self.value + b";"
+
+
+def _read_hmac_key(reader: FieldReader) -> HmacKey:
+    key_format = reader.text(2)
+    if key_format == KEY_BLOCK_FORMAT:
+        if reader.text(4) != "FFFF":
+            raise CodecError("key block length must be FFFF", error_code="80")
+        return HmacKey.key_block(reader.key_block())
+    if key_format == VARIANT_FORMAT:
+        key = reader.take(reader.number(4))
+        reader.expect(b";")
+        return HmacKey(VARIANT_FORMAT, key)
+    raise CodecError("invalid HMAC key format", error_code="07")
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests (client side encodes, simulator side parses)
+
+
+def encode_nc() -> bytes:
+    """NC: perform diagnostics (LMK check value and firmware)."""
+    return b"NC"
+
+
+def encode_no(mode: int = 0) -> bytes:
+    """NO: HSM status, mode 00."""
+    return f"NO{mode:02d}".encode()
+
+
+def encode_b2(data: bytes) -> bytes:
+    """B2: echo ``data`` (length 4H)."""
+    return f"B2{len(data):04X}".encode() + data
+
+
+def encode_n0(length: int) -> bytes:
+    """N0: ``length`` random bytes (length 3N)."""
+    return f"N0{length:03d}".encode()
+
+
+def encode_l0(key_length: int, attributes: str, hash_id: str = "FF", usage: str = "FF") -> bytes:
+    """L0: generate an HMAC key as a key block with the given ``#`` attributes."""
+    return f"L0{hash_id}{usage}{key_length:04d}04{attributes}".encode("ascii")
+
+
+def encode_lq(hash_id: str, hmac_length: int, key: HmacKey, data: bytes) -> bytes:
+    """LQ: HMAC of ``data`` under ``key``; ``hmac_length`` output bytes (4N)."""
+    return (f"LQ{hash_id}{hmac_length:04d}".encode() + key.encode()
+            + f"{len(data):05d}".encode() + data)
+
+
+def encode_ls(hash_id: str, mac: bytes, key: HmacKey, data: bytes) -> bytes:
+    """LS: verify the leftmost-truncated HMAC ``mac`` of ``data`` under ``key``."""
+    return (f"LS{hash_id}{len(mac):04d}".encode() + mac + key.encode()
+            + f"{len(data):05d}".encode() + data)
+
+
+def encode_lu(zmk: str, wrapped: bytes, key_format: str, tail: str) -> bytes:
+    """LU: import an HMAC key under a ZMK (``zmk`` is ``S`` + key block).
+
+    ``tail`` is the key-block ``#`` attributes for format 04, or hash id 2N + usage 2N + key
+    length 4N for format 00.  Transport format 00 (proprietary) is used.
+    """
+    return (f"LU{zmk}{len(wrapped):04d}".encode("ascii") + wrapped
+            + f";00{key_format}{tail}".encode("ascii"))
+
+
+def encode_a0(mode: str, attributes: str) -> bytes:
+    """A0: generate a key as a key block (key type ``FFF``, scheme ``S``)."""
+    return f"A0{mode}FFFS{attributes}".encode("ascii")
+
+
+def split_request(payload: bytes) -> tuple[str, FieldReader]:
+    """Split a request (after the header) into its command code and a reader of its fields."""
+    if len(payload) < 2 or not all(0x20 < b < 0x7F for b in payload[:2]):
+        raise CodecError("missing command code")
+    return payload[:2].decode("ascii"), FieldReader(payload[2:])
+
+
+@dataclass(frozen=True)
+class HmacRequest:
+    """Fields of an LQ or LS request."""
+
+    hash_id: str
+    hmac_length: int
+    key: HmacKey
+    data: bytes
+    mac: bytes = b""
+
+
+def parse_lq(reader: FieldReader) -> HmacRequest:
+    """Parse the fields of an LQ request."""
+    hash_id, length = reader.text(2), reader.number(4)
+    key = _read_hmac_key(reader)
+    data = reader.take(reader.number(5))
+    reader.finish()
+    return HmacRequest(hash_id, length, key, data)
+
+
+def parse_ls(reader: FieldReader) -> HmacRequest:
+    """Parse the fields of an LS request."""
+    hash_id, length = reader.text(2), reader.number(4)
+    mac = reader.take(length)
+    key = _read_hmac_key(reader)
+    data = reader.take(reader.number(5))
+    reader.finish()
+    return HmacRequest(hash_id, length, key, data, mac)
+
+
+@dataclass(frozen=True)
+class KeyRequest:
+    """Fields of an L0 / LU / A0 request that matter to the simulator."""
+
+    key_format: str
+    attributes: str = ""
+    hash_id: str = "FF"
+    usage: str = "FF"
+    key_length: int = 0
+    zmk: str = ""
+    wrapped: bytes = b""
+    mode: str = "0"
+
+
+def _attributes(reader: FieldReader) -> str:
+    rest = reader.rest()
+    if rest.endswith(b"\x19"):
+        rest = rest[:-1]
+    if not rest.startswith(b"#") or not all(0x20 <= b < 0x7F for b in rest):
+        raise CodecError("missing or malformed key-block attributes")
+    return rest[1:].decode("ascii")
+
+
+def parse_l0(reader: FieldReader) -> KeyRequest:
+    """Parse an L0 request (key-block format only: ``04`` + ``#`` attributes)."""
+    hash_id, usage, length, key_format = reader.text(2), reader.text(2), reader.number(4), reader.text(2)
+    if key_format != KEY_BLOCK_FORMAT:
+        raise CodecError("only key-block format 04 is supported", error_code="07")
+    return KeyRequest(key_format, _attributes(reader), hash_id, usage, length)
+
+
+def parse_lu(reader: FieldReader) -> KeyRequest:
+    """Parse an LU request: ZMK key block, wrapped key, ``;``, transport and key formats, tail."""
+    if reader.text(1) != "S":
+        raise CodecError("ZMK must be a key block", error_code="26")
+    zmk = reader.key_block()
+    wrapped = reader.take(reader.number(4))
+    reader.expect(b";")
+    if reader.text(2) != "00":
+        raise CodecError("only transport format 00 is supported", error_code="15")
+    key_format = reader.text(2)
+    if key_format == KEY_BLOCK_FORMAT:
+        return KeyRequest(key_format, _attributes(reader), zmk=zmk, wrapped=wrapped)
+    if key_format == VARIANT_FORMAT:
+        hash_id, usage, length = reader.text(2), reader.text(2), reader.number(4)
+        reader.finish()
+        return KeyRequest(key_format, "", hash_id, usage, length, zmk=zmk, wrapped=wrapped)
+    raise CodecError("invalid HMAC key format", error_code="07")
+
+
+def parse_a0(reader: FieldReader) -> KeyRequest:
+    """Parse an A0 request limited to key-block keys: mode, ``FFF``, ``S``, ``#`` attributes."""
+    mode, key_type, scheme = reader.text(1), reader.text(3), reader.text(1)
+    if mode not in "01" or key_type != "FFF" or scheme != "S":
+        raise CodecError("only A0 mode 0/1 with key type FFF and scheme S is supported", "26")
+    return KeyRequest(KEY_BLOCK_FORMAT, _attributes(reader), mode=mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses (simulator encodes, client parses)
+
+
+def encode_response(command: str, error_code: str, data: bytes = b"") -> bytes:
+    """Return response code + error code + data (the caller adds the echoed header)."""
+    return (response_code(command) + error_code).encode("ascii") + data
+
+
+def open_response(command: str, payload: bytes) -> FieldReader:
+    """Check a response's code and error code; return a reader positioned on its data.
+
+    :raises PayShieldProtocolError: the response code does not belong to ``command``.
+    :raises PayShieldCommandError: (or a key-block subclass) the error code is not ``00``.
+    """
+    expected = response_code(command).encode("ascii")
+    if payload[:2] != expected or len(payload) < 4:
+        raise PayShieldProtocolError(f"payShield answered {command} with a wrong response code")
+    error_code = payload[2:4].decode("ascii", "replace")
+    if error_code != "00":
+        raise error_for(command, error_code)
+    return FieldReader(payload[4:])
+
+
+def _checked(reader: FieldReader) -> None:
+    try:
+        reader.finish()
+    except CodecError as exc:
+        raise PayShieldProtocolError(f"malformed payShield response: {exc}") from None
+
+
+def parse_nd(payload: bytes) -> tuple[str, str]:
+    """Return (LMK check value 16H, firmware 9A) from an NC response."""
+    reader = open_response("NC", payload)
+    try:
+        check, firmware = reader.text(16), reader.text(9)
+    except CodecError as exc:
+        raise PayShieldProtocolError(f"malformed ND response: {exc}") from None
+    _checked(reader)
+    return check, firmware
+
+
+def parse_np(payload: bytes) -> dict[str, object]:
+    """Return the status fields of an NO mode-00 response (4-digit socket count layout)."""
+    reader = open_response("NO", payload)
+    try:
+        buffer, protocol, sockets, firmware = (reader.number(1), reader.number(1),
+                                               reader.number(4), reader.text(9))
+    except CodecError as exc:
+        raise PayShieldProtocolError(f"malformed NP response: {exc}") from None
+    reader.rest()
+    return {"io_buffer": {0: "2K", 1: "8K", 2: "16K", 3: "32K"}.get(buffer, "?"),
+            "protocol": "TCP" if protocol == 1 else "UDP", "tcp_sockets": sockets,
+            "firmware": firmware}
+
+
+def parse_b3(payload: bytes) -> bytes:
+    """Return the data echoed by a B2 command."""
+    return open_response("B2", payload).rest()
+
+
+def parse_n1(payload: bytes, length: int) -> bytes:
+    """Return the ``length`` random bytes of an N0 response."""
+    reader = open_response("N0", payload)
+    try:
+        data = reader.take(length)
+    except CodecError as exc:
+        raise PayShieldProtocolError(f"malformed N1 response: {exc}") from None
+    _checked(reader)
+    return data
+
+
+def parse_key_response(command: str, payload: bytes) -> HmacKey:
+    """Return the key of an L0 or LU response: ``FFFF`` + key block, or length 4N + cryptogram."""
+    reader = open_response(command, payload)
+    try:
+        length = reader.text(4)
+        key = (HmacKey.key_block(reader.key_block()) if length == "FFFF"
+               else HmacKey(VARIANT_FORMAT, reader.take(int(length))))
+    except (CodecError, ValueError) as exc:
+        raise PayShieldProtocolError(f"malformed {command} response: {exc}") from None
+    _checked(reader)
+    return key
+
+
+def parse_a1(payload: bytes) -> tuple[str, str]:
+    """Return (key block with ``S``, 6-hex key check value) from an A0 mode-0 response."""
+    reader = open_response("A0", payload)
+    try:
+        if reader.text(1) != "S":
+            raise CodecError("key is not a key block")
+        key, kcv = "S" + reader.key_block(), reader.text(6)
+    except CodecError as exc:
+        raise PayShieldProtocolError(f"malformed A1 response: {exc}") from None
+    _checked(reader)
+    return key, kcv
+
+
+def parse_lr(payload: bytes, hmac_length: int) -> bytes:
+    """Return the HMAC of an LQ response, checking its length field equals ``hmac_length``."""
+    reader = open_response("LQ", payload)
+    try:
+        length = reader.number(4)
+        if length != hmac_length:
+            raise CodecError("HMAC length differs from the one requested")
+        mac = reader.take(length)
+    except CodecError as exc:
+        raise PayShieldProtocolError(f"malformed LR response: {exc}") from None
+    _checked(reader)
+    return mac
+
+
+def parse_lt(payload: bytes) -> bool:
+    """Return True if LS verified (``00``), False on ``01``; other codes raise."""
+    if payload[:4] == b"LT01":
+        return False
+    _checked(open_response("LS", payload))
+    return True
+
+
+def digest_size(hash_id: str, key: HmacKey) -> int | None:
+    """Digest size for an HMAC request: from the key-block usage (``FF``) or the hash id."""
+    if hash_id == "FF" and key.key_format == KEY_BLOCK_FORMAT:
+        return USAGE_DIGEST_SIZE.get(key.value[5:7].decode("ascii", "replace"))
+    return HASH_ID_DIGEST_SIZE.get(hash_id)

@@ -1,0 +1,293 @@
+"""Talking to a set of HSMs: pools, failover, back-off, health, licence pacing.
+
+Owns a private asyncio event loop in a daemon thread, so that the synchronous key-backend API
+can pipeline many requests on persistent connections.  HSMs are used in the configured order:
+the first one that is up takes the traffic; a failed HSM is marked down and retried after an
+exponential back-off, by the next request or by the periodic health check, and takes the
+traffic back once it answers.  Every new connection starts with NC and is refused if the LMK
+check value differs from the configured one.  A request that fails is never retried: the
+caller fails closed and the next request goes to the next HSM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from otp_agent.errors import KeyBackendError
+from otp_agent.keystore.payshield import codec
+from otp_agent.keystore.payshield.config import HsmAddress, PayShieldConfig
+from otp_agent.keystore.payshield.connection import HsmConnection
+from otp_agent.keystore.payshield.errors import LmkMismatch, PayShieldBusy, PayShieldUnavailable
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+@dataclass
+class HostState:
+    """What the transport knows about one HSM."""
+
+    address: HsmAddress
+    up: bool = False
+    failures: int = 0
+    next_retry: float = 0.0
+    last_error: str = ""
+    lmk_check_value: str = ""
+    firmware: str = ""
+    status: dict[str, object] = field(default_factory=dict)
+    connections: list[HsmConnection] = field(default_factory=list)
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def report(self) -> dict[str, object]:
+        """JSON-able view for ``otpctl status``."""
+        return {"address": str(self.address), "up": self.up, "lmk_check_value": self.lmk_check_value,
+                "firmware": self.firmware, "connections": len(self.connections),
+                "in_flight": sum(c.in_flight for c in self.connections),
+                "failures": self.failures, "last_error": self.last_error, **self.status}
+
+
+def lmk_matches(configured: str, reported: str) -> bool:
+    """Compare check values on the configured digits (6 significant, or all 16)."""
+    return reported[:len(configured)].upper() == configured.upper()
+
+
+class Transport:
+    """Synchronous facade over pipelined connections to one or more HSMs."""
+
+    def __init__(self, config: PayShieldConfig) -> None:
+        self.config = config
+        self._tls = self._tls_context(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="payshield-transport",
+                                        daemon=True)
+        self._thread.start()
+        self._hosts: list[HostState] = self._call(self._make_hosts(), 5.0)
+        self._next_slot = 0.0
+        self._health_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def _make_hosts(self) -> list[HostState]:
+        return [HostState(address) for address in self.config.hosts]
+
+    @staticmethod
+    def _tls_context(config: PayShieldConfig) -> ssl.SSLContext | None:
+        if not config.tls:
+            return None
+        context = ssl.create_default_context(
+            cafile=str(config.tls_ca_file) if config.tls_ca_file else None)
+        if config.tls_cert_file and config.tls_key_file:
+            context.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
+        return context
+
+    # -- the synchronous bridge ----------------------------------------------------------------
+
+    def _call(self, coroutine: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise PayShieldUnavailable("payShield request did not complete in time") from None
+
+    def start(self) -> None:
+        """Connect to every HSM (NC check); raise unless one is usable and none mismatches.
+
+        :raises LmkMismatch: an HSM reports another LMK check value.
+        :raises PayShieldUnavailable: no HSM could be reached.
+        """
+        self._call(self._start(), self.config.connect_timeout + self.config.request_timeout)
+        if self.config.health_interval > 0:
+            self._loop.call_soon_threadsafe(self._start_health_loop)
+
+    def exchange(self, payloads: Sequence[bytes], pipelined: bool = True) -> list[bytes]:
+        """Send requests to the active HSM and return their response payloads, in order.
+
+        Pipelined, every request is written at once on one connection and the answers are
+        collected in about one round trip; otherwise they are sent one after the other.
+        """
+        budget = self.config.connect_timeout + self.config.request_timeout * (
+            1 if pipelined else max(1, len(payloads)))
+        return self._call(self._exchange(list(payloads), pipelined), budget)
+
+    def health(self) -> dict[str, object]:
+        """Probe every HSM now (NO, or a reconnection if due) and report."""
+        return self._call(self._health(), self.config.connect_timeout + self.config.request_timeout)
+
+    def close(self) -> None:
+        """Close every connection and stop the loop thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._call(self._close(), 5.0)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5.0)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    # -- inside the loop -----------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        results = await asyncio.gather(*(self._connect(host) for host in self._hosts),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, LmkMismatch):
+                raise result
+        if not any(host.up for host in self._hosts):
+            reasons = "; ".join(host.last_error for host in self._hosts)
+            raise PayShieldUnavailable(f"no payShield reachable at start-up ({reasons})")
+
+    def _mark_down(self, host: HostState, error: BaseException) -> None:
+        host.failures += 1
+        delay = min(self.config.retry_max, self.config.retry_initial * 2 ** (host.failures - 1))
+        host.next_retry = time.monotonic() + delay
+        host.last_error = str(error)
+        if host.up:
+            logger.warning("payShield %s marked down, retry in %.1fs: %s", host.address, delay, error)
+        host.up = False
+        for connection in host.connections:
+            connection.fail(PayShieldUnavailable(f"payShield {host.address} is marked down"))
+        host.connections.clear()
+
+    async def _connect(self, host: HostState) -> HsmConnection:
+        """Open a connection, check the LMK with NC, and mark the host up."""
+        config = self.config
+        try:
+            connection = await HsmConnection.open(
+                host.address, config.header_length, config.max_in_flight,
+                config.connect_timeout, self._tls, config.tls_server_name)
+            try:
+                future = await connection.submit(codec.encode_nc())
+                check, firmware = codec.parse_nd(await asyncio.wait_for(future, config.request_timeout))
+            except asyncio.TimeoutError:
+                await connection.close()
+                raise PayShieldUnavailable(f"payShield {host.address} did not answer NC") from None
+            except BaseException:
+                await connection.close()
+                raise
+            if not lmk_matches(config.lmk_check_value, check):
+                await connection.close()
+                raise LmkMismatch(f"payShield {host.address} has LMK check value {check[:6]}, "
+                                  f"configured {config.lmk_check_value[:6]}: refusing to use it")
+        except KeyBackendError as exc:
+            self._mark_down(host, exc)
+            raise
+        host.lmk_check_value, host.firmware = check, firmware
+        if not host.up:
+            logger.info("payShield %s is up (firmware %s)", host.address, firmware)
+        host.up, host.failures, host.last_error = True, 0, ""
+        host.connections.append(connection)
+        return connection
+
+    async def _connection(self) -> HsmConnection:
+        """Return a connection to the first usable HSM, reconnecting where the back-off allows."""
+        now = time.monotonic()
+        for host in self._hosts:
+            if not host.up and now < host.next_retry:
+                continue
+            host.connections = [c for c in host.connections if not c.closed]
+            if host.up and host.connections:
+                best = min(host.connections, key=lambda c: c.in_flight)
+                if best.in_flight == 0 or len(host.connections) >= self.config.pool_size:
+                    return best
+            async with host.opening:
+                if host.up or time.monotonic() >= host.next_retry:
+                    try:
+                        return await self._connect(host)
+                    except KeyBackendError:
+                        continue
+        reasons = "; ".join(f"{h.address}: {h.last_error or 'down'}" for h in self._hosts)
+        raise PayShieldUnavailable(f"no payShield available ({reasons})")
+
+    async def _pace(self, count: int, deadline: float) -> None:
+        """Wait for ``count`` slots under the licence limit, or fail if past the deadline."""
+        cps = self.config.calls_per_second
+        if cps <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._next_slot)
+        last = start + (count - 1) / cps
+        if last > deadline:
+            raise PayShieldBusy(f"calls-per-second limit of {cps:g} reached: request not sent "
+                                f"within {self.config.request_timeout:g}s")
+        self._next_slot = last + 1.0 / cps
+        if last > now:
+            await asyncio.sleep(last - now)
+
+    async def _exchange(self, payloads: list[bytes], pipelined: bool) -> list[bytes]:
+        deadline = time.monotonic() + self.config.request_timeout
+        await self._pace(len(payloads), deadline)
+        connection = await self._connection()
+        host = next(h for h in self._hosts if h.address == connection.address)
+        try:
+            if pipelined:
+                futures = [await connection.submit(p) for p in payloads]
+                remaining = max(0.001, deadline - time.monotonic())
+                return list(await asyncio.wait_for(asyncio.gather(*futures), remaining))
+            results = []
+            for payload in payloads:
+                future = await connection.submit(payload)
+                results.append(await asyncio.wait_for(future, self.config.request_timeout))
+            return results
+        except asyncio.TimeoutError:
+            error = PayShieldUnavailable(f"payShield {host.address} did not answer within "
+                                         f"{self.config.request_timeout:g}s")
+            connection.fail(error)
+            self._mark_down(host, error)
+            raise error from None
+        except KeyBackendError as exc:
+            self._mark_down(host, exc)
+            raise
+
+    async def _probe(self, host: HostState) -> None:
+        if host.up and host.connections:
+            connection = min(host.connections, key=lambda c: c.in_flight)
+            try:
+                future = await connection.submit(codec.encode_no())
+                host.status = codec.parse_np(
+                    await asyncio.wait_for(future, self.config.request_timeout))
+            except asyncio.TimeoutError:
+                self._mark_down(host, PayShieldUnavailable(f"payShield {host.address} did not answer NO"))
+            except KeyBackendError as exc:
+                self._mark_down(host, exc)
+        elif time.monotonic() >= host.next_retry:
+            async with host.opening:
+                try:
+                    await self._connect(host)
+                except KeyBackendError:
+                    pass
+
+    async def _health(self) -> dict[str, object]:
+        await asyncio.gather(*(self._probe(host) for host in self._hosts))
+        active = next((str(h.address) for h in self._hosts if h.up), None)
+        return {"ok": active is not None, "active": active,
+                "hosts": [host.report() for host in self._hosts]}
+
+    def _start_health_loop(self) -> None:
+        self._health_task = self._loop.create_task(self._health_loop())
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            try:
+                await self._health()
+            except Exception:  # The loop must survive anything; the error is in host state.
+                logger.exception("payShield health check failed")
+
+    async def _close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+        for host in self._hosts:
+            for connection in host.connections:
+                await connection.close()
+            host.connections.clear()
+            host.up = False

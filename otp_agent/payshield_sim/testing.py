@@ -1,0 +1,133 @@
+"""Run the simulator inside a test: ``with running_simulator() as hsm: ...``.
+
+Owns a background thread with its own event loop serving one simulated HSM on 127.0.0.1 (a free
+port), a temporary directory with its LMK file and the key-ceremony files (ZMK in clear and as a
+key block), and helpers to change faults at run time and build a PayShieldConfig for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from otp_agent.keystore.payshield.config import HsmAddress, PayShieldConfig
+from otp_agent.payshield_sim.commands import CommandProcessor, make_zmk
+from otp_agent.payshield_sim.lmk import Lmk
+from otp_agent.payshield_sim.server import Knobs, SimulatorServer
+
+_T = TypeVar("_T")
+
+
+class RunningSimulator:
+    """Handle on a simulator running in a background thread."""
+
+    def __init__(self, directory: Path, lmk_file: Path, header_length: int, knobs: Knobs) -> None:
+        self.host = "127.0.0.1"
+        self.directory = directory
+        self.lmk_file = lmk_file
+        self.lmk = Lmk.load_or_create(lmk_file)
+        self.lmk_check_value = self.lmk.check_value
+        self.knobs = knobs
+        self.processor = CommandProcessor(self.lmk)
+        self.server = SimulatorServer(self.processor, header_length, knobs)
+        self.zmk_file = directory / "zmk.hex"
+        self.zmk_key_block_file = directory / "zmk.kb"
+        if not self.zmk_file.exists():
+            zmk, key_block = make_zmk(self.lmk)
+            self.zmk_file.write_text(zmk.hex() + "\n")
+            self.zmk_file.chmod(0o600)
+            self.zmk_key_block_file.write_text(key_block + "\n")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="payshield-sim",
+                                        daemon=True)
+        self._thread.start()
+        self.port = 0
+        self.running = False
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as written in ``[keystore.payshield] hosts``."""
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> None:
+        """Listen (again, on the same port once one was chosen)."""
+        self.port = self._run(self.server.start(self.host, self.port))
+        self.running = True
+
+    def stop(self) -> None:
+        """Stop listening and abort every connection (the HSM dies)."""
+        self._run(self.server.close())
+        self.running = False
+
+    def drop_connections(self) -> None:
+        """Abort every open connection, keep listening."""
+        self._run(self.server.drop_connections())
+
+    def set(self, **knobs: object) -> None:
+        """Change run-time knobs: latency, calls_per_second, fault, fault_error_code, ..."""
+        self.knobs.set(**knobs)
+
+    def clear_faults(self) -> None:
+        """Back to normal behaviour."""
+        self.knobs.set(fault="none", fault_count=None, fault_commands=frozenset())
+
+    def request_count(self, command: str) -> int:
+        """How many requests with this command code the simulator received."""
+        return self.server.requests[command]
+
+    def config(self, **overrides: object) -> PayShieldConfig:
+        """A PayShieldConfig for this simulator (fingerprint key file in the temporary dir)."""
+        base = PayShieldConfig(
+            hosts=(HsmAddress(self.host, self.port),),
+            lmk_check_value=self.lmk_check_value[:6],
+            header_length=self.server.header_length,
+            connect_timeout=2.0, request_timeout=2.0, health_interval=0.0,
+            retry_initial=0.05, retry_max=0.5,
+            zmk_file=self.zmk_file, zmk_key_block_file=self.zmk_key_block_file,
+            fingerprint_key_file=self.directory / "fingerprint.kb",
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Stop the server and its thread."""
+        if self.running:
+            self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+def config_for(*simulators: RunningSimulator, **overrides: object) -> PayShieldConfig:
+    """A config listing several simulators (sharing one LMK) in this order of preference."""
+    hosts = tuple(HsmAddress(sim.host, sim.port) for sim in simulators)
+    return simulators[0].config(hosts=hosts, **overrides)
+
+
+@contextmanager
+def running_simulator(*, header_length: int = 4, lmk_file: Path | None = None,
+                      directory: Path | None = None, **knobs: Any) -> Iterator[RunningSimulator]:
+    """Run a simulator on 127.0.0.1 for the duration of the ``with`` block.
+
+    ``knobs`` are :class:`Knobs` fields (latency, calls_per_second, fault, ...).  Pass the
+    ``lmk_file`` and ``directory`` of another simulator to simulate a second HSM with the
+    same LMK and key-ceremony files.
+    """
+    with tempfile.TemporaryDirectory(prefix="payshield-sim-") as temporary:
+        where = directory or Path(temporary)
+        sim = RunningSimulator(where, lmk_file or where / "lmk.hex", header_length, Knobs())
+        sim.set(**knobs)
+        try:
+            sim.start()
+            yield sim
+        finally:
+            sim.close()
