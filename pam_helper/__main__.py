@@ -1,0 +1,411 @@
+"""The pam_exec helper: one bounded, fail-closed validation request to the otp-agent daemon.
+
+Owns: reading the answer pam_exec writes on standard input, the PAM_* variables, one request on
+the agent's Unix socket (docs/protocol.md framing, implemented here), and the exit status, which
+is the only thing pam_exec looks at.  Exit 0 means "accepted" (or, for the enrolment modes, that
+the agent positively answered the question asked); every other outcome is non-zero:
+
+* 1: the agent (or this helper, for an answer that cannot be a code) rejected the attempt;
+* 2: bad command line;
+* 3: the agent could not be asked or gave no usable answer (down, hanging, protocol error).
+
+It must not decide anything itself, print anything useful to an attacker, or let a code or a
+password reach a log, an exception text or argv.  Failures go to syslog (facility authpriv) with
+the user, the service and the reason only.
+
+Start-up cost is the point of this module (it runs once per login): it imports only built-in or
+extension modules that are cheap under ``python3 -I -S`` (``posix``, ``_socket``, ``_json``,
+``select``, ``syslog`` on failure), never ``os``, ``socket``, ``json``, ``argparse`` or
+``otp_agent``.  It can be run as ``python3 -I -S /path/to/pam_helper/__main__.py`` (no package
+import needed), as ``python3 -I -m pam_helper``, or through contrib/pam-helper.
+"""
+
+import _json
+import _signal  # type: ignore[import-not-found]  # no stub; ``signal`` would import enum
+import _socket
+import posix
+import select
+import sys
+import time
+
+DEFAULT_SOCKET = "/run/otp-agent/agent.sock"
+DEFAULT_TIMEOUT = 5.0
+MAX_TIMEOUT = 60.0
+#: pam_exec copies the answer into a PAM_MAX_RESP_SIZE (512) buffer: at most 511 bytes arrive.
+MAX_ANSWER = 511
+MAX_REPLY = 65536
+CODE_DIGITS = (6, 8)
+
+EXIT_ACCEPT = 0
+EXIT_REJECT = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+MODES = ("--code-only", "--password-and-code", "--enrolled", "--not-enrolled")
+USAGE = (
+    "usage: pam-helper [--socket PATH] [--timeout SECONDS]"
+    " [--code-only | --password-and-code | --enrolled | --not-enrolled]\n"
+)
+
+#: Untrusted PAM items: (environment name, request field, byte limit).
+_CONTEXT = ((b"PAM_SERVICE", "service", 64), (b"PAM_RHOST", "rhost", 255), (b"PAM_TTY", "tty", 64))
+_USER_LIMIT = 256
+_WORD = frozenset("abcdefghijklmnopqrstuvwxyz_0123456789")
+
+
+class Failure(Exception):
+    """Why the helper exits non-zero: an exit status and a log line free of secrets."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+class Options:
+    """The parsed command line."""
+
+    def __init__(self, mode: str, socket_path: str, timeout: float) -> None:
+        self.mode = mode
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+
+def parse_args(argv: list[str]) -> Options:
+    """Parse the helper's options (no argparse: it costs more than the whole helper).
+
+    :raises Failure: with EXIT_USAGE for an unknown option or a bad value.
+    """
+    mode = "--code-only"
+    socket_path = DEFAULT_SOCKET
+    timeout = DEFAULT_TIMEOUT
+    modes_seen = 0
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        value = None
+        if arg.startswith("--") and "=" in arg:
+            arg, value = arg.split("=", 1)
+        if arg in MODES and value is None:
+            mode = arg
+            modes_seen += 1
+        elif arg in ("--socket", "--timeout"):
+            if value is None:
+                if not args:
+                    raise Failure(EXIT_USAGE, f"option {arg} needs a value")
+                value = args.pop(0)
+            if arg == "--socket":
+                if not value.startswith("/") or "\0" in value or len(value) > 107:
+                    raise Failure(EXIT_USAGE, "--socket needs an absolute path of at most 107 bytes")
+                socket_path = value
+            else:
+                try:
+                    timeout = float(value)
+                except ValueError:
+                    raise Failure(EXIT_USAGE, "--timeout needs a number of seconds") from None
+                if not 0.1 <= timeout <= MAX_TIMEOUT:
+                    raise Failure(EXIT_USAGE, f"--timeout must be between 0.1 and {MAX_TIMEOUT:g}")
+        else:
+            raise Failure(EXIT_USAGE, "unknown argument")
+    if modes_seen > 1:
+        raise Failure(EXIT_USAGE, "give at most one mode")
+    return Options(mode, socket_path, timeout)
+
+
+def clean_text(raw: bytes, limit: int) -> str | None:
+    """Return ``raw`` as text if it is non-empty UTF-8 of at most ``limit`` bytes with no control
+    character (C0, DEL, C1); ``None`` otherwise."""
+    if not raw or len(raw) > limit:
+        return None
+    try:
+        text = raw.decode("utf-8", "strict")
+    except UnicodeDecodeError:
+        return None
+    for char in text:
+        point = ord(char)
+        if point < 0x20 or 0x7F <= point <= 0x9F:
+            return None
+    return text
+
+
+def pam_items(environ: dict[bytes, bytes]) -> tuple[str, dict[str, str], list[str]]:
+    """Read PAM_USER and the context items from pam_exec's environment.
+
+    Every value is a claim, not a fact (the daemon decides with the peer's credentials).  The user
+    must be clean or the attempt fails; a malformed context item is dropped and named in the
+    returned list of notes.
+
+    :raises Failure: with EXIT_REJECT when PAM_USER is missing or malformed.
+    """
+    user = clean_text(environ.get(b"PAM_USER", b""), _USER_LIMIT)
+    if user is None:
+        raise Failure(EXIT_REJECT, "PAM_USER is missing or malformed")
+    context: dict[str, str] = {}
+    notes: list[str] = []
+    for env_name, field, limit in _CONTEXT:
+        raw = environ.get(env_name)
+        if raw is None or raw == b"":
+            continue
+        value = clean_text(raw, limit)
+        if value is None:
+            notes.append(f"ignored malformed {env_name.decode('ascii')}")
+        else:
+            context[field] = value
+    return user, context, notes
+
+
+def read_answer(deadline: float, fd: int = 0) -> bytes:
+    """Read what pam_exec wrote on ``fd`` (the answer, no newline, then EOF), at most 512 bytes.
+
+    A trailing NUL and a trailing newline (``\\n`` or ``\\r\\n``) are tolerated and removed.
+
+    :raises Failure: EXIT_REJECT for an over-long answer; EXIT_UNAVAILABLE when the writer does
+        not close the pipe before the deadline.
+    """
+    data = b""
+    while len(data) <= MAX_ANSWER:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Failure(EXIT_UNAVAILABLE, "timed out reading the answer on standard input")
+        try:
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = posix.read(fd, MAX_ANSWER + 1 - len(data))
+        except OSError:
+            break  # No usable standard input: same as an empty answer.
+        if not chunk:
+            break
+        data += chunk
+    if len(data) > MAX_ANSWER:
+        raise Failure(EXIT_REJECT, f"answer longer than {MAX_ANSWER} bytes")
+    data = data.rstrip(b"\0")
+    if data.endswith(b"\n"):
+        data = data[:-1]
+        if data.endswith(b"\r"):
+            data = data[:-1]
+    return data
+
+
+def code_field(answer: bytes) -> str:
+    """Check that the answer can be a code (6 to 8 ASCII digits) and return it as text.
+
+    :raises Failure: with EXIT_REJECT and a reason that does not contain the answer.
+    """
+    if not answer:
+        raise Failure(EXIT_REJECT, "empty answer")
+    if not answer.isdigit() or not CODE_DIGITS[0] <= len(answer) <= CODE_DIGITS[1]:
+        raise Failure(EXIT_REJECT, "answer is not a 6- to 8-digit code")
+    return answer.decode("ascii")
+
+
+def password_and_code_field(answer: bytes) -> str:
+    """Check that the answer can be a password immediately followed by a code, and return it.
+
+    :raises Failure: with EXIT_REJECT and a reason that does not contain the answer.
+    """
+    if not answer:
+        raise Failure(EXIT_REJECT, "empty answer")
+    if b"\0" in answer:
+        raise Failure(EXIT_REJECT, "answer contains a NUL byte")
+    if len(answer) <= CODE_DIGITS[0] or not answer[-CODE_DIGITS[0]:].isdigit():
+        raise Failure(EXIT_REJECT, "answer is not a password followed by a code")
+    try:
+        return answer.decode("utf-8", "strict")
+    except UnicodeDecodeError:
+        raise Failure(EXIT_REJECT, "answer is not UTF-8") from None
+
+
+def encode_request(fields: dict[str, str]) -> bytes:
+    """Frame a request: 4-byte big-endian length, then a compact ASCII JSON object.
+
+    Only string values are needed; ``_json.encode_basestring_ascii`` escapes them exactly as the
+    ``json`` package would, without importing it.
+    """
+    escape = _json.encode_basestring_ascii
+    body = '{"v":1' + "".join("," + escape(k) + ":" + escape(v) for k, v in fields.items()) + "}"
+    payload = body.encode("ascii")
+    return len(payload).to_bytes(4, "big") + payload
+
+
+class _ScannerContext:
+    """The attributes ``_json.make_scanner`` reads: strict JSON, no NaN or Infinity."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> object:
+        raise ValueError("non-finite number")
+
+
+_scan = _json.make_scanner(_ScannerContext())  # type: ignore[arg-type]
+
+
+def decode_reply(payload: bytes) -> dict[str, object]:
+    """Parse a reply body: one UTF-8 JSON object with ``"v": 1``.
+
+    :raises Failure: with EXIT_UNAVAILABLE for anything else.
+    """
+    try:
+        text = payload.decode("utf-8", "strict")
+        start = len(text) - len(text.lstrip(" \t\r\n"))
+        message, end = _scan(text, start)
+    except Exception:  # StopIteration, ValueError, JSONDecodeError, RecursionError...
+        raise Failure(EXIT_UNAVAILABLE, "agent reply is not JSON") from None
+    if text[end:].strip(" \t\r\n") or not isinstance(message, dict):
+        raise Failure(EXIT_UNAVAILABLE, "agent reply is not a JSON object")
+    if message.get("v") != 1:
+        raise Failure(EXIT_UNAVAILABLE, "agent reply has an unknown protocol version")
+    return message
+
+
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError
+    return remaining
+
+
+def _recv_exact(sock: _socket.socket, size: int, deadline: float) -> bytes:
+    data = b""
+    while len(data) < size:
+        sock.settimeout(_remaining(deadline))
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise Failure(EXIT_UNAVAILABLE, "agent closed the connection without a full reply")
+        data += chunk
+    return data
+
+
+def exchange(socket_path: str, frame: bytes, deadline: float, timeout: float) -> dict[str, object]:
+    """Send one framed request and read one reply, every step bounded by ``deadline``.
+
+    :raises Failure: with EXIT_UNAVAILABLE when the agent is missing, refuses, hangs or answers
+        with something that is not a protocol reply.
+    """
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(_remaining(deadline))
+        sock.connect(socket_path)
+        sock.settimeout(_remaining(deadline))
+        sock.sendall(frame)
+        length = int.from_bytes(_recv_exact(sock, 4, deadline), "big")
+        if not 1 <= length <= MAX_REPLY:
+            raise Failure(EXIT_UNAVAILABLE, "agent reply has a bad frame length")
+        payload = _recv_exact(sock, length, deadline)
+    except TimeoutError:
+        raise Failure(EXIT_UNAVAILABLE, f"agent did not answer within {timeout:g} s (timeout)") from None
+    except FileNotFoundError:
+        raise Failure(EXIT_UNAVAILABLE, f"agent socket {socket_path} does not exist") from None
+    except ConnectionRefusedError:
+        raise Failure(EXIT_UNAVAILABLE, f"agent is not listening on {socket_path}") from None
+    except PermissionError:
+        raise Failure(EXIT_UNAVAILABLE, f"permission denied on agent socket {socket_path}") from None
+    except OSError as exc:
+        reason = posix.strerror(exc.errno) if exc.errno else type(exc).__name__
+        raise Failure(EXIT_UNAVAILABLE, f"agent socket {socket_path}: {reason}") from None
+    finally:
+        sock.close()
+    return decode_reply(payload)
+
+
+def _word(value: object) -> str:
+    """A reason or error code from the agent, made safe for a log line."""
+    if isinstance(value, str) and 0 < len(value) <= 40 and set(value) <= _WORD:
+        return value
+    return "?"
+
+
+def judge(mode: str, reply: dict[str, object]) -> int:
+    """Turn the agent's reply into the exit status; only an explicit positive answer gives 0.
+
+    :raises Failure: with the reason for every non-zero status.
+    """
+    if reply.get("ok") is not True:
+        error = reply.get("error")
+        code = _word(error.get("code")) if isinstance(error, dict) else "?"
+        status = EXIT_REJECT if code == "permission" else EXIT_UNAVAILABLE
+        raise Failure(status, f"agent refused the request (error={code})")
+    if mode in ("--enrolled", "--not-enrolled"):
+        enrolled = reply.get("enrolled")
+        if enrolled is not True and enrolled is not False:
+            raise Failure(EXIT_UNAVAILABLE, "agent reply has no enrolled flag")
+        if enrolled is (mode == "--enrolled"):
+            return EXIT_ACCEPT
+        raise Failure(EXIT_REJECT, "enrolled" if enrolled else "not enrolled")
+    result = reply.get("result")
+    if result == "accept":
+        return EXIT_ACCEPT
+    if result == "reject":
+        raise Failure(EXIT_REJECT, f"rejected (reason={_word(reply.get('reason'))})")
+    raise Failure(EXIT_UNAVAILABLE, "agent reply has no result")
+
+
+def _log(priority_name: str, text: str) -> None:
+    """One line to syslog, facility authpriv.  Never called with a code or password in ``text``."""
+    try:
+        import syslog
+
+        syslog.openlog("otp-pam-helper", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+        syslog.syslog(getattr(syslog, priority_name), text)
+        syslog.closelog()
+    except Exception:  # Logging must never turn a refusal into something else.
+        pass
+
+
+def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
+    """Do one attempt and return the exit status; failures are logged, never raised."""
+    user_label = "?"
+    service_label = "?"
+    notes: list[str] = []
+    try:
+        options = parse_args(argv)
+        deadline = time.monotonic() + options.timeout
+        # Backstop: whatever happens, the default SIGALRM action ends the process (pam_exec then
+        # returns PAM_SYSTEM_ERR) shortly after the budget, long before sshd's LoginGraceTime.
+        _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)
+        _signal.alarm(int(options.timeout) + 2)
+        user, context, notes = pam_items(environ)
+        user_label = user
+        service_label = context.get("service", "?")
+        request = {"op": "validate", "user": user}
+        if options.mode == "--code-only":
+            request["code"] = code_field(read_answer(deadline))
+        elif options.mode == "--password-and-code":
+            request["password_and_code"] = password_and_code_field(read_answer(deadline))
+        else:
+            request = {"op": "enrolled", "user": user}
+        if request["op"] == "validate":
+            request.update(context)
+        status = judge(options.mode, exchange(options.socket_path, encode_request(request), deadline, options.timeout))
+        if notes:
+            _log("LOG_WARNING", f"user={user_label} service={service_label}: " + "; ".join(notes))
+        return status
+    except Failure as failure:
+        if failure.status == EXIT_USAGE:
+            try:
+                sys.stderr.write(USAGE)
+            except Exception:
+                pass
+        priority = "LOG_ERR" if failure.status in (EXIT_UNAVAILABLE, EXIT_USAGE) else "LOG_NOTICE"
+        # The enrolment modes answer a question; a "no" is not worth a log line.
+        if not (failure.status == EXIT_REJECT and failure.text in ("enrolled", "not enrolled")):
+            extra = ("; " + "; ".join(notes)) if notes else ""
+            _log(priority, f"refused user={user_label} service={service_label}: {failure.text}{extra}")
+        return failure.status
+    except BaseException as exc:  # Fail closed on anything unforeseen, without its (unsafe) text.
+        _log("LOG_ERR", f"refused user={user_label} service={service_label}: internal error {type(exc).__name__}")
+        return EXIT_UNAVAILABLE
+
+
+def main() -> int:
+    """Console-script entry point: run with ``sys.argv`` and pam_exec's environment."""
+    return run(sys.argv[1:], dict(posix.environ))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
