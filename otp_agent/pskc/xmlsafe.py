@@ -1,0 +1,99 @@
+"""Hardened XML intake for PSKC files: every check that runs before, or instead of, trusting lxml.
+
+This module owns the defences against hostile files: a size limit applied before parsing, UTF-8
+only, no DOCTYPE at all (hence no internal or external entities, no billion laughs, no DTD
+fetch), an lxml parser with entity resolution, DTD loading and network access off and
+``huge_tree`` off, a nesting-depth limit, and the check that the root is a PSKC 1.0
+``KeyContainer``.  Every refusal is a :class:`~otp_agent.pskc.model.PskcImportError` with one
+clear problem.  It does not read keys.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lxml import etree
+
+from otp_agent.pskc.model import Problem, PskcImportError
+
+PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
+
+#: Default largest file accepted (bytes): room for 100,000 encrypted keys with some slack.
+MAX_FILE_SIZE = 256 * 1024 * 1024
+#: Deepest element nesting accepted; a PSKC file needs about 8 levels.
+MAX_DEPTH = 32
+
+_DOCTYPE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_DECLARED_ENCODING = re.compile(rb"""^<\?xml[^>]*encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def refuse(message: str, line: int | None = None) -> PskcImportError:
+    """Build the error for a file refused as a whole for one reason."""
+    return PskcImportError(f"PSKC file refused: {message}", [Problem(message, line)])
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+        collect_ids=False,
+    )
+
+
+def parse_document(data: bytes, *, max_size: int = MAX_FILE_SIZE) -> etree._Element:
+    """Parse ``data`` into the root ``KeyContainer`` element, refusing anything hostile or foreign.
+
+    :raises PskcImportError: with one problem naming the reason.
+    """
+    if len(data) > max_size:
+        raise refuse(f"file is {len(data)} bytes, larger than the {max_size}-byte limit")
+    if not data.strip():
+        raise refuse("file is empty")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4096]:
+        raise refuse("file is not UTF-8 (PSKC files must be UTF-8)")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    declared = _DECLARED_ENCODING.match(data.lstrip())
+    if declared and declared.group(1).lower() not in (b"utf-8", b"utf8", b"us-ascii", b"ascii"):
+        raise refuse("file declares an encoding other than UTF-8 (PSKC files must be UTF-8)")
+    doctype = _DOCTYPE.search(data)
+    if doctype:
+        line = data.count(b"\n", 0, doctype.start()) + 1
+        raise refuse(
+            "file contains a DOCTYPE or ENTITY declaration, which is never accepted "
+            "(no DTD, no entities)", line
+        )
+    try:
+        root = etree.fromstring(data.lstrip(), _parser())
+    except etree.XMLSyntaxError as exc:
+        reason = str(exc.msg if hasattr(exc, "msg") else exc).splitlines()[0][:200]
+        if "depth" in reason.lower():
+            raise refuse(f"elements nested deeper than {MAX_DEPTH} levels") from None
+        raise refuse(f"not well-formed XML ({reason})", getattr(exc, "lineno", None)) from None
+    if not isinstance(root.tag, str):
+        raise refuse("document has no root element")
+    _check_depth(root)
+    qname = etree.QName(root)
+    if qname.localname != "KeyContainer":
+        raise refuse(f"root element is {qname.localname!r}, not a PSKC KeyContainer", root.sourceline)
+    if qname.namespace != PSKC_NS:
+        raise refuse(
+            f"KeyContainer is in namespace {str(qname.namespace)[:120]!r}, "
+            f"not the PSKC namespace {PSKC_NS!r}", root.sourceline
+        )
+    version = root.get("Version")
+    if version != "1.0":
+        raise refuse(f"KeyContainer Version is {version!r}; only PSKC 1.0 is accepted", root.sourceline)
+    return root
+
+
+def _check_depth(root: etree._Element) -> None:
+    """Refuse documents nested deeper than :data:`MAX_DEPTH` (evaluated in C by libxml2)."""
+    too_deep = root.xpath("boolean(/" + "*/" * MAX_DEPTH + "*)")
+    if too_deep:
+        raise refuse(f"elements nested deeper than {MAX_DEPTH} levels")
