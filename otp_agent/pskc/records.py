@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from otp_agent.errors import InvalidToken, UsageError
@@ -62,13 +62,19 @@ def _opt_str(record: Mapping[str, Any], name: str) -> str | None:
 
 
 def _opt_date(record: Mapping[str, Any], name: str) -> datetime | None:
-    text = _opt_str(record, name)
-    if text is None:
+    """Read a date given as ISO 8601 text or as seconds since the epoch (the store's form)."""
+    value = record.get(name)
+    if value is None:
         return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, timezone.utc)
+    if not isinstance(value, str):
+        raise UsageError(f"token record field {name!r} must be an ISO 8601 date or a timestamp")
     try:
-        return datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         raise UsageError(f"token record field {name!r} is not an ISO 8601 date") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
 def token_from_record(record: Mapping[str, Any]) -> ExportedToken:
