@@ -189,9 +189,9 @@ class CommandProcessor:
         return f"{len(blob):04d}".encode() + blob
 
     def _a0(self, reader: FieldReader) -> bytes:
+        # Mode 1 (generate and export) without a ZMK section answers like mode 0, as in the
+        # real capture A01FFFS#C0T2C00E00; export under a ZMK is not simulated.
         request = codec.parse_a0(reader)
-        if request.mode != "0":
-            raise _Refused("15")
         header, algorithm = parse_attributes(request.attributes)
         size = _AES_SIZES.get(algorithm) or _TDES_SIZES.get(algorithm)
         if algorithm[0] == "H":

@@ -8,6 +8,7 @@ key block), and helpers to change faults at run time and build a PayShieldConfig
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import threading
 from collections.abc import Coroutine, Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from otp_agent.keystore.payshield.config import HsmAddress, PayShieldConfig
+from otp_agent.keystore.payshield.keyblock import parse_header
 from otp_agent.payshield_sim.commands import CommandProcessor, make_zmk
 from otp_agent.payshield_sim.lmk import Lmk
 from otp_agent.payshield_sim.server import Knobs, SimulatorServer
@@ -43,6 +45,11 @@ class RunningSimulator:
             self.zmk_file.write_text(zmk.hex() + "\n")
             self.zmk_file.chmod(0o600)
             self.zmk_key_block_file.write_text(key_block + "\n")
+        self.fingerprint_key_file = directory / "fingerprint.kb"
+        if not self.fingerprint_key_file.exists():
+            # What `otp-agent init` would have created: an HMAC-SHA-256 key block, usage 63.
+            header = parse_header("1000063HG00N0000")
+            self.fingerprint_key_file.write_text("S" + self.lmk.wrap(header, os.urandom(32)) + "\n")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="payshield-sim",
                                         daemon=True)
@@ -85,7 +92,7 @@ class RunningSimulator:
         return self.server.requests[command]
 
     def config(self, **overrides: object) -> PayShieldConfig:
-        """A PayShieldConfig for this simulator (fingerprint key file in the temporary dir)."""
+        """A PayShieldConfig for this simulator, with ZMK and fingerprint key files ready."""
         base = PayShieldConfig(
             hosts=(HsmAddress(self.host, self.port),),
             lmk_check_value=self.lmk_check_value[:6],
@@ -93,7 +100,7 @@ class RunningSimulator:
             connect_timeout=2.0, request_timeout=2.0, health_interval=0.0,
             retry_initial=0.05, retry_max=0.5,
             zmk_file=self.zmk_file, zmk_key_block_file=self.zmk_key_block_file,
-            fingerprint_key_file=self.directory / "fingerprint.kb",
+            fingerprint_key_file=self.fingerprint_key_file,
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
 

@@ -207,6 +207,7 @@ def initialise_payshield(config: PayShieldConfig) -> list[str]:
         key = codec.parse_key_response("L0", response)
     finally:
         transport.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w", encoding="ascii") as handle:
         handle.write("S" + key.value.decode("ascii") + "\n")

@@ -50,7 +50,7 @@ class PayShieldConfig:
     bind_identity: bool = True
     zmk_file: Path | None = None
     zmk_key_block_file: Path | None = None
-    fingerprint_key_file: Path | None = None
+    fingerprint_key_file: Path | None = Path("/etc/otp-agent/payshield-fingerprint.kb")
     tls: bool = False
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
