@@ -65,7 +65,7 @@ CIPHERS: dict[str, CipherSpec] = {
 _REFUSED_CIPHERS = {
     XENC + "tripledes-cbc": "Triple DES (tripledes-cbc) is refused as too weak",
     XENC + "kw-tripledes": "Triple DES key wrap (kw-tripledes) is refused as too weak",
-    XENC + "rsa-1_5": "asymmetric encryption (rsa-1_5) needs a private key and is not supported",
+    XENC + "rsa_1_5": "asymmetric encryption (rsa_1_5) needs a private key and is not supported",
     XENC + "rsa-oaep-mgf1p": "asymmetric encryption (rsa-oaep) needs a private key and is not supported",
 }
 

@@ -57,6 +57,8 @@ class Protection:
         self._key: bytes | None = None
         self._failed = False
         self.kind = "none"
+        self._line: int | None = None
+        self._params_line: int | None = None
         self._pbkdf2: tuple[bytes, int, int, str] | None = None
         self.mac_hash: str | None = None
         self.mac_key: bytes | None = None
@@ -71,7 +73,7 @@ class Protection:
     def _read_encryption_key(self, element: etree._Element | None) -> None:
         if element is None:
             return
-        line = element.sourceline
+        line = self._line = element.sourceline
         derived = element.find("xenc11:DerivedKey", NS)
         if derived is not None:
             self.kind = "pbe"
@@ -120,6 +122,7 @@ class Protection:
             self._fail(message, params.sourceline)
             return
         self._pbkdf2 = (salt, iterations, key_length, prf)
+        self._params_line = params.sourceline
 
     @staticmethod
     def _int_field(fields: dict[str, etree._Element], name: str) -> int:
@@ -154,35 +157,40 @@ class Protection:
         except _Reported:
             self._mac_failed = True
 
-    def encryption_key(self) -> bytes | None:
-        """Return the container key, deriving it on first use; ``None`` once a problem was reported."""
+    def encryption_key(self, line: int | None = None) -> bytes | None:
+        """Return the container key, deriving it on first use; ``None`` once a problem was reported.
+
+        ``line`` is where the first value needing the key is, for the report.
+        """
         if self._key is not None or self._failed:
             return self._key
         if self.kind == "none":
-            self._fail("a value is encrypted but the file has no EncryptionKey", None)
+            self._fail("a value is encrypted but the file has no EncryptionKey", line)
         elif self.kind == "psk":
             if self._psk is None:
                 self._fail("file is protected by a pre-shared key: give the key file "
-                           "(--key-file)" + (", not a password" if self._password else ""), None)
+                           "(--key-file)" + (", not a password" if self._password else ""),
+                           self._line)
             else:
                 self._key = self._psk
         elif self.kind == "pbe" and self._pbkdf2 is not None:
             if self._password is None:
                 self._fail("file is protected by a password (PBE): give the password file "
-                           "(--password-file)" + (", not a key" if self._psk else ""), None)
+                           "(--password-file)" + (", not a key" if self._psk else ""),
+                           self._line)
             else:
                 salt, iterations, key_length, prf = self._pbkdf2
                 try:
                     self._key = crypto.pbkdf2(self._password, salt, iterations, key_length, prf)
                 except CryptoProblem as exc:
-                    self._fail(str(exc), None)
+                    self._fail(str(exc), self._params_line)
         return self._key
 
     def _decrypt_element(self, element: etree._Element) -> bytes:
         """Decrypt an element holding xenc:EncryptionMethod and xenc:CipherData/CipherValue."""
         cipher = crypto.cipher_for(_attr(element.find("xenc:EncryptionMethod", NS), "Algorithm"))
         data = self._cipher_value(element)
-        key = self.encryption_key()
+        key = self.encryption_key(element.sourceline)
         if key is None:
             raise _Reported()
         return crypto.decrypt(cipher, key, data)
@@ -208,6 +216,8 @@ class Protection:
         encrypted = holder.find("p:EncryptedValue", NS)
         value_mac_text = _text(holder.find("p:ValueMAC", NS))
         if encrypted is not None:
+            if self._failed:
+                raise _Reported()
             cipher = crypto.cipher_for(_attr(encrypted.find("xenc:EncryptionMethod", NS), "Algorithm"))
             data = self._cipher_value(encrypted)
             if self.mac_hash is None:
@@ -218,7 +228,7 @@ class Protection:
                                         "has no MACMethod (RFC 6030 §6.1.1 requires one)")
             else:
                 self._check_mac(data, value_mac_text)
-            key = self.encryption_key()
+            key = self.encryption_key(encrypted.sourceline)
             if key is None:
                 raise _Reported()
             return ("secret", crypto.decrypt(cipher, key, data))

@@ -24,12 +24,25 @@ MAX_FILE_SIZE = 256 * 1024 * 1024
 MAX_DEPTH = 32
 
 _DOCTYPE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_EXTERNAL = re.compile(rb"<!\s*(DOCTYPE|ENTITY)[^>]*\b(SYSTEM|PUBLIC)\b", re.IGNORECASE)
+_ENTITY = re.compile(rb"<!\s*ENTITY", re.IGNORECASE)
 _DECLARED_ENCODING = re.compile(rb"""^<\?xml[^>]*encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 
 
 def refuse(message: str, line: int | None = None) -> PskcImportError:
     """Build the error for a file refused as a whole for one reason."""
     return PskcImportError(f"PSKC file refused: {message}", [Problem(message, line)])
+
+
+def _doctype_reason(data: bytes) -> str:
+    """Say which kind of document type declaration a file carries (none is ever accepted)."""
+    if _EXTERNAL.search(data):
+        return ("file refers to an external DTD or entity (SYSTEM/PUBLIC); nothing is ever "
+                "fetched and no DTD is accepted")
+    if _ENTITY.search(data):
+        return ("file declares XML entities; entity expansion (such as the 'billion laughs' "
+                "attack) is never performed and no DTD is accepted")
+    return "file has a DOCTYPE declaration; PSKC files need none and no DTD is accepted"
 
 
 def _parser() -> etree.XMLParser:
@@ -63,17 +76,14 @@ def parse_document(data: bytes, *, max_size: int = MAX_FILE_SIZE) -> etree._Elem
         raise refuse("file declares an encoding other than UTF-8 (PSKC files must be UTF-8)")
     doctype = _DOCTYPE.search(data)
     if doctype:
-        line = data.count(b"\n", 0, doctype.start()) + 1
-        raise refuse(
-            "file contains a DOCTYPE or ENTITY declaration, which is never accepted "
-            "(no DTD, no entities)", line
-        )
+        raise refuse(_doctype_reason(data), data.count(b"\n", 0, doctype.start()) + 1)
     try:
         root = etree.fromstring(data.lstrip(), _parser())
     except etree.XMLSyntaxError as exc:
         reason = str(exc.msg if hasattr(exc, "msg") else exc).splitlines()[0][:200]
         if "depth" in reason.lower():
-            raise refuse(f"elements nested deeper than {MAX_DEPTH} levels") from None
+            raise refuse("elements nested deeper than the XML parser's hard limit "
+                         f"(ours is {MAX_DEPTH} levels)") from None
         raise refuse(f"not well-formed XML ({reason})", getattr(exc, "lineno", None)) from None
     if not isinstance(root.tag, str):
         raise refuse("document has no root element")
