@@ -220,6 +220,9 @@ def pam_service(text: str, prefix: str = "otp-test") -> Iterator[str]:
         path.unlink(missing_ok=True)
 
 
+_NO_DELAY = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)(lambda *args: None)
+
+
 @dataclass
 class PamOutcome:
     """What one PAM transaction did: return codes and the conversation, in order."""
@@ -238,10 +241,13 @@ def pam_transaction(
     items: dict[int, str] | None = None,
     account: bool = True,
     setcred: bool = True,
+    fail_delay: bool = False,
 ) -> PamOutcome:
     """Run pam_authenticate (then acct_mgmt and setcred on success) with a recording conversation.
 
-    Built on pamela's ctypes types; ECHO_OFF prompts get ``answers`` in turn.
+    Built on pamela's ctypes types; ECHO_OFF prompts get ``answers`` in turn.  Unless
+    ``fail_delay``, the failure delay of pam_faildelay/pam_unix is replaced by a no-op (as login
+    would sleep it; the tests only need the return codes).
     """
     import pamela
 
@@ -258,12 +264,12 @@ def pam_transaction(
         replies = ctypes.cast(array, ctypes.POINTER(pamela.PamResponse))
         for i in range(n):
             style = msgs[i].contents.msg_style
-            text = msgs[i].contents.msg.decode("utf-8", "replace")
+            text = (ctypes.cast(msgs[i].contents.msg, ctypes.c_char_p).value or b"").decode("utf-8", "replace")
             messages.append((style, text))
             if style == pamela.PAM_PROMPT_ECHO_OFF:
                 if not pending:
                     return 19  # PAM_CONV_ERR
-                replies[i].resp = ctypes.cast(libc.strdup(pending.pop(0).encode()), ctypes.c_char_p)
+                replies[i].resp = ctypes.cast(libc.strdup(pending.pop(0).encode()), ctypes.POINTER(ctypes.c_char))
         resps[0] = replies
         return 0
 
@@ -275,6 +281,10 @@ def pam_transaction(
     try:
         for item, value in (items or {}).items():
             handle.set_item(item, value)
+        if not fail_delay:
+            set_item = ctypes.CDLL("libpam.so.0").pam_set_item
+            set_item.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+            set_item(handle.handle, 10, ctypes.cast(_NO_DELAY, ctypes.c_void_p))  # PAM_FAIL_DELAY
         auth = pamela.PAM_AUTHENTICATE(handle, 0)
         acct = cred = None
         if auth == 0 and account:
