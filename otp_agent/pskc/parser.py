@@ -63,6 +63,7 @@ class Protection:
         self.mac_hash: str | None = None
         self.mac_key: bytes | None = None
         self._mac_failed = False
+        self.mac_without_algorithm = False
         self._read_encryption_key(root.find("p:EncryptionKey", NS))
         self._read_mac_method(root.find("p:MACMethod", NS))
 
@@ -78,7 +79,9 @@ class Protection:
         if derived is not None:
             self.kind = "pbe"
             self._read_pbkdf2(derived)
-        elif element.find("ds:KeyName", NS) is not None:
+        elif element.find("ds:KeyName", NS) is not None or not any(
+                isinstance(child.tag, str) for child in element):
+            # A named key, or an empty EncryptionKey (python-pskc writes one): pre-shared.
             self.kind = "psk"
         elif element.find("ds:X509Data", NS) is not None:
             self.kind = "asymmetric"
@@ -115,8 +118,11 @@ class Protection:
             key_length = self._int_field(fields, "KeyLength")
             prf_element = fields.get("PRF")
             prf = "sha1"
-            if prf_element is not None and prf_element.get("Algorithm"):
-                prf = crypto.hmac_hash_for(prf_element.get("Algorithm"), crypto.PRF_ALGORITHMS)
+            if prf_element is not None:
+                # The schema puts the URI in @Algorithm; python-pskc writes it as the text.
+                prf_uri = prf_element.get("Algorithm") or _text(prf_element)
+                if prf_uri:
+                    prf = crypto.hmac_hash_for(prf_uri, crypto.PRF_ALGORITHMS)
         except (CryptoProblem, binascii.Error, ValueError) as exc:
             message = str(exc) if isinstance(exc, CryptoProblem) else "PBKDF2 salt is not valid base64"
             self._fail(message, params.sourceline)
@@ -135,6 +141,11 @@ class Protection:
         if element is None:
             return
         line = element.sourceline
+        if element.get("Algorithm") is None:
+            # python-pskc writes such a MACMethod for key-wrapped files, which carry their own
+            # integrity check: it only matters if a value is CBC-encrypted or has a ValueMAC.
+            self.mac_without_algorithm = True
+            return
         try:
             self.mac_hash = crypto.hmac_hash_for(element.get("Algorithm"))
         except CryptoProblem as exc:
@@ -222,7 +233,7 @@ class Protection:
             data = self._cipher_value(encrypted)
             if self.mac_hash is None:
                 if value_mac_text is not None:
-                    raise CryptoProblem("value has a ValueMAC but the file has no MACMethod")
+                    raise CryptoProblem(self._no_mac_reason())
                 if cipher.mode == "cbc":
                     raise CryptoProblem("value is AES-CBC encrypted without integrity and the file "
                                         "has no MACMethod (RFC 6030 §6.1.1 requires one)")
@@ -236,10 +247,15 @@ class Protection:
             text = (plain.text or "").strip()
             if value_mac_text is not None:
                 if self.mac_hash is None:
-                    raise CryptoProblem("value has a ValueMAC but the file has no MACMethod")
+                    raise CryptoProblem(self._no_mac_reason())
                 return ("plainmac", text.encode("utf-8"))
             return ("plain", text.encode("utf-8"))
         return None
+
+    def _no_mac_reason(self) -> str:
+        if self.mac_without_algorithm:
+            return "value has a ValueMAC but the MACMethod has no Algorithm"
+        return "value has a ValueMAC but the file has no MACMethod"
 
     def _check_mac(self, data: bytes, value_mac_text: str | None) -> None:
         if value_mac_text is None:
@@ -273,6 +289,8 @@ def read_keys(root: etree._Element, *, password: str | None, psk: bytes | None,
     protection = Protection(root, password, psk, problems)
     if protection.kind == "none" and (password is not None or psk is not None):
         notes.append("file is not encrypted; the password or key given was not needed")
+    if protection.mac_without_algorithm:
+        notes.append("MACMethod has no Algorithm; key-wrapped values are checked by the unwrap")
     if root.find("ds:Signature", NS) is not None:
         notes.append("file carries an XML signature, which is not verified")
     keys = root.findall("p:KeyPackage/p:Key", NS)
