@@ -8,6 +8,8 @@ Under ``CI=true`` nothing that a test needs may be missing: a missing prerequisi
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,7 +104,16 @@ def make_validator(store: Any, keys: KeyBackend, audit: AuditLog, clock: FakeClo
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[RunningAgent]:
+def agent_directory() -> Iterator[Path]:
+    """A temporary directory that other uids can traverse (to reach the socket), removed after."""
+    directory = Path(tempfile.mkdtemp(prefix="otp-agent-test-"))
+    directory.chmod(0o711)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(agent_directory: Path) -> Iterator[RunningAgent]:
     """A real daemon (software keystore + SQLite) in a temporary directory."""
-    with running_agent(tmp_path / "agent") as running:
+    with running_agent(agent_directory) as running:
         yield running
