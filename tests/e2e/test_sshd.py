@@ -1,0 +1,206 @@
+"""End to end with Debian's real sshd: publickey, then the one-time code as the
+keyboard-interactive answer, through contrib/pam.d/sshd (or sshd-rollout), pam_exec, the
+packaged helper wrapper and the real otp-agent; then a real session runs a command."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from tests.e2e.sshd import SshServer, authorize_key, running_sshd, ssh_login
+from tests.pam.support import (
+    LocalUser,
+    SyslogCapture,
+    fake_agent,
+    local_user,
+    make_wrapper,
+    real_agent,
+    render_stack,
+    require,
+    require_root,
+    unshare_works,
+)
+
+pytestmark = pytest.mark.e2e
+
+ECHO = "One-time code for {}: type the code shown by your authenticator app at the Password prompt."
+
+
+@dataclass
+class Account:
+    user: LocalUser
+    key: paramiko.PKey
+    uri: str | None
+    counter: int = 0
+
+    def next_code(self) -> str:
+        code = self.code(self.counter)
+        self.counter += 1
+        return code
+
+    def code(self, counter: int) -> str:
+        from otp_agent.testing import code_for_uri
+
+        assert self.uri is not None
+        return code_for_uri(self.uri, counter=counter)
+
+    def wrong(self) -> str:
+        near = {self.code(c) for c in range(max(0, self.counter - 2), self.counter + 40)}
+        return next(f"{n:06d}" for n in range(1000000) if f"{n:06d}" not in near)
+
+
+@dataclass
+class World:
+    base: Path
+    agent: Any
+    link: Path  # the helper's --socket: a symlink, re-pointed to simulate a down or hanging agent
+    sshd: SshServer
+    rollout: SshServer
+    syslog: SyslogCapture
+    new_account: Callable[..., Account]
+
+
+@pytest.fixture(scope="module")
+def world(open_dir: Path) -> Iterator[World]:
+    require_root()
+    base = open_dir / "e2e-sshd"
+    base.mkdir()
+    base.chmod(0o755)
+    wrapper = make_wrapper(base)
+    link = base / "agent-link.sock"
+    require(not __import__("os").path.lexists("/dev/log") or unshare_works(), "cannot capture syslog here")
+    syslog = SyslogCapture(base)
+    with contextlib.ExitStack() as stack:
+        stack.callback(syslog.close)
+        agent = stack.enter_context(real_agent(base / "agent", lock_threshold=3))
+        link.symlink_to(agent.socket_path)
+        helper = f"{wrapper} --socket {link} --timeout 2"
+        sshd = stack.enter_context(running_sshd(base / "sshd", render_stack("sshd", helper), syslog))
+        rollout = stack.enter_context(running_sshd(base / "rollout", render_stack("sshd-rollout", helper), syslog))
+
+        def new_account(enroll: bool = True) -> Account:
+            user = stack.enter_context(local_user(base / "homes"))
+            key = authorize_key(user, base)
+            uri = agent.enroll(user.name, "--type", "hotp")[1] if enroll else None
+            return Account(user, key, uri)
+
+        yield World(base, agent, link, sshd, rollout, syslog, new_account)
+
+
+def repoint(world: World, target: Path) -> None:
+    world.link.unlink()
+    world.link.symlink_to(target)
+
+
+def test_right_code_opens_a_session(world: World) -> None:
+    """publickey, then the code at the prompt that pam_echo explains; the session runs a command."""
+    account = world.new_account()
+    login = ssh_login(world.sshd, account.user.name, account.key, account.next_code())
+    assert login.remaining_after_publickey == ["keyboard-interactive"]
+    assert login.accepted, login.error + world.sshd.log()[-3000:]
+    assert login.output.strip() == f"hello-{account.user.name}"
+    assert login.exit_status == 0
+    (prompt,) = [p for _t, _i, prompts in login.prompts for p in prompts]
+    assert prompt == ECHO.format(account.user.name) + "\nPassword: "
+    assert "Accepted keyboard-interactive/pam" in world.sshd.log()
+    assert "pam_setcred" not in world.sshd.log()  # the setcred trap would log a fatal here
+
+
+def test_wrong_code_is_refused(world: World) -> None:
+    """A wrong code: keyboard-interactive fails, no session."""
+    account = world.new_account()
+    login = ssh_login(world.sshd, account.user.name, account.key, account.wrong())
+    assert not login.accepted and login.output == ""
+
+
+def test_replayed_code_is_refused(world: World) -> None:
+    """The same code twice: the first login works, the second is refused."""
+    account = world.new_account()
+    code = account.next_code()
+    assert ssh_login(world.sshd, account.user.name, account.key, code).accepted
+    assert not ssh_login(world.sshd, account.user.name, account.key, code).accepted
+
+
+def test_locked_token_is_refused_until_unlocked(world: World) -> None:
+    """After lock_threshold (3) wrong codes the right code is refused; otpctl unlock restores it."""
+    account = world.new_account()
+    for _ in range(3):
+        assert not ssh_login(world.sshd, account.user.name, account.key, account.wrong()).accepted
+    code = account.code(account.counter)
+    assert not ssh_login(world.sshd, account.user.name, account.key, code).accepted
+    assert world.agent.otpctl("unlock", account.user.name).returncode == 0
+    login = ssh_login(world.sshd, account.user.name, account.key, account.next_code())
+    assert login.accepted and login.output.strip() == f"hello-{account.user.name}"
+
+
+def test_empty_answer_is_refused(world: World) -> None:
+    """Pressing Enter at the prompt is a refusal."""
+    account = world.new_account()
+    assert not ssh_login(world.sshd, account.user.name, account.key, "").accepted
+
+
+def test_agent_down_refuses_promptly_with_a_syslog_line(world: World) -> None:
+    """No agent: the login is refused (well before LoginGraceTime) and syslog says why."""
+    account = world.new_account()
+    repoint(world, world.base / "no-agent-here.sock")
+    try:
+        login = ssh_login(world.sshd, account.user.name, account.key, account.code(0))
+    finally:
+        repoint(world, world.agent.socket_path)
+    assert not login.accepted and "Authentication failed" in login.error
+    lines = [line for line in world.syslog.helper_lines() if account.user.name in line]
+    assert any("does not exist" in line for line in lines), world.syslog.lines
+    # The code was never consumed: it still works once the agent is back.
+    assert ssh_login(world.sshd, account.user.name, account.key, account.next_code()).accepted
+
+
+def test_agent_hanging_refuses_within_the_helper_timeout(world: World) -> None:
+    """An agent that accepts and never answers: the helper's --timeout 2 ends the attempt
+    (paramiko would otherwise wait for LoginGraceTime), and syslog names the timeout."""
+    account = world.new_account()
+    hang_dir = world.base / "hang"
+    hang_dir.mkdir(exist_ok=True)
+    with fake_agent(hang_dir, lambda request: "hang") as hanging:
+        repoint(world, hanging.path)
+        try:
+            login = ssh_login(world.sshd, account.user.name, account.key, account.code(0))
+        finally:
+            repoint(world, world.agent.socket_path)
+    assert not login.accepted and "Authentication failed" in login.error
+    assert any("(timeout)" in line and account.user.name in line
+               for line in world.syslog.helper_lines(expect=1)), world.syslog.lines
+
+
+def test_rollout_lets_an_unenrolled_user_in_with_the_key_alone(world: World) -> None:
+    """sshd-rollout: a user with no token logs in with the key, and is asked nothing."""
+    account = world.new_account(enroll=False)
+    login = ssh_login(world.rollout, account.user.name, account.key, None)
+    assert login.accepted, login.error + world.rollout.log()[-3000:]
+    assert [p for _t, _i, prompts in login.prompts for p in prompts] == []
+    assert login.output.strip() == f"hello-{account.user.name}"
+
+
+def test_rollout_still_requires_the_code_from_enrolled_users(world: World) -> None:
+    """sshd-rollout: an enrolled user is asked; wrong refused, right accepted with a session."""
+    account = world.new_account()
+    assert not ssh_login(world.rollout, account.user.name, account.key, account.wrong()).accepted
+    login = ssh_login(world.rollout, account.user.name, account.key, account.next_code())
+    assert login.accepted and login.output.strip() == f"hello-{account.user.name}"
+
+
+def test_rollout_fails_closed_when_the_agent_is_down(world: World) -> None:
+    """sshd-rollout with no agent: even an unenrolled user is refused (the enrolment question
+    has no answer, so the code prompt follows and fails)."""
+    account = world.new_account(enroll=False)
+    repoint(world, world.base / "no-agent-here.sock")
+    try:
+        login = ssh_login(world.rollout, account.user.name, account.key, "123456")
+    finally:
+        repoint(world, world.agent.socket_path)
+    assert not login.accepted
