@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from otp_agent import wire
-from otp_agent.errors import ERRORS_BY_CODE, AgentUnreachable, OtpAgentError, ProtocolError
+from otp_agent.errors import ERRORS_BY_CODE, AgentUnreachable, OtpAgentError, ProtocolError, PskcError
 
 
 class AgentClient:
@@ -55,8 +55,8 @@ class AgentClient:
             error = reply.get("error") or {}
             cls = ERRORS_BY_CODE.get(str(error.get("code")), OtpAgentError)
             message = str(error.get("message", "request failed"))
-            if cls.code == "pskc":
-                raise cls(message, error.get("problems"))  # type: ignore[call-arg]
+            if issubclass(cls, PskcError):
+                raise PskcError(message, error.get("problems"))
             raise cls(message)
         return reply
 

@@ -118,7 +118,7 @@ class Agent:
             service = config.policy.password_service
 
             def checker(user: str, password: str) -> bool:
-                from otp_agent.passwordcheck import check_password  # type: ignore[import-not-found]
+                from otp_agent.passwordcheck import check_password
                 return bool(check_password(user, password, service=service))
         self.validator = Validator(self.store, self.keys, config.policy, self.audit,
                                    password_checker=checker)
