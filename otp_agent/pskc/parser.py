@@ -27,6 +27,22 @@ XENC_NS = "http://www.w3.org/2001/04/xmlenc#"
 XENC11_NS = "http://www.w3.org/2009/xmlenc11#"
 NS = {"p": PSKC_NS, "ds": DS_NS, "xenc": XENC_NS, "xenc11": XENC11_NS}
 
+
+
+class _Clark(dict[str, str]):
+    """Paths like "p:Data/p:Secret" in lxml's {namespace}name form, computed once each."""
+
+    def __missing__(self, path: str) -> str:
+        parts = []
+        for step in path.split("/"):
+            prefix, _, name = step.partition(":")
+            parts.append(f"{{{NS[prefix]}}}{name}")
+        self[path] = "/".join(parts)
+        return self[path]
+
+
+_C = _Clark()
+
 _INTEGER = re.compile(r"^[+-]?[0-9]{1,19}$")
 
 Progress = Callable[[int, int], None]
@@ -64,8 +80,8 @@ class Protection:
         self.mac_key: bytes | None = None
         self._mac_failed = False
         self.mac_without_algorithm = False
-        self._read_encryption_key(root.find("p:EncryptionKey", NS))
-        self._read_mac_method(root.find("p:MACMethod", NS))
+        self._read_encryption_key(root.find(_C["p:EncryptionKey"]))
+        self._read_mac_method(root.find(_C["p:MACMethod"]))
 
     def _fail(self, message: str, line: int | None) -> None:
         self._failed = True
@@ -75,15 +91,15 @@ class Protection:
         if element is None:
             return
         line = self._line = element.sourceline
-        derived = element.find("xenc11:DerivedKey", NS)
+        derived = element.find(_C["xenc11:DerivedKey"])
         if derived is not None:
             self.kind = "pbe"
             self._read_pbkdf2(derived)
-        elif element.find("ds:KeyName", NS) is not None or not any(
+        elif element.find(_C["ds:KeyName"]) is not None or not any(
                 isinstance(child.tag, str) for child in element):
             # A named key, or an empty EncryptionKey (python-pskc writes one): pre-shared.
             self.kind = "psk"
-        elif element.find("ds:X509Data", NS) is not None:
+        elif element.find(_C["ds:X509Data"]) is not None:
             self.kind = "asymmetric"
             self._fail("file is encrypted to an X.509 certificate (asymmetric encryption); "
                        "that needs the recipient's private key and is not supported", line)
@@ -93,7 +109,7 @@ class Protection:
                        "PBKDF2 derived key (xenc11:DerivedKey)", line)
 
     def _read_pbkdf2(self, derived: etree._Element) -> None:
-        method = derived.find("xenc11:KeyDerivationMethod", NS)
+        method = derived.find(_C["xenc11:KeyDerivationMethod"])
         line = derived.sourceline
         if method is None or method.get("Algorithm") != crypto.PBKDF2_URI:
             algorithm = None if method is None else method.get("Algorithm")
@@ -153,10 +169,10 @@ class Protection:
             self.mac_hash = "unknown"
             self._problems.append(Problem(f"MACMethod: {exc}", line))
             return
-        mac_key = element.find("p:MACKey", NS)
+        mac_key = element.find(_C["p:MACKey"])
         if mac_key is None:
             self._mac_failed = True
-            reason = ("MACKeyReference is not supported" if element.find("p:MACKeyReference", NS)
+            reason = ("MACKeyReference is not supported" if element.find(_C["p:MACKeyReference"])
                       is not None else "MACMethod has no MACKey")
             self._problems.append(Problem(reason, line))
             return
@@ -199,7 +215,7 @@ class Protection:
 
     def _decrypt_element(self, element: etree._Element) -> bytes:
         """Decrypt an element holding xenc:EncryptionMethod and xenc:CipherData/CipherValue."""
-        cipher = crypto.cipher_for(_attr(element.find("xenc:EncryptionMethod", NS), "Algorithm"))
+        cipher = crypto.cipher_for(_attr(element.find(_C["xenc:EncryptionMethod"]), "Algorithm"))
         data = self._cipher_value(element)
         key = self.encryption_key(element.sourceline)
         if key is None:
@@ -208,7 +224,7 @@ class Protection:
 
     @staticmethod
     def _cipher_value(element: etree._Element) -> bytes:
-        text = _text(element.find("xenc:CipherData/xenc:CipherValue", NS))
+        text = _text(element.find(_C["xenc:CipherData/xenc:CipherValue"]))
         if not text:
             raise CryptoProblem("EncryptedValue has no CipherData/CipherValue")
         try:
@@ -223,13 +239,13 @@ class Protection:
         :raises CryptoProblem: the value cannot be opened or its MAC does not match.
         :raises _Reported: a file-level problem (missing key, bad MAC key) was already reported.
         """
-        plain = holder.find("p:PlainValue", NS)
-        encrypted = holder.find("p:EncryptedValue", NS)
-        value_mac_text = _text(holder.find("p:ValueMAC", NS))
+        plain = holder.find(_C["p:PlainValue"])
+        encrypted = holder.find(_C["p:EncryptedValue"])
+        value_mac_text = _text(holder.find(_C["p:ValueMAC"]))
         if encrypted is not None:
             if self._failed:
                 raise _Reported()
-            cipher = crypto.cipher_for(_attr(encrypted.find("xenc:EncryptionMethod", NS), "Algorithm"))
+            cipher = crypto.cipher_for(_attr(encrypted.find(_C["xenc:EncryptionMethod"]), "Algorithm"))
             data = self._cipher_value(encrypted)
             if self.mac_hash is None:
                 if value_mac_text is not None:
@@ -271,7 +287,7 @@ class Protection:
 
     def check_plain_mac(self, holder: etree._Element, value: bytes) -> None:
         """Check the ValueMAC of a plaintext secret (MAC over the decoded bytes)."""
-        self._check_mac(value, _text(holder.find("p:ValueMAC", NS)))
+        self._check_mac(value, _text(holder.find(_C["p:ValueMAC"])))
 
 
 class _Reported(Exception):
@@ -291,9 +307,9 @@ def read_keys(root: etree._Element, *, password: str | None, psk: bytes | None,
         notes.append("file is not encrypted; the password or key given was not needed")
     if protection.mac_without_algorithm:
         notes.append("MACMethod has no Algorithm; key-wrapped values are checked by the unwrap")
-    if root.find("ds:Signature", NS) is not None:
+    if root.find(_C["ds:Signature"]) is not None:
         notes.append("file carries an XML signature, which is not verified")
-    keys = root.findall("p:KeyPackage/p:Key", NS)
+    keys = root.findall(_C["p:KeyPackage/p:Key"])
     if not keys:
         problems.append(Problem("file contains no KeyPackage/Key", root.sourceline))
     total = len(keys)
@@ -308,27 +324,27 @@ def read_keys(root: etree._Element, *, password: str | None, psk: bytes | None,
 def _read_key(key: etree._Element, protection: Protection, problems: list[Problem]) -> RawKey:
     raw = RawKey(line=key.sourceline or 0, key_id=key.get("Id"), algorithm=key.get("Algorithm"))
     package = key.getparent()
-    device = package.find("p:DeviceInfo", NS) if package is not None else None
+    device = package.find(_C["p:DeviceInfo"]) if package is not None else None
     if device is not None:
-        raw.manufacturer = _text(device.find("p:Manufacturer", NS))
-        raw.device_serial = _text(device.find("p:SerialNo", NS))
-        raw.device_user = _text(device.find("p:UserId", NS))
-        raw.start_date = _text(device.find("p:StartDate", NS))
-        raw.expiry_date = _text(device.find("p:ExpiryDate", NS))
-    raw.issuer = _text(key.find("p:Issuer", NS))
-    raw.key_user = _text(key.find("p:UserId", NS))
-    raw.key_reference = _text(key.find("p:KeyReference", NS))
-    params = key.find("p:AlgorithmParameters", NS)
+        raw.manufacturer = _text(device.find(_C["p:Manufacturer"]))
+        raw.device_serial = _text(device.find(_C["p:SerialNo"]))
+        raw.device_user = _text(device.find(_C["p:UserId"]))
+        raw.start_date = _text(device.find(_C["p:StartDate"]))
+        raw.expiry_date = _text(device.find(_C["p:ExpiryDate"]))
+    raw.issuer = _text(key.find(_C["p:Issuer"]))
+    raw.key_user = _text(key.find(_C["p:UserId"]))
+    raw.key_reference = _text(key.find(_C["p:KeyReference"]))
+    params = key.find(_C["p:AlgorithmParameters"])
     if params is not None:
-        raw.suite = _text(params.find("p:Suite", NS))
-        response = params.find("p:ResponseFormat", NS)
+        raw.suite = _text(params.find(_C["p:Suite"]))
+        response = params.find(_C["p:ResponseFormat"])
         if response is not None:
             raw.response_format_line = response.sourceline
             raw.response_length = response.get("Length")
             raw.response_encoding = response.get("Encoding")
             raw.check_digits = response.get("CheckDigits")
-    _read_policy(key.find("p:Policy", NS), raw)
-    data = key.find("p:Data", NS)
+    _read_policy(key.find(_C["p:Policy"]), raw)
+    data = key.find(_C["p:Data"])
     if data is not None:
         _read_data(data, raw, protection, problems)
     return raw
@@ -366,7 +382,7 @@ def _read_data(data: etree._Element, raw: RawKey, protection: Protection,
     def problem(message: str, element: etree._Element) -> None:
         problems.append(Problem(message, element.sourceline, raw.key_id))
 
-    secret = data.find("p:Secret", NS)
+    secret = data.find(_C["p:Secret"])
     if secret is not None:
         try:
             opened = protection.open_value(secret)
@@ -389,7 +405,7 @@ def _read_data(data: etree._Element, raw: RawKey, protection: Protection,
         except _Reported:
             raw.secret_error = True
     for element_name, attribute in _INT_FIELDS:
-        holder = data.find(f"p:{element_name}", NS)
+        holder = data.find(_C["p:" + element_name])
         if holder is None:
             continue
         try:
