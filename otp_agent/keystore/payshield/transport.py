@@ -113,7 +113,8 @@ class Transport:
         Pipelined, every request is written at once on one connection and the answers are
         collected in about one round trip; otherwise they are sent one after the other.
         """
-        budget = self.config.connect_timeout + self.config.request_timeout * (
+        per_host = self.config.connect_timeout + self.config.request_timeout
+        budget = per_host * len(self._hosts) + self.config.request_timeout * (
             1 if pipelined else max(1, len(payloads)))
         return self._call(self._exchange(list(payloads), pipelined), budget)
 
@@ -224,29 +225,31 @@ class Transport:
             await asyncio.sleep(last - now)
 
     async def _exchange(self, payloads: list[bytes], pipelined: bool) -> list[bytes]:
-        deadline = time.monotonic() + self.config.request_timeout
-        await self._pace(len(payloads), deadline)
+        timeout = self.config.request_timeout * (1 if pipelined else max(1, len(payloads)))
+        await self._pace(len(payloads), time.monotonic() + self.config.request_timeout)
         connection = await self._connection()
         host = next(h for h in self._hosts if h.address == connection.address)
         try:
-            if pipelined:
-                futures = [await connection.submit(p) for p in payloads]
-                remaining = max(0.001, deadline - time.monotonic())
-                return list(await asyncio.wait_for(asyncio.gather(*futures), remaining))
-            results = []
-            for payload in payloads:
-                future = await connection.submit(payload)
-                results.append(await asyncio.wait_for(future, self.config.request_timeout))
-            return results
+            return await asyncio.wait_for(self._send(connection, payloads, pipelined), timeout)
         except asyncio.TimeoutError:
-            error = PayShieldUnavailable(f"payShield {host.address} did not answer within "
-                                         f"{self.config.request_timeout:g}s")
+            error = PayShieldUnavailable(
+                f"payShield {host.address} did not answer within {timeout:g}s "
+                "(down, hanging, or queueing beyond its licensed calls per second)")
             connection.fail(error)
             self._mark_down(host, error)
             raise error from None
         except KeyBackendError as exc:
             self._mark_down(host, exc)
             raise
+
+    @staticmethod
+    async def _send(connection: HsmConnection, payloads: list[bytes],
+                    pipelined: bool) -> list[bytes]:
+        """Write every request at once and gather (pipelined), or one after the other."""
+        if pipelined:
+            futures = [await connection.submit(payload) for payload in payloads]
+            return list(await asyncio.gather(*futures))
+        return [await (await connection.submit(payload)) for payload in payloads]
 
     async def _probe(self, host: HostState) -> None:
         if host.up and host.connections:
