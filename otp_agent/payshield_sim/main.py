@@ -11,12 +11,14 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 
 from otp_agent.payshield_sim.commands import CommandProcessor, make_zmk
 from otp_agent.payshield_sim.lmk import Lmk
 from otp_agent.payshield_sim.server import FAULTS, Knobs, SimulatorServer
+from otp_agent.payshield_sim.tlscert import server_context
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="misbehave on every request (for tests)")
     parser.add_argument("--fault-error-code", default="41", help="error code for --fault error")
     parser.add_argument("--max-connections", type=int, default=64)
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--make-zmk", type=Path, metavar="DIR",
                         help="write DIR/zmk.hex (clear) and DIR/zmk.kb (under the LMK) and exit")
     parser.add_argument("--verbose", action="store_true")
@@ -60,8 +64,9 @@ def _make_zmk(lmk: Lmk, directory: Path) -> int:
     return 0
 
 
-async def _serve(server: SimulatorServer, host: str, port: int) -> None:
-    bound = await server.start(host, port)
+async def _serve(server: SimulatorServer, host: str, port: int,
+                 tls: ssl.SSLContext | None) -> None:
+    bound = await server.start(host, port, tls)
     print(f"payshield-sim listening on {host}:{bound}, header length {server.header_length}, "
           f"LMK check value {server.processor.lmk.check_value}", flush=True)
     stop = asyncio.Event()
@@ -74,7 +79,10 @@ async def _serve(server: SimulatorServer, host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``payshield-sim``."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     try:
         lmk = Lmk.load_or_create(args.lmk_file)
@@ -88,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
               fault=args.fault, fault_error_code=args.fault_error_code)
     server = SimulatorServer(CommandProcessor(lmk), args.header_length, knobs, args.max_connections)
     try:
-        asyncio.run(_serve(server, *args.listen))
-    except OSError as exc:
+        tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        asyncio.run(_serve(server, args.listen[0], args.listen[1], tls))
+    except (OSError, ssl.SSLError) as exc:
         print(f"payshield-sim: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc}",
               file=sys.stderr)
         return 1

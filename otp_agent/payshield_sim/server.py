@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import threading
 import time
 from collections import Counter
@@ -84,9 +85,9 @@ class SimulatorServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self._next_slot = 0.0
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0 = any free port); return the port."""
-        self._server = await asyncio.start_server(self._connection, host, port)
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on ``host:port`` (0 = any free port), with TLS if given; return the port."""
+        self._server = await asyncio.start_server(self._connection, host, port, ssl=tls)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -124,7 +125,7 @@ class SimulatorServer:
                     task = asyncio.create_task(self._request(body, writer, lock))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-        except (CodecError, ConnectionError):
+        except (CodecError, ConnectionError, ssl.SSLError):
             pass
         finally:
             for task in tasks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import tempfile
 import threading
 from collections.abc import Coroutine, Iterator
@@ -22,6 +23,7 @@ from otp_agent.keystore.payshield.keyblock import parse_header
 from otp_agent.payshield_sim.commands import CommandProcessor, make_zmk
 from otp_agent.payshield_sim.lmk import Lmk
 from otp_agent.payshield_sim.server import Knobs, SimulatorServer
+from otp_agent.payshield_sim.tlscert import make_self_signed, server_context
 
 _T = TypeVar("_T")
 
@@ -29,8 +31,14 @@ _T = TypeVar("_T")
 class RunningSimulator:
     """Handle on a simulator running in a background thread."""
 
-    def __init__(self, directory: Path, lmk_file: Path, header_length: int, knobs: Knobs) -> None:
+    def __init__(self, directory: Path, lmk_file: Path, header_length: int, knobs: Knobs,
+                 tls: bool = False) -> None:
         self.host = "127.0.0.1"
+        self.tls_cert: Path | None = None
+        self._tls: ssl.SSLContext | None = None
+        if tls:
+            self.tls_cert, key = make_self_signed(directory)
+            self._tls = server_context(self.tls_cert, key)
         self.directory = directory
         self.lmk_file = lmk_file
         self.lmk = Lmk.load_or_create(lmk_file)
@@ -67,7 +75,7 @@ class RunningSimulator:
 
     def start(self) -> None:
         """Listen (again, on the same port once one was chosen)."""
-        self.port = self._run(self.server.start(self.host, self.port))
+        self.port = self._run(self.server.start(self.host, self.port, self._tls))
         self.running = True
 
     def stop(self) -> None:
@@ -102,6 +110,8 @@ class RunningSimulator:
             zmk_file=self.zmk_file, zmk_key_block_file=self.zmk_key_block_file,
             fingerprint_key_file=self.fingerprint_key_file,
         )
+        if self.tls_cert is not None:
+            base = replace(base, tls=True, tls_ca_file=self.tls_cert, tls_server_name="localhost")
         return replace(base, **overrides)  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -122,16 +132,18 @@ def config_for(*simulators: RunningSimulator, **overrides: object) -> PayShieldC
 
 @contextmanager
 def running_simulator(*, header_length: int = 4, lmk_file: Path | None = None,
-                      directory: Path | None = None, **knobs: Any) -> Iterator[RunningSimulator]:
+                      directory: Path | None = None, tls: bool = False,
+                      **knobs: Any) -> Iterator[RunningSimulator]:
     """Run a simulator on 127.0.0.1 for the duration of the ``with`` block.
 
-    ``knobs`` are :class:`Knobs` fields (latency, calls_per_second, fault, ...).  Pass the
+    ``knobs`` are :class:`Knobs` fields (latency, calls_per_second, fault, ...); ``tls`` serves
+    TLS with a fresh self-signed certificate (trusted by :meth:`RunningSimulator.config`).  Pass the
     ``lmk_file`` and ``directory`` of another simulator to simulate a second HSM with the
     same LMK and key-ceremony files.
     """
     with tempfile.TemporaryDirectory(prefix="payshield-sim-") as temporary:
         where = directory or Path(temporary)
-        sim = RunningSimulator(where, lmk_file or where / "lmk.hex", header_length, Knobs())
+        sim = RunningSimulator(where, lmk_file or where / "lmk.hex", header_length, Knobs(), tls)
         sim.set(**knobs)
         try:
             sim.start()

@@ -216,3 +216,30 @@ def test_health_reports_hosts(backend: PayShieldKeyBackend, sim: RunningSimulato
     (host,) = report["hosts"]  # type: ignore[misc]
     assert host["lmk_check_value"] == sim.lmk_check_value and host["firmware"] == "1500-SIM1"
     assert sim.request_count("NO") >= 1
+
+
+def test_tls_connection() -> None:
+    """With tls = true the backend talks to a TLS simulator and verifies its certificate."""
+    from otp_agent.payshield_sim.testing import running_simulator
+    with running_simulator(tls=True) as tls_sim:
+        keys = PayShieldKeyBackend(tls_sim.config())
+        try:
+            sealed = keys.seal_secret(SHA1, Secret(RFC_SECRET))
+            (mac,) = keys.compute_hmacs(SHA1, sealed, [counter_message(0)])
+            assert format_code(mac, 6) == "755224"
+        finally:
+            keys.close()
+        plain = tls_sim.config(tls=False, tls_ca_file=None, tls_server_name=None, connect_timeout=0.5,
+                               request_timeout=0.5)
+        with pytest.raises(KeyBackendError):
+            PayShieldKeyBackend(plain)
+
+
+def test_tls_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
+    """A TLS HSM whose certificate is not trusted is unreachable, not used."""
+    from otp_agent.payshield_sim.testing import running_simulator
+    from otp_agent.payshield_sim.tlscert import make_self_signed
+    other_cert, _ = make_self_signed(tmp_path)
+    with running_simulator(tls=True) as tls_sim:
+        with pytest.raises(KeyBackendError, match="cannot connect"):
+            PayShieldKeyBackend(tls_sim.config(tls_ca_file=other_cert))
