@@ -22,6 +22,7 @@ from otp_agent.pskc import (
     MAX_FILE_SIZE, ExportedToken, ImportedToken, PskcImportError, parse_pskc_report,
     record_from_token, token_from_record, write_pskc,
 )
+from otp_agent.pskc.model import printable
 from otp_agent.pskc.xmlsafe import refuse
 
 #: Files with more keys than this show progress on a terminal.
@@ -141,20 +142,34 @@ def _summary(token: ImportedToken) -> dict[str, Any]:
     }
 
 
-def _print_refusal(exc: PskcError, args: argparse.Namespace, out: TextIO) -> int:
+def _agent_problem(text: str, lines: dict[str, int]) -> dict[str, Any]:
+    """Locate a problem reported by the agent ("SERIAL: reason") in the file, when possible."""
+    serial, separator, reason = text.partition(": ")
+    if separator and serial in lines:
+        return {"line": lines[serial], "key_id": serial, "message": reason}
+    return {"line": None, "key_id": None, "message": text}
+
+
+def _print_refusal(exc: PskcError, args: argparse.Namespace, out: TextIO,
+                   lines: dict[str, int] | None = None) -> int:
+    """Print a refusal (the file's or the agent's) and return exit status 1."""
+    details = getattr(exc, "details", None)
+    problems: list[dict[str, Any]]
+    if details is not None:
+        problems = [{"line": p.line, "key_id": p.key_id, "message": p.message} for p in details]
+    else:
+        problems = [_agent_problem(text, lines or {}) for text in exc.problems]
     if getattr(args, "json", False):
-        details = getattr(exc, "details", None)
-        problems: list[Any]
-        if details is not None:
-            problems = [{"line": p.line, "key_id": p.key_id, "message": p.message} for p in details]
-        else:
-            problems = [{"line": None, "key_id": None, "message": text} for text in exc.problems]
         json.dump({"ok": False, "error": str(exc), "problems": problems}, out, indent=2)
         out.write("\n")
     else:
         out.write(f"{exc}\n")
-        for problem in exc.problems:
-            out.write(f"  - {problem}\n")
+        for problem in problems:
+            where = ", ".join(part for part in (
+                f"line {problem['line']}" if problem["line"] is not None else "",
+                f"key {printable(problem['key_id'])!r}" if problem["key_id"] is not None else "")
+                if part)
+            out.write(f"  - {where + ': ' if where else ''}{problem['message']}\n")
     return 1
 
 
@@ -184,7 +199,7 @@ def run_import(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
     try:
         reply = client.request("import", tokens=records, dry_run=dry_run)
     except PskcError as exc:
-        return _print_refusal(exc, args, out)
+        return _print_refusal(exc, args, out, {token.serial: token.line for token in tokens})
     finally:
         del records  # Drop the base64 secrets as soon as the request is sent.
     summaries = [_summary(token) for token in tokens]

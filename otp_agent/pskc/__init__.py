@@ -56,8 +56,9 @@ def parse_pskc_report(
                      progress=progress)
     tokens = apply_rules(raws, strict_ids=strict_ids, problems=problems, notes=notes)
     if problems:
-        for token in tokens:
-            token.secret.wipe()
+        for raw in raws:
+            if raw.secret is not None:
+                raw.secret.wipe()
         count = len(problems)
         raise PskcImportError(
             f"PSKC file refused, nothing imported: {count} problem{'s' if count != 1 else ''}",

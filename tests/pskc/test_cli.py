@@ -137,7 +137,10 @@ def test_daemon_refusal_is_reported(tmp_path: Path) -> None:
     """A refusal by the agent (e.g. serial already in the store) gives exit 1 and its problems."""
     client = FakeClient(error=PskcError("import refused", ["12345678: already in the store"]))
     status, text = run_import([str(RFC / "figure3.xml"), "--any-id"], client)
-    assert status == 1 and "already in the store" in text
+    assert status == 1 and "line 15, key '12345678': already in the store" in text
+    status, text = run_import([str(RFC / "figure3.xml"), "--any-id", "--json"], client)
+    assert json.loads(text)["problems"] == [
+        {"line": 15, "key_id": "12345678", "message": "already in the store"}]
 
 
 def test_oversized_file_refused_on_stat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from otp_agent.pskc import parse_pskc
 from tests.pskc.conftest import FIGURE6_PSK, INVALID, RFC
 
@@ -56,3 +58,26 @@ def test_export_reads_back(agent, tmp_path: Path) -> None:  # type: ignore[no-un
     assert (target.stat().st_mode & 0o777) == 0o600
     tokens = {t.serial: t for t in parse_pskc(target.read_bytes(), password="backup password")}
     assert tokens[serial].user == "exporter"
+
+
+@pytest.mark.slow
+def test_whole_negative_corpus_through_the_agent(agent, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every corpus file through the real otpctl: exit 1, its own message, store unchanged."""
+    from tests.pskc.conftest import FIGURE7_PASSWORD
+    from tests.pskc.test_invalid_corpus import CORPUS
+    (tmp_path / "psk").write_text(FIGURE6_PSK.hex())
+    (tmp_path / "pw").write_text(FIGURE7_PASSWORD + "\n")
+    before = serials(agent)
+    for name, (options, fragment) in sorted(CORPUS.items()):
+        argv = ["import", str(INVALID / name), "--json"]
+        if "psk" in options:
+            argv += ["--key-file", str(tmp_path / "psk")]
+        if "password" in options:
+            argv += ["--password-file", str(tmp_path / "pw")]
+        if options.get("strict_ids") is False:
+            argv.append("--any-id")
+        result = agent.otpctl(*argv)
+        assert result.returncode == 1, (name, result.stdout, result.stderr)
+        (problem,) = json.loads(result.stdout)["problems"]
+        assert fragment in problem["message"], name
+    assert serials(agent) == before
