@@ -1,0 +1,345 @@
+"""Installation test: build the .deb and .rpm, install the .deb, log in over sshd, purge.
+
+Runs as root on a disposable machine (CI): it installs the package system-wide, creates a Unix
+user, writes one PAM service file of its own in /etc/pam.d and runs a private sshd on 127.0.0.1.
+It never edits an existing system file and removes what it created. Not root on a developer
+machine: skipped. Under CI=true a missing prerequisite fails instead.
+
+Figures (lintian and rpmlint findings, the unit's systemd-analyze exposure) are printed in the
+"otp-agent packaging figures" section of pytest's summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import pwd
+import re
+import shutil
+import stat
+import struct
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests.packaging.unit_runner import EmulatedService
+
+REPO = Path(__file__).resolve().parents[2]
+IN_CI = os.environ.get("CI") == "true"
+VERSION = "0.1.0"
+UNIT_DIR = Path("/lib/systemd/system")
+EXAMPLES = Path("/usr/share/doc/otp-agent/examples")
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EXPOSURE_TARGET = 2.0
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip on a developer machine; fail under CI=true."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"prerequisite missing in CI: {reason}")
+        pytest.skip(reason)
+
+
+def system_env(**extra: str) -> dict[str, str]:
+    """An environment free of the virtualenv and pyenv that run pytest: Debian's tools only."""
+    env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "HOME": "/root",
+           "DEBIAN_FRONTEND": "noninteractive"}
+    env.update(extra)
+    return env
+
+
+def run(*argv: str, check: bool = True, timeout: float = 300, **extra_env: str
+        ) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(argv), env=system_env(**extra_env), text=True, timeout=timeout,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout[-4000:]}")
+    return result
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def package_installed() -> bool:
+    result = run("dpkg-query", "-W", "-f=${Status}", "otp-agent", check=False)
+    return result.returncode == 0 and "installed" in result.stdout and "not-installed" not in result.stdout
+
+
+def totp(secret_b32: str, *, at: float | None = None, digits: int = 6, period: int = 30,
+         algorithm: str = "sha1") -> str:
+    """RFC 6238 with the standard library, independent of otp_agent."""
+    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8), casefold=True)
+    counter = int((time.time() if at is None else at) // period)
+    mac = hmac.new(key, struct.pack(">Q", counter), algorithm).digest()
+    offset = mac[-1] & 0x0F
+    value = (struct.unpack(">I", mac[offset:offset + 4])[0] & 0x7FFFFFFF) % 10 ** digits
+    return str(value).zfill(digits)
+
+
+@pytest.fixture(scope="module")
+def root_machine() -> None:
+    require(os.geteuid() == 0, "the installation test installs a package: run it as root")
+    for tool in ("dpkg-buildpackage", "lintian", "rpmbuild", "rpmlint", "systemd-analyze",
+                 "unshare", "setpriv", "/usr/sbin/sshd", "ssh-keygen", "/usr/bin/python3"):
+        require(shutil.which(tool) is not None, f"{tool} is missing (see .ci/apt/packaging.txt)")
+
+
+@pytest.fixture(scope="module")
+def packages(root_machine: None, tmp_path_factory: pytest.TempPathFactory,
+             figures: list[str]) -> dict[str, Path]:
+    """Build both packages from a clean copy of this tree; record lintian's and rpmlint's figures."""
+    out = tmp_path_factory.mktemp("packages")
+    built: dict[str, Path] = {"out": out}
+    for kind, script in (("deb", "build-deb.sh"), ("rpm", "build-rpm.sh")):
+        result = run("sh", str(REPO / "packaging" / script), str(out), check=False, timeout=600)
+        summary = [line for line in result.stdout.splitlines()
+                   if line.startswith(("lintian", "rpmlint"))]
+        figures.extend(summary)
+        assert result.returncode == 0, f"{script} failed:\n{result.stdout[-4000:]}"
+    built["deb"] = out / f"otp-agent_{VERSION}_all.deb"
+    built["rpm"] = out / f"otp-agent-{VERSION}-1.noarch.rpm"
+    for path in (built["deb"], built["rpm"]):
+        assert path.is_file(), f"{path.name} was not built"
+    return built
+
+
+def test_rpm_has_the_deb_layout_and_scripts(packages: dict[str, Path]) -> None:
+    """The .rpm installs the same programs, units and configuration as the .deb, with the same
+    user and the same script logic (init once, tokens and keys kept on erase)."""
+    contents = (packages["out"] / "rpm-contents.txt").read_text(encoding="utf-8")
+    listing = run("rpm", "-qpl", str(packages["rpm"])).stdout.split()
+    expected = {
+        "/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/bin/payshield-sim",
+        "/usr/libexec/otp-agent/pam-helper", "/etc/otp-agent/agent.toml",
+        "/etc/pam.d/otp-agent-password", "/etc/logrotate.d/otp-agent",
+        "/usr/lib/systemd/system/otp-agent.service", "/usr/lib/systemd/system/otp-agent.socket",
+        "/usr/lib/sysusers.d/otp-agent.conf", "/usr/lib/tmpfiles.d/otp-agent.conf",
+        "/usr/share/man/man8/otp-agent.8.gz", "/usr/share/man/man8/otpctl.8.gz",
+        "/usr/share/man/man8/otp-agent-pam-helper.8.gz", "/usr/share/man/man5/agent.toml.5.gz",
+        "/var/lib/otp-agent", "/var/log/otp-agent",
+    }
+    assert expected <= set(listing), f"missing from the rpm: {sorted(expected - set(listing))}"
+    assert not [p for p in listing if p.startswith("/usr/com") or "%{" in p], listing
+    assert "/usr/bin/otp-pam-helper" not in listing
+    assert any(p.endswith("/site-packages/pam_helper/__main__.py") for p in listing)
+    # The deb ships the same files (Debian puts units in /lib and Python in dist-packages).
+    deb_listing = {line.split()[-1].lstrip(".") for line in
+                   run("dpkg-deb", "-c", str(packages["deb"])).stdout.splitlines()}
+    for path in expected - {"/var/lib/otp-agent", "/var/log/otp-agent"}:
+        debian_path = path.replace("/usr/lib/systemd/system/", "/lib/systemd/system/")
+        if path.startswith("/usr/share/man/"):
+            debian_path = path
+        assert debian_path in deb_listing, f"{debian_path} is in the rpm but not in the deb"
+
+    config = {line.strip() for line in contents.split("== config files")[1].split("==")[0].splitlines()}
+    assert {"/etc/otp-agent/agent.toml", "/etc/pam.d/otp-agent-password"} <= config
+    file_list = contents.split("== file list")[1].split("==")[0]
+    for line in file_list.splitlines():
+        if line.endswith((" /var/lib/otp-agent", " /var/log/otp-agent")):
+            assert line.startswith("drwxr-x--- otp-agent otp-agent"), line
+    scripts = contents.split("== scripts")[1]
+    assert "useradd -r -g otp-agent" in scripts
+    assert "otp-agent init --config /etc/otp-agent/agent.toml" in scripts
+    assert "OTP_AGENT_PURGE_SECRETS" in scripts
+    assert "/etc/pam.d/" not in scripts and "sshd_config" not in scripts
+    # The wrapper must import pam_helper from where the rpm puts it.
+    extract = packages["out"] / "rpm-root"
+    extract.mkdir(exist_ok=True)
+    cpio = subprocess.run(f"rpm2cpio {packages['rpm']} | cpio -idm --quiet",
+                          shell=True, cwd=extract, env=system_env(), capture_output=True)
+    assert cpio.returncode == 0, cpio.stderr
+    wrapper = (extract / "usr/libexec/otp-agent/pam-helper").read_text(encoding="utf-8")
+    sitelib = re.search(r'^PACKAGE_DIR = "(.*)"$', wrapper, re.M)
+    assert sitelib and (extract / sitelib.group(1).lstrip("/") / "pam_helper").is_dir(), wrapper
+
+
+# ---------------------------------------------------------------------------- deb lifecycle
+
+
+def otpctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run("/usr/bin/otpctl", "--config", "/etc/otp-agent/agent.toml", *args, check=check,
+               timeout=60)
+
+
+def test_deb_install_login_over_sshd_and_purge(packages: dict[str, Path], tmp_path: Path,
+                                               figures: list[str]) -> None:
+    """Install the .deb, start the agent as its unit does, log in over sshd with the shipped PAM
+    and sshd files and a code from `otpctl enroll`, then purge: tokens and keys survive a plain
+    purge and a reinstall, and go only when OTP_AGENT_PURGE_SECRETS=yes asks."""
+    if package_installed():
+        # A crashed earlier run: on CI's disposable machine clean up, elsewhere refuse.
+        require(IN_CI, "otp-agent is already installed here; this test would replace it")
+        run("apt-get", "purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
+    watched = [Path(p) for p in ("/etc/pam.d/sshd", "/etc/pam.d/common-auth", "/etc/pam.d/login",
+                                 "/etc/ssh/sshd_config") if Path(p).exists()]
+    before = {path: sha256(path) for path in watched}
+    sshd_config_d = sorted(Path("/etc/ssh/sshd_config.d").glob("*")) if Path("/etc/ssh/sshd_config.d").exists() else []
+
+    try:
+        _install_and_check(packages, figures)
+        _run_agent_and_log_in(tmp_path, figures)
+        key_digest = sha256(Path("/etc/otp-agent/master.key"))
+        _purge_keeps_secrets_then_reinstall(packages, key_digest, figures)
+    finally:
+        if package_installed():
+            run("apt-get", "purge", "-y", "otp-agent", check=False, OTP_AGENT_PURGE_SECRETS="yes")
+    # The package never touched the system's PAM or sshd configuration.
+    assert {path: sha256(path) for path in watched} == before
+    now_d = sorted(Path("/etc/ssh/sshd_config.d").glob("*")) if Path("/etc/ssh/sshd_config.d").exists() else []
+    assert now_d == sshd_config_d
+
+
+def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
+    result = run("apt-get", "install", "-y", "--no-install-recommends", str(packages["deb"]))
+    assert "otp-agent init" not in result.stdout or "failed" not in result.stdout, result.stdout
+    user = pwd.getpwnam("otp-agent")
+    assert user.pw_uid < 1000 and user.pw_shell == "/usr/sbin/nologin", user
+    assert user.pw_dir == "/var/lib/otp-agent"
+
+    key = Path("/etc/otp-agent/master.key").stat()
+    assert stat.S_IMODE(key.st_mode) == 0o600 and key.st_uid == 0, "master key must be 0600 root"
+    assert Path("/etc/otp-agent/master.key").stat().st_size > 0
+    for directory, mode in (("/var/lib/otp-agent", 0o750), ("/var/log/otp-agent", 0o750),
+                            ("/run/otp-agent", 0o755)):
+        info = Path(directory).stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (user.pw_uid, mode), directory
+    assert Path("/var/lib/otp-agent/tokens.db").stat().st_uid == user.pw_uid
+    assert Path("/etc/otp-agent").stat().st_uid == 0
+    assert stat.S_IMODE(Path("/etc/otp-agent").stat().st_mode) == 0o755
+
+    conffiles = Path("/var/lib/dpkg/info/otp-agent.conffiles").read_text().split()
+    assert {"/etc/otp-agent/agent.toml", "/etc/pam.d/otp-agent-password",
+            "/etc/logrotate.d/otp-agent"} <= set(conffiles)
+    # The pam-auth-update profile is shipped but off: common-auth does not name the helper.
+    assert Path("/usr/share/pam-configs/otp-agent").is_file()
+    assert "otp-agent" not in Path("/etc/pam.d/common-auth").read_text()
+    for program in ("/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/libexec/otp-agent/pam-helper"):
+        assert os.access(program, os.X_OK), program
+    assert not Path("/usr/bin/otp-pam-helper").exists()
+    for program in ("/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/libexec/otp-agent/pam-helper"):
+        first = Path(program).read_text().splitlines()[0]
+        assert first.startswith("#!/usr/bin/python3"), f"{program}: {first}"
+    # Debian's libraries, not bundled copies.
+    listing = run("dpkg", "-L", "otp-agent").stdout
+    assert not re.search(r"/(cryptography|lxml|segno|psycopg)/", listing)
+
+    units = [str(UNIT_DIR / "otp-agent.service"), str(UNIT_DIR / "otp-agent.socket")]
+    verify = run("systemd-analyze", "verify", *units, check=False)
+    figures.append(f"systemd-analyze verify: exit {verify.returncode}, "
+                   f"{len(verify.stdout.splitlines())} message(s)")
+    assert verify.returncode == 0 and verify.stdout.strip() == "", verify.stdout
+    security = run("systemd-analyze", "security", "--offline=yes", "--no-pager", units[0], check=False)
+    match = re.search(r"Overall exposure level for otp-agent\.service: ([0-9.]+) (\w+)", security.stdout)
+    assert match, security.stdout
+    exposure = float(match.group(1))
+    figures.append(f"systemd-analyze security --offline=yes otp-agent.service: exposure "
+                   f"{exposure} {match.group(2)} (target <= {EXPOSURE_TARGET})")
+    failing = [line.split()[1] for line in security.stdout.splitlines() if line.startswith("✗")]
+    figures.append("  not set: " + ", ".join(failing))
+    assert exposure <= EXPOSURE_TARGET
+
+
+def _run_agent_and_log_in(work: Path, figures: list[str]) -> None:
+    pid1 = Path("/proc/1/comm").read_text().strip()
+    systemd_running = Path("/run/systemd/system").is_dir()
+    figures.append(f"service manager: PID 1 is {pid1}; systemd running: {systemd_running}")
+    require(not systemd_running or IN_CI,
+            "systemd is PID 1 here: use systemctl; this test emulates the unit for CI machines")
+    agent = EmulatedService(UNIT_DIR / "otp-agent.service", UNIT_DIR / "otp-agent.socket",
+                            work / "agent.log", watchdog_seconds=2.0)
+    stack = contextlib.ExitStack()
+    try:
+        agent.start()
+        ready = agent.wait_for("READY=1", 30)
+        assert ready, f"no READY=1: {agent.messages}\n{(work / 'agent.log').read_text(errors='replace')}"
+        assert agent.wait_for("WATCHDOG=1", 5), f"no WATCHDOG=1: {agent.messages}"
+        figures.append("agent started as otp-agent.service's ExecStart (emulated unit): "
+                       + ", ".join(sorted({m.split('=')[0] for m in agent.messages})))
+        status = otpctl("status", "--json")
+        assert json.loads(status.stdout).get("agent", {}).get("ok") is True, status.stdout
+        # The daemon runs as otp-agent, with no capability at all.
+        assert agent.process is not None
+        proc = Path(f"/proc/{agent.process.pid}/status").read_text()
+        uid_line = next(line for line in proc.splitlines() if line.startswith("Uid:"))
+        assert set(uid_line.split()[1:]) == {str(pwd.getpwnam("otp-agent").pw_uid)}, uid_line
+        assert "CapBnd:\t0000000000000000" in proc and "NoNewPrivs:\t1" in proc
+
+        # The sshd end-to-end harness of tests/e2e, fed with the files the package installed.
+        from tests.e2e.sshd import authorize_key, running_sshd, ssh_login
+        from tests.pam.support import CONTRIB, local_user
+
+        for shipped in ("pam.d/sshd", "sshd_config.d/otp-agent.conf"):
+            assert (EXAMPLES / shipped).read_bytes() == (CONTRIB / shipped).read_bytes(), shipped
+        # sshd reads ~/.ssh as the user: homes and sshd files in a directory anyone can traverse.
+        open_dir = Path(tempfile.mkdtemp(prefix="otp-install-test-"))
+        open_dir.chmod(0o755)
+        stack.callback(shutil.rmtree, open_dir, ignore_errors=True)
+        with local_user(open_dir / "homes", prefix="otpinst") as user:
+            enrolled = otpctl("enroll", user.name, "--json", "--qr", "never",
+                              "--issuer", "installation test")
+            uri = json.loads(enrolled.stdout)["uri"]
+            secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+            key = authorize_key(user, open_dir)
+            pam_text = (EXAMPLES / "pam.d" / "sshd").read_text(encoding="utf-8")
+            with running_sshd(open_dir / "sshd", pam_text) as server:
+                code = totp(secret)
+                wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+                login = ssh_login(server, user.name, key, wrong, command="id -un")
+                assert not login.accepted, f"wrong code accepted: {login}"
+                assert login.remaining_after_publickey == ["keyboard-interactive"], login
+                login = ssh_login(server, user.name, key, code, command="id -un")
+                assert login.accepted and login.output.strip() == user.name, f"{login}\n{server.log()}"
+                assert any("Password:" in p for _t, _i, prompts in login.prompts for p in prompts), login
+                login = ssh_login(server, user.name, key, code, command="id -un")
+                assert not login.accepted, f"replayed code accepted: {login}"
+            figures.append("ssh login with the installed helper, shipped PAM stack and sshd drop-in: "
+                           "wrong code refused, right code accepted, replay refused")
+            audit = Path("/var/log/otp-agent/audit.log").read_text()
+            events = [json.loads(line) for line in audit.splitlines()]
+            mine = [e for e in events if e.get("user") == user.name]
+            results = [e.get("result") for e in mine if e.get("result") in ("accept", "reject")]
+            assert results.count("accept") == 1 and results.count("reject") >= 2, mine
+            assert code not in audit and wrong not in audit, "a code reached the audit log"
+        assert agent.process.poll() is None
+        assert agent.stop(20) == 0, (work / "agent.log").read_text(errors="replace")
+        assert "STOPPING=1" in agent.messages
+    finally:
+        stack.close()
+        agent.cleanup()
+
+
+def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: str,
+                                        figures: list[str]) -> None:
+    run("apt-get", "purge", "-y", "otp-agent")
+    assert not package_installed()
+    for gone in ("/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/libexec/otp-agent",
+                 "/etc/otp-agent/agent.toml", "/etc/pam.d/otp-agent-password",
+                 str(UNIT_DIR / "otp-agent.service"), "/usr/share/pam-configs/otp-agent"):
+        assert not Path(gone).exists(), f"{gone} left after purge"
+    kept = ["/etc/otp-agent/master.key", "/var/lib/otp-agent/tokens.db", "/var/log/otp-agent/audit.log"]
+    for path in kept:
+        assert Path(path).exists(), f"{path} deleted by a plain purge"
+    pwd.getpwnam("otp-agent")  # the system user stays, as Debian does
+    figures.append("after purge: kept " + ", ".join(kept) + " and user otp-agent")
+
+    run("apt-get", "install", "-y", "--no-install-recommends", str(packages["deb"]))
+    assert sha256(Path("/etc/otp-agent/master.key")) == key_digest, "reinstall replaced the master key"
+    run("apt-get", "purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
+    for gone in ("/etc/otp-agent", "/var/lib/otp-agent", "/var/log/otp-agent", "/run/otp-agent"):
+        assert not Path(gone).exists(), f"{gone} left after purge with OTP_AGENT_PURGE_SECRETS=yes"
+    leftovers = [p for p in ("/etc/otp-agent", "/var/lib/otp-agent", "/var/log/otp-agent",
+                             "/usr/lib/python3/dist-packages/otp_agent") if Path(p).exists()]
+    figures.append("after purge with OTP_AGENT_PURGE_SECRETS=yes: left "
+                   + (", ".join(leftovers) or "nothing but user otp-agent"))
