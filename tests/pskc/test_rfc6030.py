@@ -110,7 +110,7 @@ def test_figure6_preshared_key_aes128_cbc_with_mac() -> None:
 
 def test_figure6_mac_key_value() -> None:
     """Figure 6's MACKey decrypts to the documented HMAC-SHA1 key."""
-    from otp_agent.pskc.parser import Protection
+    from otp_agent.pskc.protection import Protection
     protection = Protection(parse_document(read(RFC / "figure6.xml")), None, FIGURE6_PSK, [])
     assert protection.mac_hash == "sha1"
     assert protection.mac_key == bytes.fromhex("1122334455667788990011223344556677889900")
@@ -152,7 +152,7 @@ def test_figure7_derived_key_and_mac_key() -> None:
     salt = bytes.fromhex("123eff3c4a72129c")
     key = crypto.pbkdf2(FIGURE7_PASSWORD, salt, 1000, 16)
     assert key.hex() == "651e63cd57008476af1ff6422cd02e41"
-    from otp_agent.pskc.parser import Protection
+    from otp_agent.pskc.protection import Protection
     protection = Protection(parse_document(read(RFC / "figure7.xml")), FIGURE7_PASSWORD, None, [])
     assert protection.mac_key == bytes.fromhex("bdaab8d648e850d25a3289364f7d7eaaf53ce581")
 
