@@ -243,3 +243,38 @@ def test_tls_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
     with running_simulator(tls=True) as tls_sim:
         with pytest.raises(KeyBackendError, match="cannot connect"):
             PayShieldKeyBackend(tls_sim.config(tls_ca_file=other_cert))
+
+
+@pytest.mark.parametrize("header_length", [0, 1, 2, 8])
+def test_concurrent_validations_any_header_length(header_length: int) -> None:
+    """Many threads share the pool; each gets its own answers, whatever the header length
+    (one digit allows 10 requests in flight per connection, none allows one)."""
+    import threading
+
+    from otp_agent.payshield_sim.testing import running_simulator
+    with running_simulator(header_length=header_length, latency=0.001) as hsm:
+        keys = PayShieldKeyBackend(hsm.config(pool_size=3))
+        try:
+            secrets = {n: bytes([n]) * 20 for n in range(6)}
+            sealed = {n: keys.seal_secret(TokenIdentity(f"C{n}", HashAlgorithm.SHA1), Secret(s))
+                      for n, s in secrets.items()}
+            errors: list[str] = []
+
+            def worker(n: int) -> None:
+                identity = TokenIdentity(f"C{n}", HashAlgorithm.SHA1)
+                for start in range(0, 40, 7):
+                    messages = [counter_message(c) for c in range(start, start + 7)]
+                    macs = keys.compute_hmacs(identity, sealed[n], messages)
+                    expected = [hmac.new(secrets[n], m, hashlib.sha1).digest() for m in messages]
+                    if macs != expected:
+                        errors.append(f"thread {n} got wrong HMACs")
+
+            threads = [threading.Thread(target=worker, args=(n,)) for n in secrets]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert errors == []
+            assert hsm.server.connections_accepted <= 3
+        finally:
+            keys.close()

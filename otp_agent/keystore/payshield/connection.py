@@ -14,12 +14,10 @@ import logging
 import socket
 import ssl
 
+from otp_agent.errors import KeyBackendError
 from otp_agent.keystore.payshield.codec import CodecError, FrameReader, frame, response_code
 from otp_agent.keystore.payshield.config import HsmAddress
-from otp_agent.keystore.payshield.errors import (
-    PayShieldProtocolError, PayShieldUnavailable,
-)
-from otp_agent.errors import KeyBackendError
+from otp_agent.keystore.payshield.errors import PayShieldProtocolError, PayShieldUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -195,12 +195,13 @@ class Transport:
         for host in self._hosts:
             if not host.up and now < host.next_retry:
                 continue
-            host.connections = [c for c in host.connections if not c.closed]
-            if host.up and host.connections:
-                best = min(host.connections, key=lambda c: c.in_flight)
-                if best.in_flight == 0 or len(host.connections) >= self.config.pool_size:
-                    return best
+            reusable = self._reusable(host)
+            if reusable is not None:
+                return reusable
             async with host.opening:
+                reusable = self._reusable(host)  # Another request may have opened one.
+                if reusable is not None:
+                    return reusable
                 if host.up or time.monotonic() >= host.next_retry:
                     try:
                         return await self._connect(host)
@@ -208,6 +209,16 @@ class Transport:
                         continue
         reasons = "; ".join(f"{h.address}: {h.last_error or 'down'}" for h in self._hosts)
         raise PayShieldUnavailable(f"no payShield available ({reasons})")
+
+    def _reusable(self, host: HostState) -> HsmConnection | None:
+        """An idle connection, or the least busy one once the pool is full."""
+        host.connections = [c for c in host.connections if not c.closed]
+        if not host.up or not host.connections:
+            return None
+        best = min(host.connections, key=lambda c: c.in_flight)
+        if best.in_flight == 0 or len(host.connections) >= self.config.pool_size:
+            return best
+        return None
 
     async def _pace(self, count: int, deadline: float) -> None:
         """Wait for ``count`` slots under the licence limit, or fail if past the deadline."""
