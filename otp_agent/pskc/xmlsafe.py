@@ -87,6 +87,10 @@ def parse_document(data: bytes, *, max_size: int = MAX_FILE_SIZE) -> etree._Elem
         raise refuse(f"not well-formed XML ({reason})", getattr(exc, "lineno", None)) from None
     if not isinstance(root.tag, str):
         raise refuse("document has no root element")
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        # Defence in depth: the byte scan above should already have refused it.
+        raise refuse(_doctype_reason(data))
     _check_depth(root)
     qname = etree.QName(root)
     if qname.localname != "KeyContainer":
