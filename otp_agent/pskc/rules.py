@@ -33,8 +33,9 @@ PIN_ALGORITHMS = {f"{_PSKC}:pin", f"{_PSKC}#pin"}
 STRICT_ID = re.compile(r"^[A-Z0-9]{2}[A-Z0-9]{2}[0-9]{8}$")
 #: The ``--any-id`` format: 1 to 64 printable ASCII characters, no whitespace.
 ANY_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
-#: A login name the daemon can assign a token to.
-LOGIN_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+#: A user name as logins know it: no whitespace, no DN punctuation, at most 256 characters
+#: (so ``jdoe``, ``j.doe``, ``jdoe@example.com`` and ``EXAMPLE\\jdoe`` pass, a display name does not).
+USER_NAME = re.compile(r"^[^\s,=+<>#;\"]{1,256}$")
 
 SUITES = {
     "HMAC-SHA1": HashAlgorithm.SHA1,
@@ -60,15 +61,18 @@ def check_serial(key_id: str, strict: bool) -> str | None:
     return "Key Id must be 1 to 64 printable ASCII characters without whitespace"
 
 
+def _user_name(value: str) -> str | None:
+    return value if USER_NAME.match(value) and value.isprintable() else None
+
+
 def user_from(user_id: str) -> str | None:
-    """Return the login name in a ``UserId``: the name itself, or the one ``UID=`` of a DN."""
-    if LOGIN_NAME.match(user_id):
-        return user_id
-    uids = [part.split("=", 1)[1].strip() for part in user_id.split(",")
+    """Return the user name in a ``UserId``: the name itself, or the one ``UID=`` of a DN."""
+    value = user_id.strip()
+    if "=" not in value:
+        return _user_name(value)
+    uids = [part.split("=", 1)[1].strip() for part in value.split(",")
             if "=" in part and part.split("=", 1)[0].strip().lower() == "uid"]
-    if len(uids) == 1 and LOGIN_NAME.match(uids[0]):
-        return uids[0]
-    return None
+    return _user_name(uids[0]) if len(uids) == 1 else None
 
 
 def parse_date(text: str) -> datetime:

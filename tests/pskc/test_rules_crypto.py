@@ -41,6 +41,8 @@ def test_any_id_format(key_id: str, ok: bool) -> None:
     ("alice", "alice"), ("UID=jsmith,DC=example-bank,DC=net", "jsmith"),
     ("uid=bob, ou=people, dc=example", "bob"), ("DC=example-bank,DC=net", None),
     ("CN=Jane Smith", None), ("UID=a,UID=b", None), ("Alice Smith", None),
+    ("jdoe@example.com", "jdoe@example.com"), ("EXAMPLE\\jdoe", "EXAMPLE\\jdoe"),
+    ("J.Doe", "J.Doe"), ("x" * 257, None), ("bell\x07", None),
 ])
 def test_user_from_user_id(user_id: str, expected: str | None) -> None:
     """A UserId is a login name, or a DN with exactly one UID= naming one."""
