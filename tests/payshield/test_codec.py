@@ -189,3 +189,24 @@ def test_bad_requests_carry_the_hsm_error_code(payload: bytes, code: str) -> Non
 def test_key_repr_hides_the_key() -> None:
     """An HmacKey's repr shows format and size only."""
     assert "ABCDEF" not in repr(HmacKey("00", b"ABCDEF"))
+
+
+@pytest.mark.parametrize("response,sockets,firmware", [
+    (b"NP00310064" + b"1500-0023", 64, "1500-0023"),      # 4-digit socket count (firmware >= 1.8a)
+    (b"NP003164" + b"1084-0906", 64, "1084-0906"),        # 2-digit socket count
+])
+def test_np_socket_count_widths(response: bytes, sockets: int, firmware: str) -> None:
+    """NO status parses with either socket-count width."""
+    status = codec.parse_np(response)
+    assert status["tcp_sockets"] == sockets and status["firmware"] == firmware
+
+
+def test_np_unrecognised_fields_do_not_fail() -> None:
+    """An NP00 with an unknown layout still counts as alive."""
+    assert codec.parse_np(b"NP00??") == {}
+
+
+def test_nd_rejects_a_non_hex_check_value() -> None:
+    """A check value that is not hexadecimal is a protocol error."""
+    with pytest.raises(PayShieldProtocolError):
+        codec.parse_nd(b"ND00ZZZZZZ00000000001500-0023")

@@ -362,28 +362,42 @@ def _checked(reader: FieldReader) -> None:
 
 
 def parse_nd(payload: bytes) -> tuple[str, str]:
-    """Return (LMK check value 16H, firmware 9A) from an NC response."""
+    """Return (LMK check value 16H, firmware) from an NC response.
+
+    The firmware field is 9A (``xxxx-xxxx``) on the units seen; anything printable after the
+    check value is accepted as firmware so that a longer field does not stop the agent.
+    """
     reader = open_response("NC", payload)
     try:
-        check, firmware = reader.text(16), reader.text(9)
-    except CodecError as exc:
+        check = reader.text(16)
+        firmware = reader.rest().split(b"\x19")[0].decode("ascii")
+    except (CodecError, UnicodeDecodeError) as exc:
         raise PayShieldProtocolError(f"malformed ND response: {exc}") from None
-    _checked(reader)
-    return check, firmware
+    if any(c not in "0123456789ABCDEF" for c in check.upper()) or not firmware.isprintable():
+        raise PayShieldProtocolError("malformed ND response: check value is not hexadecimal")
+    return check.upper(), firmware
 
 
 def parse_np(payload: bytes) -> dict[str, object]:
-    """Return the status fields of an NO mode-00 response (4-digit socket count layout)."""
-    reader = open_response("NO", payload)
-    try:
-        buffer, protocol, sockets, firmware = (reader.number(1), reader.number(1),
-                                               reader.number(4), reader.text(9))
-    except CodecError as exc:
-        raise PayShieldProtocolError(f"malformed NP response: {exc}") from None
-    reader.rest()
-    return {"io_buffer": {0: "2K", 1: "8K", 2: "16K", 3: "32K"}.get(buffer, "?"),
-            "protocol": "TCP" if protocol == 1 else "UDP", "tcp_sockets": sockets,
-            "firmware": firmware}
+    """Return the status fields of an NO mode-00 response (best effort after the error code).
+
+    The socket count is 2N before firmware 1.8a and 4N after; the firmware (``xxxx-xxxx``)
+    follows it.  Fields that cannot be recognised are left out rather than failing the health
+    check: an ``NP00`` answer is proof enough that the HSM is alive.
+    """
+    rest = open_response("NO", payload).rest()
+    status: dict[str, object] = {}
+    if rest[:1].isdigit():
+        status["io_buffer"] = {0: "2K", 1: "8K", 2: "16K", 3: "32K"}.get(int(rest[:1]), "?")
+    if rest[1:2].isdigit():
+        status["protocol"] = "TCP" if rest[1:2] == b"1" else "UDP"
+    for width in (4, 2):
+        sockets, firmware = rest[2:2 + width], rest[2 + width:11 + width]
+        if sockets.isdigit() and firmware[4:5] == b"-" and firmware.isascii():
+            status["tcp_sockets"] = int(sockets)
+            status["firmware"] = firmware.decode("ascii")
+            break
+    return status
 
 
 def parse_b3(payload: bytes) -> bytes:
