@@ -64,9 +64,8 @@ def run_demo() -> int:
             replayed = check_password(user, code, service="otp-agent-demo", confdir=str(confdir),
                                       check_account=True, timeout=15)
             print("login REJECTED: replay refused" if not replayed else "replay ACCEPTED (unexpected)")
-
-            _say("The audit log (no codes, no secrets)")
-            print((directory / "audit.log").read_text(), end="")
+        _say("The agent stopped; its audit log (no codes, no secrets):")
+        print((directory / "audit.log").read_text(), end="")
         ok = accepted and not replayed
         _say("Demo " + ("succeeded." if ok else "FAILED."))
         return 0 if ok else 1

@@ -120,9 +120,9 @@ class Validator:
             _log.error("validation failed closed: %s", exc)
             return Decision(False, exc.code)
 
-    def _usable(self, user: str) -> list[Token]:
+    def _usable(self, user: str, tokens: list[Token] | None = None) -> list[Token]:
         now = self.clock()
-        return [t for t in self.store.tokens_for_user(user)
+        return [t for t in (self.store.tokens_for_user(user) if tokens is None else tokens)
                 if t.enabled and (t.not_before is None or t.not_before <= now)
                 and (t.not_after is None or now < t.not_after)]
 
@@ -135,7 +135,7 @@ class Validator:
                 if self.policy.unenrolled == "allow":
                     return Decision(True, "not_enrolled")
                 return Decision(False, "no_token")
-            usable = self._usable(user)
+            usable = self._usable(user, tokens)
             if not usable:
                 return Decision(False, "disabled")
             now = self.clock()

@@ -64,22 +64,26 @@ class AgentServer:
                 continue
             if tick is not None:
                 tick()
-            if not readable:
-                continue
+            if readable:
+                self._accept_pending()
+        self._pool.shutdown(wait=True)
+
+    def _accept_pending(self) -> None:
+        """Accept every connection waiting in the backlog and hand each to a worker."""
+        while True:
             try:
                 connection, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
-                continue
+                return
             except OSError as exc:
                 _log.error("accept failed: %s", exc)
                 time.sleep(0.05)
-                continue
+                return
             if not self._slots.acquire(blocking=False):
                 _log.warning("too many clients (%d); refusing a connection", self.max_clients)
                 self._refuse(connection)
                 continue
             self._pool.submit(self._serve_connection, connection)
-        self._pool.shutdown(wait=True)
 
     def shutdown(self) -> None:
         """Stop accepting; in-flight requests finish (connections close after their reply)."""

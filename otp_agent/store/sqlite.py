@@ -1,8 +1,9 @@
 """The SQLite token store: one host, WAL journal, durable commits, versioned schema.
 
-Each thread gets its own connection (SQLite connections are not shared across threads).  Every
-write is one transaction committed with ``synchronous = FULL`` before the call returns, so an
-acceptance survives a crash or SIGKILL the moment the agent answers.  Validation state changes in
+Each reading thread gets its own connection; all writes go through one writer thread that
+commits concurrent writes together (group commit, :mod:`otp_agent.store.groupcommit`) with
+``synchronous = FULL`` before any caller returns, so an acceptance survives a crash or SIGKILL
+the moment the agent answers, and many acceptances share one fsync.  Validation state changes in
 one conditional ``UPDATE ... WHERE serial = ? AND version = ?`` (compare-and-set).
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.oath.params import HashAlgorithm, TokenType
+from otp_agent.store.groupcommit import GroupCommitter
 from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
 
 SCHEMA_VERSION = 1
@@ -74,23 +76,28 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._migrate()
+        self._writer = GroupCommitter(self._open_connection)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
 
     # -- connections -----------------------------------------------------------------------
 
+    def _open_connection(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(self.path, isolation_level=None, timeout=5.0,
+                                         check_same_thread=False)
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA secure_delete = ON")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"database {self.path} cannot be opened: {exc}") from None
+        return connection
+
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            try:
-                connection = sqlite3.connect(self.path, isolation_level=None, timeout=5.0,
-                                             check_same_thread=False)
-                connection.execute("PRAGMA journal_mode = WAL")
-                connection.execute("PRAGMA synchronous = FULL")
-                connection.execute("PRAGMA secure_delete = ON")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"database {self.path} cannot be opened: {exc}") from None
+            connection = self._open_connection()
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
@@ -172,9 +179,8 @@ class SQLiteStore:
 
     def _write(self, what: str, action: Any) -> Any:
         try:
-            with self._transaction() as connection:
-                return action(connection)
-        except sqlite3.IntegrityError as exc:
+            return self._writer.submit(action)
+        except sqlite3.IntegrityError:
             raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path}: {what} failed, nothing was written: {exc}") from None
@@ -201,11 +207,9 @@ class SQLiteStore:
         sql = (f"UPDATE tokens SET {assignments}, version = version + 1 "
                "WHERE serial = ? AND version = ?")
         parameters = (*changes.values(), serial, expected_version)
-        try:
-            cursor = self._connection().execute(sql, parameters)
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path}: commit failed, nothing was written: {exc}") from None
-        return cursor.rowcount == 1
+        rowcount = self._write(f"committing token {serial}",
+                               lambda connection: connection.execute(sql, parameters).rowcount)
+        return bool(rowcount == 1)
 
     def update_admin_fields(self, serial: str, changes: Mapping[str, Any]) -> Token:
         unknown = set(changes) - ADMIN_FIELDS
@@ -254,6 +258,7 @@ class SQLiteStore:
                 "schema_version": SCHEMA_VERSION}
 
     def close(self) -> None:
+        self._writer.close()
         with self._lock:
             for connection in self._connections:
                 connection.close()

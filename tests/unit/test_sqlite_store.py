@@ -99,11 +99,10 @@ def test_write_to_read_only_database_is_a_store_error(store: SQLiteStore, tmp_pa
     store.add_tokens([token("A")])
     store.close()
     read_only = SQLiteStore(store.path)
-    connection = read_only._connection()
-    connection.execute("PRAGMA query_only = ON")
+    read_only._writer.submit(lambda connection: connection.execute("PRAGMA query_only = ON"))
     with pytest.raises(StoreError, match="nothing was written"):
         read_only.compare_and_set("A", 0, {"last_step": 1})
-    connection.execute("PRAGMA query_only = OFF")
+    read_only._writer._connection.execute("PRAGMA query_only = OFF")  # type: ignore[union-attr]
     assert read_only.get("A").last_step is None  # type: ignore[union-attr]
 
 

@@ -213,10 +213,11 @@ def test_password_and_code_never_says_which_part_failed(store, key_backend, audi
     assert not validator.validate_password_and_code("alice", "hunter2" + good, CONTEXT).accepted
 
 
-def test_audit_log_has_decisions_but_no_codes(setup, store, key_backend, clock, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_audit_log_has_decisions_but_no_codes(setup, store, key_backend, clock, audit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     add_token(store, key_backend, "T1")
     submitted = code(step(clock))
     setup().validate("alice", submitted, RequestContext(1000, 42, "sshd", "192.0.2.1", "ssh"))
+    audit.flush()
     line = (tmp_path / "audit.log").read_text()
     for field in ('"user":"alice"', '"serial":"T1"', '"service":"sshd"', '"rhost":"192.0.2.1"',
                   '"peer_uid":1000', '"result":"accept"', '"reason":"accepted"'):
