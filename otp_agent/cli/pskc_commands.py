@@ -22,6 +22,7 @@ from otp_agent.pskc import (
     MAX_FILE_SIZE, ExportedToken, ImportedToken, PskcImportError, parse_pskc_report,
     record_from_token, token_from_record, write_pskc,
 )
+from otp_agent.pskc import crypto
 from otp_agent.pskc.model import printable
 from otp_agent.pskc.xmlsafe import refuse
 
@@ -242,6 +243,17 @@ def _create_private(path: Path, data: bytes) -> None:
         raise
 
 
+def _check_export_password(password: str, iterations: int) -> None:
+    """Refuse a bad password or iteration count before any secret is fetched."""
+    try:
+        crypto.check_password(password)
+    except crypto.CryptoProblem as exc:
+        raise _Usage(str(exc)) from None
+    if not crypto.PBKDF2_MIN_ITERATIONS <= iterations <= crypto.PBKDF2_MAX_ITERATIONS:
+        raise _Usage(f"--iterations must be from {crypto.PBKDF2_MIN_ITERATIONS} to "
+                     f"{crypto.PBKDF2_MAX_ITERATIONS}")
+
+
 def run_export(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     """Run ``otpctl export``: fetch every token from the agent and write a protected PSKC file."""
     output: Path = args.output
@@ -251,6 +263,9 @@ def run_export(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
         password, key = _protection(args)
         if password is None and key is None:
             raise _Usage("give --password-file or --key-file: an export is never written in clear")
+        iterations = getattr(args, "iterations", DEFAULT_EXPORT_ITERATIONS)
+        if password is not None:
+            _check_export_password(password, iterations)
     except _Usage as exc:
         print(f"otpctl export: {exc}", file=sys.stderr)
         return 2
@@ -263,8 +278,7 @@ def run_export(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
     tokens: list[ExportedToken] = []
     try:
         tokens = [token_from_record(record) for record in reply.get("tokens", [])]
-        data = write_pskc(tokens, password=password, psk=key,
-                          pbkdf2_iterations=getattr(args, "iterations", DEFAULT_EXPORT_ITERATIONS))
+        data = write_pskc(tokens, password=password, psk=key, pbkdf2_iterations=iterations)
     except OtpAgentError as exc:
         print(f"otpctl export: {exc}; no file was written", file=sys.stderr)
         return exc.exit_status

@@ -242,3 +242,17 @@ def test_export_payshield_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     status, _ = run_export(["--output", str(target), "--key-file", str(tmp_path / "k")], client)
     assert status == 4 and not target.exists()
     assert "transport key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("password,iterations,message", [
+    ("abcd", "2000", "5 to 64 characters"), ("long enough", "10", "--iterations must be from"),
+])
+def test_export_checks_password_before_asking(tmp_path: Path, password: str, iterations: str,
+                                              message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad export password or iteration count is refused before any secret is fetched."""
+    (tmp_path / "pw").write_text(password)
+    client = FakeClient(export_tokens=EXPORTED)
+    status, _ = run_export(["--output", str(tmp_path / "out.pskc"), "--password-file",
+                            str(tmp_path / "pw"), "--iterations", iterations], client)
+    assert status == 2 and client.requests == [] and not (tmp_path / "out.pskc").exists()
+    assert message in capsys.readouterr().err
