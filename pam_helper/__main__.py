@@ -11,16 +11,18 @@ the agent positively answered the question asked); every other outcome is non-ze
 
 It must not decide anything itself, print anything useful to an attacker, or let a code or a
 password reach a log, an exception text or argv.  Failures go to syslog (facility authpriv) with
-the user, the service and the reason only.
+the user, the service and the reason only, written the way glibc's syslog(3) writes them, to
+/dev/log or to ``--syslog-socket PATH`` (a chroot, a container, a test).
 
-Start-up cost is the point of this module (it runs once per login): it imports only built-in or
-extension modules that are cheap under ``python3 -I -S`` (``posix``, ``_socket``, ``_json``,
-``select``, ``syslog`` on failure), never ``os``, ``socket``, ``json``, ``argparse`` or
-``otp_agent``.  It can be run as ``python3 -I -S /path/to/pam_helper/__main__.py`` (no package
+Start-up cost is the point of this module (it runs once per login): it imports only modules
+built into Debian's interpreter (``posix``, ``_socket``, ``_signal``, ``select``, ``time``,
+nothing else), so importing it reads no directory and loads no shared library; never
+``os``, ``socket``, ``json`` or ``_json`` (a shared library: it alone cost more than the rest),
+``argparse`` or ``otp_agent``.  The JSON it needs (string values out, small replies in) is
+implemented here, strictly.  It can be run as ``python3 -I -S /path/to/pam_helper/__main__.py`` (no package
 import needed), as ``python3 -I -m pam_helper``, or through contrib/pam-helper.
 """
 
-import _json
 import _signal  # type: ignore[import-not-found]  # no stub; ``signal`` would import enum
 import _socket
 import posix
@@ -29,6 +31,7 @@ import sys
 import time
 
 DEFAULT_SOCKET = "/run/otp-agent/agent.sock"
+DEFAULT_SYSLOG_SOCKET = "/dev/log"
 DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 60.0
 #: pam_exec copies the answer into a PAM_MAX_RESP_SIZE (512) buffer: at most 511 bytes arrive.
@@ -43,7 +46,7 @@ EXIT_UNAVAILABLE = 3
 
 MODES = ("--code-only", "--password-and-code", "--enrolled", "--not-enrolled")
 USAGE = (
-    "usage: pam-helper [--socket PATH] [--timeout SECONDS]"
+    "usage: pam-helper [--socket PATH] [--timeout SECONDS] [--syslog-socket PATH]"
     " [--code-only | --password-and-code | --enrolled | --not-enrolled]\n"
 )
 
@@ -65,10 +68,11 @@ class Failure(Exception):
 class Options:
     """The parsed command line."""
 
-    def __init__(self, mode: str, socket_path: str, timeout: float) -> None:
+    def __init__(self, mode: str, socket_path: str, timeout: float, syslog_path: str) -> None:
         self.mode = mode
         self.socket_path = socket_path
         self.timeout = timeout
+        self.syslog_path = syslog_path
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -77,8 +81,8 @@ def parse_args(argv: list[str]) -> Options:
     :raises Failure: with EXIT_USAGE for an unknown option or a bad value.
     """
     mode = "--code-only"
-    socket_path = DEFAULT_SOCKET
     timeout = DEFAULT_TIMEOUT
+    paths = {"--socket": DEFAULT_SOCKET, "--syslog-socket": DEFAULT_SYSLOG_SOCKET}
     modes_seen = 0
     args = list(argv)
     while args:
@@ -89,15 +93,15 @@ def parse_args(argv: list[str]) -> Options:
         if arg in MODES and value is None:
             mode = arg
             modes_seen += 1
-        elif arg in ("--socket", "--timeout"):
+        elif arg in ("--socket", "--syslog-socket", "--timeout"):
             if value is None:
                 if not args:
                     raise Failure(EXIT_USAGE, f"option {arg} needs a value")
                 value = args.pop(0)
-            if arg == "--socket":
-                if not value.startswith("/") or "\0" in value or len(value) > 107:
-                    raise Failure(EXIT_USAGE, "--socket needs an absolute path of at most 107 bytes")
-                socket_path = value
+            if arg in paths:
+                if not value.startswith("/") or "\0" in value or len(value.encode()) > 107:
+                    raise Failure(EXIT_USAGE, f"{arg} needs an absolute path of at most 107 bytes")
+                paths[arg] = value
             else:
                 try:
                     timeout = float(value)
@@ -109,7 +113,7 @@ def parse_args(argv: list[str]) -> Options:
             raise Failure(EXIT_USAGE, "unknown argument")
     if modes_seen > 1:
         raise Failure(EXIT_USAGE, "give at most one mode")
-    return Options(mode, socket_path, timeout)
+    return Options(mode, paths["--socket"], timeout, paths["--syslog-socket"])
 
 
 def clean_text(raw: bytes, limit: int) -> str | None:
@@ -216,33 +220,183 @@ def password_and_code_field(answer: bytes) -> str:
         raise Failure(EXIT_REJECT, "answer is not UTF-8") from None
 
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_HEX = frozenset("0123456789abcdefABCDEF")
+_MAX_DEPTH = 16
+
+
+def json_string(text: str) -> str:
+    """Quote ``text`` as a JSON string made of printable ASCII only (non-ASCII as \\u escapes)."""
+    out = ['"']
+    for char in text:
+        escaped = _ESCAPES.get(char)
+        if escaped is not None:
+            out.append(escaped)
+        elif " " <= char <= "~":
+            out.append(char)
+        else:
+            point = ord(char)
+            if point > 0xFFFF:
+                point -= 0x10000
+                out.append("\\u%04x\\u%04x" % (0xD800 | (point >> 10), 0xDC00 | (point & 0x3FF)))
+            else:
+                out.append("\\u%04x" % point)
+    out.append('"')
+    return "".join(out)
+
+
 def encode_request(fields: dict[str, str]) -> bytes:
     """Frame a request: 4-byte big-endian length, then a compact ASCII JSON object.
 
-    Only string values are needed; ``_json.encode_basestring_ascii`` escapes them exactly as the
-    ``json`` package would, without importing it.
+    Only string values are needed, so the encoder is :func:`json_string` (importing ``json``
+    or even ``_json`` costs more than the rest of the helper).
     """
-    escape = _json.encode_basestring_ascii
-    body = '{"v":1' + "".join("," + escape(k) + ":" + escape(v) for k, v in fields.items()) + "}"
+    body = '{"v":1' + "".join("," + json_string(k) + ":" + json_string(v) for k, v in fields.items()) + "}"
     payload = body.encode("ascii")
     return len(payload).to_bytes(4, "big") + payload
 
 
-class _ScannerContext:
-    """The attributes ``_json.make_scanner`` reads: strict JSON, no NaN or Infinity."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-
-    @staticmethod
-    def parse_constant(name: str) -> object:
-        raise ValueError("non-finite number")
+class JSONError(ValueError):
+    """The reply is not strict JSON (RFC 8259 without NaN/Infinity, nesting at most 16)."""
 
 
-_scan = _json.make_scanner(_ScannerContext())  # type: ignore[arg-type]
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
+
+
+def _hex4(text: str, pos: int) -> int:
+    digits = text[pos:pos + 4]
+    if len(digits) != 4 or not set(digits) <= _HEX:
+        raise JSONError("bad \\u escape")
+    return int(digits, 16)
+
+
+def _string(text: str, pos: int) -> tuple[str, int]:
+    """Parse a string whose opening quote is at ``pos - 1``."""
+    out = []
+    while True:
+        end = pos
+        while end < len(text) and text[end] not in '"\\' and text[end] >= " ":
+            end += 1
+        out.append(text[pos:end])
+        if end >= len(text):
+            raise JSONError("unterminated string")
+        char = text[end]
+        if char == '"':
+            return "".join(out), end + 1
+        if char != "\\":
+            raise JSONError("control character in string")
+        escape = text[end + 1:end + 2]
+        if escape == "u":
+            point = _hex4(text, end + 2)
+            pos = end + 6
+            if 0xD800 <= point < 0xDC00 and text[pos:pos + 2] == "\\u":
+                low = _hex4(text, pos + 2)
+                if 0xDC00 <= low < 0xE000:
+                    point = 0x10000 + ((point - 0xD800) << 10) + (low - 0xDC00)
+                    pos += 6
+            out.append(chr(point))
+        elif escape and escape in _UNESCAPES:
+            out.append(_UNESCAPES[escape])
+            pos = end + 2
+        else:
+            raise JSONError("bad escape")
+
+
+def _digits(text: str, pos: int) -> int:
+    while pos < len(text) and "0" <= text[pos] <= "9":
+        pos += 1
+    return pos
+
+
+def _number(text: str, pos: int) -> tuple[object, int]:
+    start = pos
+    if text[pos:pos + 1] == "-":
+        pos += 1
+    first = text[pos:pos + 1]
+    if first == "0":
+        pos += 1
+    elif first and "1" <= first <= "9":
+        pos = _digits(text, pos)
+    else:
+        raise JSONError("unexpected character")
+    is_float = False
+    if text[pos:pos + 1] == ".":
+        after = _digits(text, pos + 1)
+        if after == pos + 1:
+            raise JSONError("bad fraction")
+        pos, is_float = after, True
+    if text[pos:pos + 1] in ("e", "E") and pos < len(text):
+        pos += 1
+        if text[pos:pos + 1] in ("+", "-") and pos < len(text):
+            pos += 1
+        after = _digits(text, pos)
+        if after == pos:
+            raise JSONError("bad exponent")
+        pos, is_float = after, True
+    token = text[start:pos]
+    if not is_float:
+        if len(token) > 40:
+            raise JSONError("integer too long")
+        return int(token), pos
+    value = float(token)
+    if value - value != 0.0:
+        raise JSONError("non-finite number")
+    return value, pos
+
+
+def _value(text: str, pos: int, depth: int) -> tuple[object, int]:
+    pos = _skip(text, pos)
+    char = text[pos:pos + 1]
+    if char == '"':
+        return _string(text, pos + 1)
+    if char in ("{", "[") and char:
+        if depth >= _MAX_DEPTH:
+            raise JSONError("nested too deeply")
+        closing = "}" if char == "{" else "]"
+        items: list[object] = []
+        members: dict[str, object] = {}
+        pos = _skip(text, pos + 1)
+        if text[pos:pos + 1] == closing:
+            return (members if char == "{" else items), pos + 1
+        while True:
+            if char == "{":
+                pos = _skip(text, pos)
+                if text[pos:pos + 1] != '"':
+                    raise JSONError("object key is not a string")
+                key, pos = _string(text, pos + 1)
+                pos = _skip(text, pos)
+                if text[pos:pos + 1] != ":":
+                    raise JSONError("missing colon")
+                members[key], pos = _value(text, pos + 1, depth + 1)
+            else:
+                item, pos = _value(text, pos, depth + 1)
+                items.append(item)
+            pos = _skip(text, pos)
+            separator = text[pos:pos + 1]
+            if separator == closing:
+                return (members if char == "{" else items), pos + 1
+            if separator != ",":
+                raise JSONError("missing comma")
+            pos += 1
+    for literal, constant in (("true", True), ("false", False), ("null", None)):
+        if text.startswith(literal, pos):
+            return constant, pos + len(literal)
+    return _number(text, pos)
+
+
+def parse_json(text: str) -> object:
+    """Parse one strict JSON document (the agent's replies are small; no ``json`` import).
+
+    :raises JSONError: for anything that is not exactly one JSON value with optional whitespace.
+    """
+    value, pos = _value(text, 0, 0)
+    if _skip(text, pos) != len(text):
+        raise JSONError("trailing data")
+    return value
 
 
 def decode_reply(payload: bytes) -> dict[str, object]:
@@ -251,12 +405,10 @@ def decode_reply(payload: bytes) -> dict[str, object]:
     :raises Failure: with EXIT_UNAVAILABLE for anything else.
     """
     try:
-        text = payload.decode("utf-8", "strict")
-        start = len(text) - len(text.lstrip(" \t\r\n"))
-        message, end = _scan(text, start)
-    except Exception:  # StopIteration, ValueError, JSONDecodeError, RecursionError...
+        message = parse_json(payload.decode("utf-8", "strict"))
+    except (UnicodeDecodeError, JSONError):
         raise Failure(EXIT_UNAVAILABLE, "agent reply is not JSON") from None
-    if text[end:].strip(" \t\r\n") or not isinstance(message, dict):
+    if not isinstance(message, dict):
         raise Failure(EXIT_UNAVAILABLE, "agent reply is not a JSON object")
     if message.get("v") != 1:
         raise Failure(EXIT_UNAVAILABLE, "agent reply has an unknown protocol version")
@@ -345,16 +497,34 @@ def judge(mode: str, reply: dict[str, object]) -> int:
     raise Failure(EXIT_UNAVAILABLE, "agent reply has no result")
 
 
-def _log(priority_name: str, text: str) -> None:
-    """One line to syslog, facility authpriv.  Never called with a code or password in ``text``."""
-    try:
-        import syslog
+_SEVERITY = {"LOG_ERR": 3, "LOG_WARNING": 4, "LOG_NOTICE": 5}
+_LOG_AUTHPRIV = 10 << 3
 
-        syslog.openlog("otp-pam-helper", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
-        syslog.syslog(getattr(syslog, priority_name), text)
-        syslog.closelog()
-    except Exception:  # Logging must never turn a refusal into something else.
-        pass
+
+def log_line(priority_name: str, text: str, path: str = DEFAULT_SYSLOG_SOCKET) -> None:
+    """Send one line to the syslog socket at ``path`` (facility authpriv), as syslog(3) would.
+
+    Never called with a code or password in ``text``.  Best effort and non-blocking: a missing
+    or full log socket loses the line but never changes the outcome.
+    """
+    stamp = time.strftime("%b %e %H:%M:%S", time.localtime())
+    message = f"<{_LOG_AUTHPRIV | _SEVERITY[priority_name]}>{stamp} otp-pam-helper[{posix.getpid()}]: {text}"
+    data = message.encode("utf-8", "replace")
+    for kind, payload in ((_socket.SOCK_DGRAM, data), (_socket.SOCK_STREAM, data + b"\0")):
+        try:
+            sock = _socket.socket(_socket.AF_UNIX, kind)
+        except OSError:
+            return
+        try:
+            sock.settimeout(0.2)
+            sock.connect(path)
+            sock.send(payload)
+            return
+        except OSError as exc:
+            if exc.errno != 91:  # EPROTOTYPE: the log socket is a stream socket, try that.
+                return
+        finally:
+            sock.close()
 
 
 def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
@@ -362,8 +532,10 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
     user_label = "?"
     service_label = "?"
     notes: list[str] = []
+    log_path = DEFAULT_SYSLOG_SOCKET
     try:
         options = parse_args(argv)
+        log_path = options.syslog_path
         deadline = time.monotonic() + options.timeout
         # Backstop: whatever happens, the default SIGALRM action ends the process (pam_exec then
         # returns PAM_SYSTEM_ERR) shortly after the budget, long before sshd's LoginGraceTime.
@@ -383,7 +555,7 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
             request.update(context)
         status = judge(options.mode, exchange(options.socket_path, encode_request(request), deadline, options.timeout))
         if notes:
-            _log("LOG_WARNING", f"user={user_label} service={service_label}: " + "; ".join(notes))
+            log_line("LOG_WARNING", f"user={user_label} service={service_label}: " + "; ".join(notes), log_path)
         return status
     except Failure as failure:
         if failure.status == EXIT_USAGE:
@@ -395,10 +567,11 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
         # The enrolment modes answer a question; a "no" is not worth a log line.
         if not (failure.status == EXIT_REJECT and failure.text in ("enrolled", "not enrolled")):
             extra = ("; " + "; ".join(notes)) if notes else ""
-            _log(priority, f"refused user={user_label} service={service_label}: {failure.text}{extra}")
+            log_line(priority, f"refused user={user_label} service={service_label}: {failure.text}{extra}", log_path)
         return failure.status
     except BaseException as exc:  # Fail closed on anything unforeseen, without its (unsafe) text.
-        _log("LOG_ERR", f"refused user={user_label} service={service_label}: internal error {type(exc).__name__}")
+        log_line("LOG_ERR", f"refused user={user_label} service={service_label}: internal error "
+                 f"{type(exc).__name__}", log_path)
         return EXIT_UNAVAILABLE
 
 

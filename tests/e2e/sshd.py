@@ -19,7 +19,7 @@ from pathlib import Path
 
 import paramiko
 
-from tests.pam.support import CONTRIB, LocalUser, SyslogCapture, pam_service, require
+from tests.pam.support import CONTRIB, LocalUser, pam_service, require
 
 SSHD = "/usr/sbin/sshd"
 
@@ -56,7 +56,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_sshd(directory: Path, pam_text: str, syslog: SyslogCapture | None = None) -> Iterator[SshServer]:
+def running_sshd(directory: Path, pam_text: str) -> Iterator[SshServer]:
     """Start sshd with a temporary PAM service holding ``pam_text``; stop it and clean up after."""
     require(os.path.exists(SSHD), "openssh-server is not installed (apt-get install openssh-server)")
     require(subprocess.run(["which", "ssh-keygen"], capture_output=True).returncode == 0, "ssh-keygen missing")
@@ -80,9 +80,8 @@ def running_sshd(directory: Path, pam_text: str, syslog: SyslogCapture | None = 
         check = subprocess.run([str(program), "-t", "-f", str(config)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
         log_path = directory / f"{service}.log"
-        prefix = syslog.prefix if syslog else []
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([*prefix, str(program), "-D", "-e", "-f", str(config)],
+            process = subprocess.Popen([str(program), "-D", "-e", "-f", str(config)],
                                        stdout=log, stderr=log, start_new_session=True)
         server = SshServer(port, service, log_path, process)
         try:

@@ -22,9 +22,7 @@ from tests.pam.support import (
     make_wrapper,
     real_agent,
     render_stack,
-    require,
     require_root,
-    unshare_works,
 )
 
 pytestmark = pytest.mark.e2e
@@ -74,15 +72,14 @@ def world(open_dir: Path) -> Iterator[World]:
     base.chmod(0o755)
     wrapper = make_wrapper(base)
     link = base / "agent-link.sock"
-    require(not __import__("os").path.lexists("/dev/log") or unshare_works(), "cannot capture syslog here")
     syslog = SyslogCapture(base)
     with contextlib.ExitStack() as stack:
         stack.callback(syslog.close)
         agent = stack.enter_context(real_agent(base / "agent", lock_threshold=3))
         link.symlink_to(agent.socket_path)
-        helper = f"{wrapper} --socket {link} --timeout 2"
-        sshd = stack.enter_context(running_sshd(base / "sshd", render_stack("sshd", helper), syslog))
-        rollout = stack.enter_context(running_sshd(base / "rollout", render_stack("sshd-rollout", helper), syslog))
+        helper = f"{wrapper} --socket {link} --timeout 2 --syslog-socket {syslog.path}"
+        sshd = stack.enter_context(running_sshd(base / "sshd", render_stack("sshd", helper)))
+        rollout = stack.enter_context(running_sshd(base / "rollout", render_stack("sshd-rollout", helper)))
 
         def new_account(enroll: bool = True) -> Account:
             user = stack.enter_context(local_user(base / "homes"))

@@ -3,8 +3,8 @@
 Owns: a scripted fake agent (for helper faults the real daemon cannot be made to show), the
 test wrapper that runs the repository's helper exactly like contrib/pam-helper, rendering of the
 contrib PAM stacks with that wrapper, temporary PAM services in /etc/pam.d (unique names,
-always removed), a recording PAM driver built on pamela's ctypes types, a syslog capture on
-/dev/log, and throw-away Unix users.  Nothing here changes a system file it did not create,
+always removed), a recording PAM driver built on pamela's ctypes types, a syslog capture socket,
+and throw-away Unix users.  Nothing here changes a system file it did not create,
 except through :func:`private_mounts`, whose bind mounts live in a private mount namespace.
 """
 
@@ -314,23 +314,16 @@ def setcred_without_authenticate(service: str, user: str) -> int:
 
 
 class SyslogCapture:
-    """Collects datagrams sent to /dev/log while it exists (created here if it was absent).
-
-    ``prefix`` is an argv prefix that makes a child see the capture socket as /dev/log: empty when
-    this object owns /dev/log, else an ``unshare`` private mount namespace with a bind mount.
-    """
+    """A datagram socket standing in for /dev/log; the helper writes to it when given
+    ``*capture.option`` (``--syslog-socket PATH``) on its command line."""
 
     def __init__(self, directory: Path) -> None:
         self.lines: list[str] = []
+        self.path = directory / "log.sock"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.owned = not os.path.lexists("/dev/log")
-        self.path = Path("/dev/log") if self.owned else directory / "log.sock"
         self._sock.bind(str(self.path))
         os.chmod(self.path, 0o666)
-        self.prefix: list[str] = []
-        if not self.owned:
-            self.prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                           f'mount --bind "{self.path}" /dev/log && exec "$@"', "sh"]
+        self.option = ["--syslog-socket", str(self.path)]
         self._sock.settimeout(0.1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -350,7 +343,7 @@ class SyslogCapture:
         """The helper's lines so far, waiting up to ``wait`` s for at least ``expect`` of them."""
         deadline = time.monotonic() + wait
         while True:
-            found = [line for line in self.lines if "otp-pam-helper" in line]
+            found = [line for line in self.lines if "otp-pam-helper[" in line]
             if len(found) >= expect or time.monotonic() > deadline:
                 return found
             time.sleep(0.02)
@@ -359,9 +352,6 @@ class SyslogCapture:
         self._stop.set()
         self._thread.join(1)
         self._sock.close()
-        if self.owned:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink("/dev/log")
 
 
 def unshare_works() -> bool:
@@ -444,12 +434,9 @@ def wrapper(open_dir: Path) -> Path:
 
 
 @pytest.fixture
-def syslog(tmp_path: Path) -> Iterator[SyslogCapture]:
-    """A capture of what the helper sends to syslog."""
-    require(os.geteuid() == 0 or not os.path.lexists("/dev/log"), "capturing /dev/log needs root here")
-    if os.path.lexists("/dev/log"):
-        require(unshare_works(), "/dev/log exists and no private mount namespace to capture it")
-    capture = SyslogCapture(tmp_path)
+def syslog(work: Path) -> Iterator[SyslogCapture]:
+    """A capture of what the helper sends to syslog (pass ``*syslog.option`` to the helper)."""
+    capture = SyslogCapture(work)
     yield capture
     capture.close()
 

@@ -112,7 +112,7 @@ def test_malformed_pam_user_is_refused(work: Path, user: bytes | None) -> None:
 def test_malformed_context_items_are_dropped(work: Path, syslog: SyslogCapture) -> None:
     """A bad PAM_RHOST/PAM_TTY/PAM_SERVICE is left out of the request and noted in syslog."""
     with fake_agent(work, accept_code(GOOD)) as agent:
-        result = run_helper(agent.path, answer=GOOD.encode(), wrapper=None,
+        result = run_helper(agent.path, *syslog.option, answer=GOOD.encode(),
                             env={"PAM_RHOST": "evil\nhost", "PAM_TTY": "t" * 65, "PAM_SERVICE": "sshd"})
     assert result.returncode == 0
     assert agent.requests[0].keys() == {"v", "op", "user", "code", "service"}
@@ -121,10 +121,11 @@ def test_malformed_context_items_are_dropped(work: Path, syslog: SyslogCapture) 
 
 def test_agent_socket_missing(work: Path, syslog: SyslogCapture) -> None:
     """No agent socket: exit 3 and a clear syslog line."""
-    result = run_helper(work / "absent.sock", answer=GOOD.encode())
+    result = run_helper(work / "absent.sock", *syslog.option, answer=GOOD.encode())
     assert result.returncode == 3
     (line,) = syslog.helper_lines()
     assert "does not exist" in line and "user=alice" in line and "service=sshd" in line
+    assert line.startswith("<83>")  # facility authpriv, severity err, as syslog(3) writes it
 
 
 def test_agent_not_listening(work: Path) -> None:
@@ -139,7 +140,7 @@ def test_agent_not_listening(work: Path) -> None:
 def test_hanging_agent_fails_within_the_timeout(work: Path, syslog: SyslogCapture) -> None:
     """An agent that accepts and never answers: the helper gives up at --timeout, exit 3."""
     with fake_agent(work, lambda request: "hang") as agent:
-        result = run_helper(agent.path, "--timeout", "1", answer=GOOD.encode(), timeout=20)
+        result = run_helper(agent.path, "--timeout", "1", *syslog.option, answer=GOOD.encode(), timeout=20)
     assert result.returncode == 3
     (line,) = syslog.helper_lines()
     assert "did not answer within 1 s (timeout)" in line
@@ -197,12 +198,13 @@ def test_nothing_secret_is_printed_or_logged(work: Path, syslog: SyslogCapture) 
     """Neither stdout, stderr nor syslog carry the code or the password, whatever the outcome."""
     secret_code, password = "987654", "Sup3r-Secret-Pw"
     with fake_agent(work, accept_code(GOOD)) as agent:
+        log = syslog.option
         outputs = [
-            run_helper(agent.path, answer=secret_code.encode()),
-            run_helper(agent.path, "--password-and-code", answer=(password + secret_code).encode()),
-            run_helper(agent.path, "--password-and-code", answer=password.encode()),
-            run_helper(agent.path, answer=(password + secret_code).encode()),
-            run_helper(work / "absent.sock", answer=secret_code.encode()),
+            run_helper(agent.path, *log, answer=secret_code.encode()),
+            run_helper(agent.path, "--password-and-code", *log, answer=(password + secret_code).encode()),
+            run_helper(agent.path, "--password-and-code", *log, answer=password.encode()),
+            run_helper(agent.path, *log, answer=(password + secret_code).encode()),
+            run_helper(work / "absent.sock", *log, answer=secret_code.encode()),
         ]
     assert [r.returncode for r in outputs] == [1, 1, 1, 1, 3]
     lines = syslog.helper_lines(expect=5)
@@ -268,9 +270,9 @@ def test_import_budget() -> None:
     result = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", probe, str(REPO)], capture_output=True,
                             text=True, check=True, timeout=30)
     loaded = set(result.stdout.split())
-    assert loaded <= {"pam_helper", "pam_helper.__main__", "_json", "_socket", "_signal", "posix", "select",
+    assert loaded <= {"pam_helper", "pam_helper.__main__", "_socket", "_signal", "posix", "select",
                       "time", "sys"}, loaded
-    for heavy in ("socket", "json", "os", "argparse", "typing", "enum", "signal", "otp_agent", "syslog"):
+    for heavy in ("socket", "json", "_json", "os", "argparse", "typing", "enum", "signal", "otp_agent", "syslog"):
         assert heavy not in loaded
 
 
