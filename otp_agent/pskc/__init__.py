@@ -18,7 +18,7 @@ from otp_agent.pskc.parser import read_keys
 from otp_agent.pskc.records import record_from_token, token_from_record
 from otp_agent.pskc.rules import apply_rules
 from otp_agent.pskc.writer import write_pskc
-from otp_agent.pskc.xmlsafe import MAX_FILE_SIZE, parse_document
+from otp_agent.pskc.xmlsafe import MAX_FILE_SIZE, Document
 
 __all__ = [
     "ExportedToken", "ImportedToken", "MAX_FILE_SIZE", "Problem", "PskcImportError",
@@ -49,10 +49,10 @@ def parse_pskc_report(
     if psk is not None and len(psk) not in PSK_SIZES:
         message = f"the pre-shared key must be 16, 24 or 32 bytes (AES), not {len(psk)}"
         raise PskcImportError(f"PSKC file refused: {message}", [Problem(message)])
-    root = parse_document(data, max_size=max_size)
+    document = Document(data, max_size=max_size)
     problems: list[Problem] = []
     notes: list[str] = []
-    raws = read_keys(root, password=password, psk=psk, problems=problems, notes=notes,
+    raws = read_keys(document, password=password, psk=psk, problems=problems, notes=notes,
                      progress=progress)
     tokens = apply_rules(raws, strict_ids=strict_ids, problems=problems, notes=notes)
     if problems:

@@ -17,39 +17,50 @@ from lxml import etree
 from otp_agent.pskc.crypto import CryptoProblem
 from otp_agent.pskc.model import Problem, RawKey
 from otp_agent.pskc.protection import INTEGER, C, Protection, Reported, b64decode, text_of
-from otp_agent.pskc.xmlsafe import PSKC_NS
+from otp_agent.pskc.xmlsafe import PSKC_NS, Document
 from otp_agent.sensitive import Secret
 
 Progress = Callable[[int, int], None]
 
 
-def read_keys(root: etree._Element, *, password: str | None, psk: bytes | None,
+def read_keys(document: Document, *, password: str | None, psk: bytes | None,
               problems: list[Problem], notes: list[str],
               progress: Progress | None = None) -> list[RawKey]:
-    """Read every ``KeyPackage/Key`` of ``root``; append problems and notes as they are found."""
-    protection = Protection(root, password, psk, problems)
+    """Read every ``KeyPackage/Key`` of ``document`` as it streams by.
+
+    Problems and notes are appended as they are found.  The container's protection is read when
+    the first ``KeyPackage`` is complete (RFC 6030 puts ``EncryptionKey`` and ``MACMethod``
+    before the packages).
+    """
+    protection: Protection | None = None
+    result: list[RawKey] = []
+    for package in document.packages():
+        if protection is None:
+            assert document.root is not None
+            protection = Protection(document.root, password, psk, problems)
+        for key in package.iterchildren(C["p:Key"]):
+            result.append(_read_key(key, package, protection, problems))
+            if progress is not None:
+                progress(len(result), max(len(result), document.estimated_packages))
+    root = document.root
+    assert root is not None
+    if protection is None:
+        protection = Protection(root, password, psk, problems)
+    if not result:
+        problems.append(Problem("file contains no KeyPackage/Key", root.sourceline))
     if protection.kind == "none" and (password is not None or psk is not None):
         notes.append("file is not encrypted; the password or key given was not needed")
     if protection.mac_without_algorithm:
         notes.append("MACMethod has no Algorithm; key-wrapped values are checked by the unwrap")
-    if root.find(C["ds:Signature"]) is not None:
+    if document.signed:
         notes.append("file carries an XML signature, which is not verified")
-    keys = root.findall(C["p:KeyPackage/p:Key"])
-    if not keys:
-        problems.append(Problem("file contains no KeyPackage/Key", root.sourceline))
-    total = len(keys)
-    result = []
-    for index, key in enumerate(keys, 1):
-        result.append(_read_key(key, protection, problems))
-        if progress is not None:
-            progress(index, total)
     return result
 
 
-def _read_key(key: etree._Element, protection: Protection, problems: list[Problem]) -> RawKey:
+def _read_key(key: etree._Element, package: etree._Element, protection: Protection,
+              problems: list[Problem]) -> RawKey:
     raw = RawKey(line=key.sourceline or 0, key_id=key.get("Id"), algorithm=key.get("Algorithm"))
-    package = key.getparent()
-    device = package.find(C["p:DeviceInfo"]) if package is not None else None
+    device = package.find(C["p:DeviceInfo"])
     if device is not None:
         raw.manufacturer = text_of(device.find(C["p:Manufacturer"]))
         raw.device_serial = text_of(device.find(C["p:SerialNo"]))

@@ -10,13 +10,18 @@ clear problem.  It does not read keys.
 
 from __future__ import annotations
 
+import io
 import re
+from collections.abc import Iterator
+from typing import Any
 
 from lxml import etree
 
 from otp_agent.pskc.model import Problem, PskcImportError
 
 PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
+
+_SIGNATURE = "{http://www.w3.org/2000/09/xmldsig#}Signature"
 
 #: Default largest file accepted (bytes): room for 100,000 encrypted keys with some slack.
 MAX_FILE_SIZE = 256 * 1024 * 1024
@@ -45,24 +50,25 @@ def _doctype_reason(data: bytes) -> str:
     return "file has a DOCTYPE declaration; PSKC files need none and no DTD is accepted"
 
 
+_PARSER_OPTIONS: dict[str, Any] = {
+    "resolve_entities": False,
+    "no_network": True,
+    "load_dtd": False,
+    "dtd_validation": False,
+    "huge_tree": False,
+    "remove_comments": True,
+    "remove_pis": True,
+    "collect_ids": False,
+}
+
+
 def _parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-        collect_ids=False,
-    )
+    """The hardened lxml parser (the same options as the streaming reader)."""
+    return etree.XMLParser(**_PARSER_OPTIONS)
 
 
-def parse_document(data: bytes, *, max_size: int = MAX_FILE_SIZE) -> etree._Element:
-    """Parse ``data`` into the root ``KeyContainer`` element, refusing anything hostile or foreign.
-
-    :raises PskcImportError: with one problem naming the reason.
-    """
+def _prepare(data: bytes, max_size: int) -> bytes:
+    """Apply every check that runs before the parser; return the bytes to parse."""
     if len(data) > max_size:
         raise refuse(f"file is {len(data)} bytes, larger than the {max_size}-byte limit")
     if not data.strip():
@@ -71,27 +77,22 @@ def parse_document(data: bytes, *, max_size: int = MAX_FILE_SIZE) -> etree._Elem
         raise refuse("file is not UTF-8 (PSKC files must be UTF-8)")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    declared = _DECLARED_ENCODING.match(data.lstrip())
+    data = data.lstrip()
+    declared = _DECLARED_ENCODING.match(data)
     if declared and declared.group(1).lower() not in (b"utf-8", b"utf8", b"us-ascii", b"ascii"):
         raise refuse("file declares an encoding other than UTF-8 (PSKC files must be UTF-8)")
     doctype = _DOCTYPE.search(data)
     if doctype:
         raise refuse(_doctype_reason(data), data.count(b"\n", 0, doctype.start()) + 1)
-    try:
-        root = etree.fromstring(data.lstrip(), _parser())
-    except etree.XMLSyntaxError as exc:
-        reason = str(exc.msg if hasattr(exc, "msg") else exc).splitlines()[0][:200]
-        if "depth" in reason.lower():
-            raise refuse("elements nested deeper than the XML parser's hard limit "
-                         f"(ours is {MAX_DEPTH} levels)") from None
-        raise refuse(f"not well-formed XML ({reason})", getattr(exc, "lineno", None)) from None
-    if not isinstance(root.tag, str):
-        raise refuse("document has no root element")
+    return data
+
+
+def _check_root(root: etree._Element, data: bytes) -> None:
+    """Refuse a document whose root is not a PSKC 1.0 ``KeyContainer`` (or that has a DTD)."""
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None:
-        # Defence in depth: the byte scan above should already have refused it.
+        # Defence in depth: the byte scan should already have refused it.
         raise refuse(_doctype_reason(data))
-    _check_depth(root)
     qname = etree.QName(root)
     if qname.localname != "KeyContainer":
         raise refuse(f"root element is {qname.localname!r}, not a PSKC KeyContainer", root.sourceline)
@@ -103,11 +104,66 @@ def parse_document(data: bytes, *, max_size: int = MAX_FILE_SIZE) -> etree._Elem
     version = root.get("Version")
     if version != "1.0":
         raise refuse(f"KeyContainer Version is {version!r}; only PSKC 1.0 is accepted", root.sourceline)
-    return root
 
 
-def _check_depth(root: etree._Element) -> None:
-    """Refuse documents nested deeper than :data:`MAX_DEPTH` (evaluated in C by libxml2)."""
-    too_deep = root.xpath("boolean(/" + "*/" * MAX_DEPTH + "*)")
-    if too_deep:
-        raise refuse(f"elements nested deeper than {MAX_DEPTH} levels")
+class Document:
+    """A PSKC file read incrementally: each ``KeyPackage`` is handed out whole, then freed.
+
+    The checks that need no parsing run in the constructor; the root, depth and syntax checks
+    run as the parser goes.  Streaming keeps memory flat for files of 100,000 keys.
+    """
+
+    def __init__(self, data: bytes, *, max_size: int = MAX_FILE_SIZE) -> None:
+        self._data = _prepare(data, max_size)
+        self.root: etree._Element | None = None
+        #: Whether the container carries an XML signature (never verified).
+        self.signed = False
+        #: Estimated number of key packages, for progress reports only.
+        self.estimated_packages = self._data.count(b"KeyPackage>") // 2
+
+    def packages(self, *, free: bool = True) -> Iterator[etree._Element]:
+        """Yield each complete ``KeyPackage``; with ``free``, drop it once the caller is done.
+
+        :raises PskcImportError: the file is not well-formed, too deep or not PSKC 1.0.
+        """
+        package_tag = f"{{{PSKC_NS}}}KeyPackage"
+        events = etree.iterparse(io.BytesIO(self._data), events=("start", "end"), **_PARSER_OPTIONS)
+        depth = 0
+        try:
+            for event, element in events:
+                if event == "start":
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        raise refuse(f"elements nested deeper than {MAX_DEPTH} levels",
+                                     element.sourceline)
+                    if depth == 1:
+                        _check_root(element, self._data)
+                        self.root = element
+                    continue
+                depth -= 1
+                if depth == 1 and element.tag == _SIGNATURE:
+                    self.signed = True
+                if depth == 1 and element.tag == package_tag:
+                    yield element
+                    if free:
+                        element.clear()
+                        parent = element.getparent()
+                        while element.getprevious() is not None:
+                            del parent[0]
+        except etree.XMLSyntaxError as exc:
+            reason = str(exc.msg if hasattr(exc, "msg") else exc).splitlines()[0][:200]
+            if "depth" in reason.lower():
+                raise refuse("elements nested deeper than the XML parser's hard limit "
+                             f"(ours is {MAX_DEPTH} levels)") from None
+            raise refuse(f"not well-formed XML ({reason})", getattr(exc, "lineno", None)) from None
+        if self.root is None:
+            raise refuse("document has no root element")
+
+
+def parse_document(data: bytes, *, max_size: int = MAX_FILE_SIZE) -> etree._Element:
+    """Parse all of ``data`` under the same checks and return the root ``KeyContainer``."""
+    document = Document(data, max_size=max_size)
+    for _package in document.packages(free=False):
+        pass
+    assert document.root is not None
+    return document.root

@@ -16,7 +16,7 @@ from otp_agent.oath.params import HashAlgorithm, TokenType
 from otp_agent.pskc import PskcImportError, parse_pskc, parse_pskc_report
 from otp_agent.pskc import crypto
 from otp_agent.pskc.parser import read_keys
-from otp_agent.pskc.xmlsafe import parse_document
+from otp_agent.pskc.xmlsafe import Document, parse_document
 from tests.pskc.conftest import FIGURE6_PSK, FIGURE7_PASSWORD, RFC, RFC_SECRET, read
 
 
@@ -24,7 +24,7 @@ def raw_keys(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
     """Read a figure without applying the profile rules."""
     problems: list = []
     notes: list = []
-    keys = read_keys(parse_document(read(RFC / name)), password=kwargs.get("password"),  # type: ignore[arg-type]
+    keys = read_keys(Document(read(RFC / name)), password=kwargs.get("password"),  # type: ignore[arg-type]
                      psk=kwargs.get("psk"), problems=problems, notes=notes)  # type: ignore[arg-type]
     return keys, problems, notes
 
