@@ -280,3 +280,16 @@ def test_concurrent_validations_any_header_length(header_length: int) -> None:
             assert hsm.server.connections_accepted <= 3
         finally:
             keys.close()
+
+
+def test_malformed_zmk_file(sim: RunningSimulator, tmp_path: Path) -> None:
+    """A ZMK file that is not AES key hex is reported without echoing its content."""
+    bad = tmp_path / "zmk.hex"
+    bad.write_text("not-a-key-0123\n")
+    keys = PayShieldKeyBackend(sim.config(zmk_file=bad))
+    try:
+        with pytest.raises(KeyBackendError, match="does not hold an AES ZMK") as caught:
+            keys.seal_secret(SHA1, Secret(RFC_SECRET))
+        assert "not-a-key" not in str(caught.value)
+    finally:
+        keys.close()

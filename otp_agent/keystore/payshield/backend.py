@@ -94,7 +94,14 @@ class PayShieldKeyBackend:
             raise KeyBackendError("payShield import needs keystore.payshield.zmk_file and "
                                   "zmk_key_block_file (see docs/hsm.md, key ceremony)")
         zmk_key_block = _key_block_file(config.zmk_key_block_file, "ZMK key block")
-        with Secret(bytes.fromhex(_read_text(config.zmk_file, "ZMK file"))) as zmk:
+        try:
+            clear_zmk = bytes.fromhex(_read_text(config.zmk_file, "ZMK file"))
+        except ValueError:
+            clear_zmk = b""
+        if len(clear_zmk) not in (16, 24, 32):
+            raise KeyBackendUnavailable(f"{config.zmk_file} does not hold an AES ZMK in hex")
+        with Secret(clear_zmk) as zmk:
+            del clear_zmk
             wrapped = wrap_for_import(zmk.reveal(), secret.reveal())
         if config.key_format == "keyblock":
             blocks = (binding_block(identity.binding()),) if config.bind_identity else ()
