@@ -306,11 +306,18 @@ def _run_agent_and_log_in(work: Path, figures: list[str]) -> None:
                 assert not login.accepted, f"replayed code accepted: {login}"
             figures.append("ssh login with the installed helper, shipped PAM stack and sshd drop-in: "
                            "wrong code refused, right code accepted, replay refused")
-            audit = Path("/var/log/otp-agent/audit.log").read_text()
-            events = [json.loads(line) for line in audit.splitlines()]
-            mine = [e for e in events if e.get("user") == user.name]
-            results = [e.get("result") for e in mine if e.get("result") in ("accept", "reject")]
-            assert results.count("accept") == 1 and results.count("reject") >= 2, mine
+            # The daemon writes audit lines in batches: give the last decision a moment.
+            deadline = time.monotonic() + 5
+            while True:
+                audit = Path("/var/log/otp-agent/audit.log").read_text()
+                events = [json.loads(line) for line in audit.splitlines()]
+                mine = [e for e in events if e.get("user") == user.name and e.get("event") == "validate"]
+                results = [e.get("result") for e in mine]
+                if len(results) >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert results == ["reject", "accept", "reject"], mine
+            assert mine[2].get("reason") == "replay", mine[2]
             assert code not in audit and wrong not in audit, "a code reached the audit log"
         assert agent.process.poll() is None
         assert agent.stop(20) == 0, (work / "agent.log").read_text(errors="replace")
@@ -343,3 +350,44 @@ def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: s
                              "/usr/lib/python3/dist-packages/otp_agent") if Path(p).exists()]
     figures.append("after purge with OTP_AGENT_PURGE_SECRETS=yes: left "
                    + (", ".join(leftovers) or "nothing but user otp-agent"))
+
+
+def test_pam_auth_update_profile_is_off_until_enabled_and_removable(root_machine: None,
+                                                                    tmp_path: Path) -> None:
+    """The Debian profile changes nothing when registered, puts the helper before pam_unix when
+    the administrator enables it (skipping the daemon's own password service), and is taken out
+    again by the prerm's `pam-auth-update --package --remove` (run in a private mount namespace,
+    on copies of /etc/pam.d, /usr/share/pam-configs and /var/lib/pam)."""
+    require(shutil.which("pam-auth-update") is not None, "pam-auth-update (libpam-runtime) is missing")
+    for name, source in (("pam.d", "/etc/pam.d"), ("configs", "/usr/share/pam-configs"),
+                         ("state", "/var/lib/pam")):
+        shutil.copytree(source, tmp_path / name, symlinks=True)
+    shutil.copyfile(REPO / "packaging" / "pam-configs" / "otp-agent", tmp_path / "configs" / "otp-agent")
+    script = (
+        "set -e; mount --bind pam.d /etc/pam.d; mount --bind configs /usr/share/pam-configs;"
+        " mount --bind state /var/lib/pam;"
+        " pam-auth-update --package; cp /etc/pam.d/common-auth registered;"
+        " pam-auth-update --enable otp-agent; cp /etc/pam.d/common-auth enabled;"
+        " pam-auth-update --package --remove otp-agent; cp /etc/pam.d/common-auth removed")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            cwd=tmp_path, env=system_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def auth_lines(name: str) -> list[str]:
+        return [" ".join(line.split()) for line in (tmp_path / name).read_text().splitlines()
+                if line.startswith("auth")]
+
+    original = auth_lines("pam.d/common-auth")
+    assert not any("otp-agent" in line for line in original), "the system already has the profile on"
+    assert auth_lines("registered") == original
+    enabled = auth_lines("enabled")
+    helper = next(i for i, line in enumerate(enabled) if "pam_exec.so" in line)
+    unix = next(i for i, line in enumerate(enabled) if "pam_unix.so" in line)
+    assert helper < unix
+    assert enabled[helper - 1].endswith("pam_succeed_if.so quiet service = otp-agent-password")
+    assert "expose_authtok /usr/libexec/otp-agent/pam-helper --password-and-code" in enabled[helper]
+    # success jumps past pam_unix and pam_deny to pam_permit; PAM_IGNORE never fails the stack.
+    jump = int(re.search(r"success=(\d+)", enabled[helper]).group(1))
+    assert enabled[helper + jump + 1].endswith("pam_permit.so"), enabled
+    assert "ignore=ignore" in enabled[helper] and "default=die" in enabled[helper]
+    assert auth_lines("removed") == original
