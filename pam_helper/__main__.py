@@ -580,5 +580,20 @@ def main() -> int:
     return run(sys.argv[1:], dict(posix.environ))
 
 
+def exit_now(status: int) -> None:
+    """Flush standard streams and end the process at once with ``status``.
+
+    Skipping the interpreter's finalisation is safe here (every socket is already closed, nothing
+    else is buffered) and saves a measurable share of the helper's cost on every login.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    posix._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
