@@ -1,0 +1,389 @@
+"""The PostgreSQL token store: a fleet of hosts sharing tokens, replay rejection across hosts.
+
+This module owns the connection pool (psycopg 3 and psycopg_pool, imported lazily here only: they
+are the ``postgresql`` extra), the schema and its numbered migrations (``postgresql_NNN_*.sql``,
+applied under an advisory lock so hosts starting together migrate once), and the translation of
+driver errors into :class:`StoreError` / :class:`StoreUnavailable`.
+
+Validation state changes in ONE conditional ``UPDATE ... WHERE serial = %s AND version = %s`` in
+autocommit: the row lock and the version test let exactly one of any number of concurrent writers,
+on any host, win, and PostgreSQL commits it durably (``synchronous_commit``) before the agent
+answers.  Every network wait is bounded (connect timeout, pool wait, statement and lock timeouts,
+TCP user timeout and keepalives).  The DSN's password never appears in a message, repr or report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from otp_agent.oath.params import HashAlgorithm, TokenType
+from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+    from psycopg.sql import Composed
+    from psycopg_pool import ConnectionPool
+
+    _Connection = Connection[tuple[Any, ...]]
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+SCHEMA_VERSION = 1
+#: Key of the advisory lock taken while the schema is checked and migrated ("otp-agen").
+MIGRATION_LOCK = 0x6F74702D6167656E
+_COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
+            "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
+            "locked_until", "issuer", "not_before", "not_after", "created", "version")
+_SELECT = "SELECT " + ", ".join(_COLUMNS) + " FROM tokens"
+_INSERT = (f"INSERT INTO tokens ({', '.join(_COLUMNS)}) "
+           f"VALUES ({', '.join(['%s'] * len(_COLUMNS))})")
+_COLUMN_OF = {"user": "user_name"}
+_CHUNK = 1000
+
+
+def _migration_script(version: int) -> str:
+    name = f"postgresql_{version:03d}_"
+    folder = resources.files("otp_agent.store") / "migrations"
+    for entry in folder.iterdir():
+        if entry.name.startswith(name) and entry.name.endswith(".sql"):
+            return entry.read_text(encoding="utf-8")
+    raise StoreError(f"migration {version} is missing from the installation")
+
+
+def _row_to_token(row: Sequence[Any]) -> Token:
+    values = dict(zip(_COLUMNS, row))
+    return Token(
+        serial=values["serial"], user=values["user_name"],
+        token_type=TokenType(values["token_type"]), algorithm=HashAlgorithm(values["algorithm"]),
+        digits=values["digits"], period=values["period"], t0=values["t0"],
+        sealed=bytes(values["sealed"]), fingerprint=bytes(values["fingerprint"]),
+        counter=values["counter"], last_step=values["last_step"], drift=values["drift"],
+        enabled=bool(values["enabled"]), failures=values["failures"],
+        lock_count=values["lock_count"], locked_until=values["locked_until"],
+        issuer=values["issuer"], not_before=values["not_before"], not_after=values["not_after"],
+        created=values["created"], version=values["version"],
+    )
+
+
+def _token_to_row(token: Token, now: float) -> tuple[Any, ...]:
+    return (token.serial, token.user, token.token_type.value, token.algorithm.value, token.digits,
+            token.period, token.t0, token.sealed, token.fingerprint, token.counter,
+            token.last_step, token.drift, bool(token.enabled), token.failures, token.lock_count,
+            float(token.locked_until), token.issuer, token.not_before, token.not_after,
+            token.created or now, token.version)
+
+
+class _Dsn:
+    """A parsed DSN: what to show (never the password) and what to strip from messages."""
+
+    def __init__(self, dsn: str) -> None:
+        from psycopg import Error
+        from psycopg.conninfo import conninfo_to_dict
+        try:
+            self.params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()
+                           if value is not None}
+        except Error:
+            # libpq quotes fragments of the string it cannot parse: they may hold the password.
+            raise StoreUnavailable(
+                "store.dsn is not a valid PostgreSQL connection string (expected "
+                "postgresql://USER@HOST:PORT/DATABASE or key=value pairs)") from None
+        password = self.params.get("password", "")
+        self._hidden = [text for text in (dsn, password, quote(password, safe="")) if text]
+        self.where = "postgresql://{}@{}:{}/{}".format(
+            self.params.get("user", ""), self.params.get("host", ""),
+            self.params.get("port", "5432"), self.params.get("dbname", ""))
+
+    def redact(self, error: BaseException | str) -> str:
+        """The error text on one line, with the DSN and its password replaced by ``***``."""
+        text = " ".join(str(error).split())
+        for hidden in self._hidden:
+            text = text.replace(hidden, "***")
+        return text
+
+
+class PostgreSQLStore:
+    """Token store in one PostgreSQL database, shared by every host of a fleet; thread-safe."""
+
+    name = "postgresql"
+
+    def __init__(self, dsn: str | None, *, create: bool = False, max_connections: int = 8,
+                 connect_timeout: float = 3.0, pool_timeout: float = 3.0,
+                 statement_timeout: float = 3.0, network_timeout: float = 10.0) -> None:
+        try:
+            import psycopg  # noqa: F401
+            from psycopg_pool import ConnectionPool
+        except ImportError:
+            raise StoreUnavailable(
+                'store.backend = "postgresql" needs psycopg 3 and psycopg_pool (install the '
+                "otp-agent[postgresql] extra, or python3-psycopg and python3-psycopg-pool)") from None
+        if not dsn:
+            raise StoreUnavailable('store.dsn: required when store.backend = "postgresql"')
+        self._dsn = _Dsn(dsn)
+        self.where = self._dsn.where
+        self.pool_timeout = pool_timeout
+        self._statement_ms = str(int(statement_timeout * 1000))
+        self._lock_ms = str(int(max(statement_timeout - 1.0, 1.0) * 1000))
+        # libpq settings the DSN itself does not set; the DSN wins where it does.
+        defaults: dict[str, Any] = {
+            "connect_timeout": max(2, round(connect_timeout)), "application_name": "otp-agent",
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+            "tcp_user_timeout": int(network_timeout * 1000)}
+        self._kwargs = {k: v for k, v in defaults.items() if k not in self._dsn.params}
+        self._kwargs["autocommit"] = True
+        self._queries: dict[tuple[str, ...], Composed] = {}
+        self._migrate(dsn, create=create)
+        self._pool: ConnectionPool[_Connection] = ConnectionPool(
+            dsn, kwargs=self._kwargs, min_size=1, max_size=max_connections, open=False,
+            configure=self._configure, timeout=pool_timeout, name="otp-agent")
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout + pool_timeout)
+        except Exception as exc:
+            self._pool.close(timeout=0)
+            raise StoreUnavailable(f"PostgreSQL {self.where}: cannot open the connection pool: "
+                                   f"{self._dsn.redact(exc)}") from None
+
+    def __repr__(self) -> str:
+        return f"PostgreSQLStore({self.where!r})"
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _configure(self, connection: _Connection) -> None:
+        """Bound every statement and lock wait of a new pooled connection."""
+        connection.execute(
+            "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false),"
+            " set_config('idle_in_transaction_session_timeout', %s, false)",
+            (self._statement_ms, self._lock_ms, "10000"))
+
+    def _migrate(self, dsn: str, *, create: bool) -> None:
+        """Check the schema and apply missing migrations, once across hosts (advisory lock)."""
+        import psycopg
+        try:
+            connection = psycopg.connect(dsn, **self._kwargs)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached: "
+                                   f"{self._dsn.redact(exc)}") from None
+        try:
+            with connection, connection.transaction():
+                connection.execute("SET LOCAL lock_timeout = '60s'")
+                connection.execute("SET LOCAL statement_timeout = '120s'")
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                current = 0
+                if _scalar(connection, "SELECT to_regclass('meta') IS NOT NULL"):
+                    value = _scalar(connection, "SELECT value FROM meta WHERE key = 'schema_version'")
+                    current = int(value) if value is not None else 0
+                elif not create:
+                    raise StoreUnavailable(f"PostgreSQL {self.where} has no otp-agent schema "
+                                           "(create it with: otp-agent init)")
+                if current > SCHEMA_VERSION:
+                    raise StoreUnavailable(
+                        f"PostgreSQL {self.where} has schema {current}, newer than this otp-agent "
+                        f"({SCHEMA_VERSION}); upgrade otp-agent")
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in _migration_script(version).split(";"):
+                        if statement.strip():
+                            connection.execute(statement)
+                    connection.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (str(version),))
+                    _log.info("PostgreSQL %s: schema migrated to version %d", self.where, version)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"PostgreSQL {self.where} cannot be used: "
+                                   f"{self._dsn.redact(exc)}") from None
+        finally:
+            connection.close()
+
+    def _run(self, what: str, action: Callable[[_Connection], _T], *, write: bool,
+             retry: bool = True) -> _T:
+        """Run ``action`` on a pooled connection; translate driver errors.
+
+        A connection found broken (server restarted, network cut) is discarded and the action is
+        tried once more on another one when ``retry``: safe for compare-and-set, whose version test
+        refuses a second application, and for the idempotent writes.
+        """
+        import psycopg
+        from psycopg_pool import PoolTimeout
+        for attempt in range(2 if retry else 1):
+            used: _Connection | None = None
+            try:
+                with self._pool.connection() as connection:
+                    used = connection
+                    return action(connection)
+            except PoolTimeout:
+                raise StoreUnavailable(
+                    f"PostgreSQL {self.where}: no connection within {self.pool_timeout:g} s "
+                    f"({what}{', nothing was written' if write else ''})") from None
+            except psycopg.IntegrityError:
+                raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
+            except psycopg.Error as exc:
+                lost = used is None or used.broken or used.closed
+                if lost and attempt == 0 and retry:
+                    _log.warning("PostgreSQL %s: connection lost (%s); retrying once",
+                                 self.where, self._dsn.redact(exc))
+                    continue
+                message = self._dsn.redact(exc)
+                if lost:
+                    outcome = "; it may or may not have been committed" if write else ""
+                    raise StoreUnavailable(f"PostgreSQL {self.where}: connection lost while "
+                                           f"{what}{outcome}: {message}") from None
+                if write:
+                    raise StoreError(f"PostgreSQL {self.where}: {what} failed, nothing was written: "
+                                     f"{message}") from None
+                raise StoreError(f"PostgreSQL {self.where}: read failed: {message}") from None
+        raise AssertionError("unreachable")
+
+    def _read(self, query: Any, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._run("reading", lambda c: c.execute(query, parameters).fetchall(), write=False)
+
+    def _write(self, what: str, query: Any, parameters: Sequence[Any], *, retry: bool = True) -> int:
+        return self._run(what, lambda c: c.execute(query, parameters).rowcount, write=True,
+                         retry=retry)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, serial: str) -> Token | None:
+        rows = self._read(_SELECT + " WHERE serial = %s", (serial,))
+        return _row_to_token(rows[0]) if rows else None
+
+    def tokens_for_user(self, user: str) -> list[Token]:
+        rows = self._read(_SELECT + ' WHERE user_name = %s ORDER BY created, serial COLLATE "C"',
+                          (user,))
+        return [_row_to_token(row) for row in rows]
+
+    def all_tokens(self) -> list[Token]:
+        return [_row_to_token(row) for row in self._read(_SELECT + ' ORDER BY serial COLLATE "C"')]
+
+    def existing_fingerprints(self, fingerprints: Iterable[bytes]) -> set[bytes]:
+        wanted = [bytes(f) for f in fingerprints]
+        found: set[bytes] = set()
+        for start in range(0, len(wanted), _CHUNK):
+            rows = self._read("SELECT fingerprint FROM tokens WHERE fingerprint = ANY(%s)",
+                              (wanted[start:start + _CHUNK],))
+            found.update(bytes(row[0]) for row in rows)
+        return found
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = %s", (key,))
+        return str(rows[0][0]) if rows else None
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def add_tokens(self, tokens: Sequence[Token]) -> None:
+        import time
+        now = time.time()
+        rows = [_token_to_row(token, now) for token in tokens]
+
+        def insert(connection: _Connection) -> None:
+            with connection.transaction(), connection.cursor() as cursor:
+                cursor.executemany(_INSERT, rows)
+
+        try:
+            # Not retried: a commit whose answer was lost would come back as a false Conflict.
+            self._run("adding tokens", insert, write=True, retry=False)
+        except Conflict:
+            serial = self._first_conflict(tokens)
+            if serial is None:
+                raise
+            raise Conflict(f"token {serial}: a token with this serial or this "
+                           "same secret already exists") from None
+
+    def _first_conflict(self, tokens: Sequence[Token]) -> str | None:
+        """Name the first token of a refused batch that clashes with the store or the batch."""
+        serials = [t.serial for t in tokens]
+        taken: set[str] = set()
+        for start in range(0, len(serials), _CHUNK):
+            taken.update(row[0] for row in self._read(
+                "SELECT serial FROM tokens WHERE serial = ANY(%s)", (serials[start:start + _CHUNK],)))
+        used = self.existing_fingerprints(t.fingerprint for t in tokens)
+        for token in tokens:
+            if token.serial in taken or token.fingerprint in used:
+                return token.serial
+            taken.add(token.serial)
+            used.add(token.fingerprint)
+        return None
+
+    def _cas_query(self, names: tuple[str, ...]) -> Composed:
+        query = self._queries.get(names)
+        if query is None:
+            from psycopg import sql
+            assignments: list[sql.Composable] = [
+                sql.SQL("{} = %s").format(sql.Identifier(n)) for n in names]
+            assignments.append(sql.SQL("version = version + 1"))
+            query = sql.SQL("UPDATE tokens SET {} WHERE serial = %s AND version = %s").format(
+                sql.SQL(", ").join(assignments))
+            self._queries[names] = query
+        return query
+
+    def compare_and_set(self, serial: str, expected_version: int, changes: Mapping[str, Any]) -> bool:
+        unknown = set(changes) - STATE_FIELDS
+        if unknown:
+            raise ValueError(f"not state fields: {sorted(unknown)}")
+        query = self._cas_query(tuple(changes))
+        rowcount = self._write(f"committing token {serial}", query,
+                               (*changes.values(), serial, expected_version))
+        return rowcount == 1
+
+    def update_admin_fields(self, serial: str, changes: Mapping[str, Any]) -> Token:
+        unknown = set(changes) - ADMIN_FIELDS
+        if unknown:
+            raise ValueError(f"not administrative fields: {sorted(unknown)}")
+        from psycopg import sql
+        values = [bool(v) if name == "enabled" else v for name, v in changes.items()]
+        assignments: list[sql.Composable] = [
+            sql.SQL("{} = %s").format(sql.Identifier(_COLUMN_OF.get(n, n))) for n in changes]
+        assignments.append(sql.SQL("version = version + 1"))
+        query = sql.SQL("UPDATE tokens SET {} WHERE serial = %s").format(sql.SQL(", ").join(assignments))
+        if self._write(f"updating token {serial}", query, (*values, serial)) != 1:
+            raise NotFound(f"no token with serial {serial}")
+        token = self.get(serial)
+        if token is None:
+            raise NotFound(f"no token with serial {serial}")
+        return token
+
+    def reset_throttling(self, serial: str) -> None:
+        updated = self._write(f"unlocking token {serial}",
+                              "UPDATE tokens SET failures = 0, locked_until = 0, version = version + 1 "
+                              "WHERE serial = %s", (serial,))
+        if updated != 1:
+            raise NotFound(f"no token with serial {serial}")
+
+    def remove(self, serial: str) -> None:
+        # Not retried: a delete whose answer was lost would come back as a false NotFound.
+        if self._write(f"removing token {serial}", "DELETE FROM tokens WHERE serial = %s",
+                       (serial,), retry=False) != 1:
+            raise NotFound(f"no token with serial {serial}")
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("writing settings", "INSERT INTO meta (key, value) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (key, value))
+
+    # -- health and lifecycle --------------------------------------------------------------
+
+    def health(self) -> dict[str, object]:
+        def probe(connection: _Connection) -> tuple[int, str | None, int]:
+            count = int(_scalar(connection, "SELECT count(*) FROM tokens"))
+            schema = _scalar(connection, "SELECT value FROM meta WHERE key = 'schema_version'")
+            return count, schema, connection.info.server_version
+
+        base: dict[str, object] = {"backend": self.name, "database": self.where}
+        try:
+            count, schema, server = self._run("checking health", probe, write=False)
+        except StoreError as exc:
+            return {"ok": False, **base, "error": str(exc)}
+        stats = self._pool.get_stats()
+        return {"ok": True, **base, "server_version": f"{server // 10000}.{server % 10000}",
+                "tokens": count, "schema_version": int(schema) if schema else None,
+                "connections": stats.get("pool_size", 0), "idle": stats.get("pool_available", 0)}
+
+    def close(self) -> None:
+        self._pool.close(timeout=5.0)
+
+
+def _scalar(connection: _Connection, query: Any) -> Any:
+    row = connection.execute(query).fetchone()
+    return row[0] if row else None
