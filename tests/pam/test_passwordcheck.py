@@ -1,0 +1,72 @@
+"""otp_agent.passwordcheck: the password half of password-and-code, through Linux-PAM.
+
+Runs against contrib/pam.d/otp-agent-password in a private PAM configuration directory
+(pam_start_confdir), so /etc/pam.d is not involved; pam_unix needs root to read /etc/shadow.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otp_agent.passwordcheck import check_password
+from tests.pam.support import CONTRIB, LocalUser, local_user, require_root
+
+
+@pytest.fixture(scope="module")
+def confdir(open_dir: Path) -> Path:
+    directory = open_dir / "pam-confdir"
+    directory.mkdir()
+    for name in ("common-auth", "common-account"):
+        shutil.copy(Path("/etc/pam.d") / name, directory / name)
+    shutil.copy(CONTRIB / "pam.d" / "otp-agent-password", directory / "otp-agent-password")
+    (directory / "hangs").write_text("auth required pam_exec.so quiet /bin/sleep 5\n", encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def user(open_dir: Path) -> Iterator[LocalUser]:
+    require_root()
+    with local_user(open_dir / "pwhomes") as created:
+        yield created
+
+
+def test_right_password(user: LocalUser, confdir: Path) -> None:
+    assert check_password(user.name, user.password, confdir=str(confdir)) is True
+    assert check_password(user.name, user.password, confdir=str(confdir), check_account=True) is True
+
+
+@pytest.mark.parametrize("password", ["", "wrong", "x" * 513, "pw\0pw"])
+def test_wrong_or_malformed_password(user: LocalUser, confdir: Path, password: str) -> None:
+    assert check_password(user.name, password, confdir=str(confdir)) is False
+
+
+def test_right_password_with_suffix_is_wrong(user: LocalUser, confdir: Path) -> None:
+    assert check_password(user.name, user.password + "1", confdir=str(confdir)) is False
+
+
+@pytest.mark.parametrize("name", ["no-such-user-zz", "", "bad\nname", "x" * 600])
+def test_unknown_or_malformed_user(confdir: Path, name: str) -> None:
+    assert check_password(name, "anything", confdir=str(confdir)) is False
+
+
+def test_missing_service_is_false_not_other(user: LocalUser, confdir: Path) -> None:
+    """With a confdir a missing service is PAM_ABORT (no fall-back to 'other'): False."""
+    assert check_password(user.name, user.password, service="absent", confdir=str(confdir)) is False
+
+
+def test_stuck_module_is_cut_off_by_the_timeout(user: LocalUser, confdir: Path) -> None:
+    """A PAM stack that never finishes gives False once ``timeout`` has passed."""
+    assert check_password(user.name, user.password, service="hangs", confdir=str(confdir), timeout=0.5) is False
+
+
+def test_system_service(user: LocalUser) -> None:
+    """Through /etc/pam.d: the shipped service file installed under a test name."""
+    from tests.pam.support import password_service
+
+    with password_service() as name:
+        assert check_password(user.name, user.password, service=name) is True
+        assert check_password(user.name, user.password[:-1], service=name) is False
