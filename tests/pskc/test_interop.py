@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ HOTP_SECRET = bytes(range(1, 21))     # 20 bytes, for HMAC-SHA1
 PASSWORD = "correct horse battery"
 
 
-def vendor_file() -> pskc.PSKC:
+def vendor_file() -> Any:
     """A python-pskc container with one TOTP (SHA-256, 60 s) and one HOTP token."""
     container = pskc.PSKC()
     container.add_key(
@@ -38,7 +39,7 @@ def vendor_file() -> pskc.PSKC:
     return container
 
 
-def written(container: pskc.PSKC) -> bytes:
+def written(container: Any) -> bytes:
     buffer = io.BytesIO()
     container.write(buffer)
     return buffer.getvalue()
