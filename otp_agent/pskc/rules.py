@@ -37,11 +37,18 @@ ANY_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
 #: (so ``jdoe``, ``j.doe``, ``jdoe@example.com`` and ``EXAMPLE\\jdoe`` pass, a display name does not).
 USER_NAME = re.compile(r"^[^\s,=+<>#;\"]{1,256}$")
 
+#: ``Suite`` values, compared upper-case without "-", "_" or spaces (vendors write
+#: ``HMAC-SHA256``, ``HMAC-SHA-256``, ``SHA256``...).
 SUITES = {
-    "HMAC-SHA1": HashAlgorithm.SHA1,
-    "HMAC-SHA256": HashAlgorithm.SHA256,
-    "HMAC-SHA512": HashAlgorithm.SHA512,
+    "HMACSHA1": HashAlgorithm.SHA1, "SHA1": HashAlgorithm.SHA1,
+    "HMACSHA256": HashAlgorithm.SHA256, "SHA256": HashAlgorithm.SHA256,
+    "HMACSHA512": HashAlgorithm.SHA512, "SHA512": HashAlgorithm.SHA512,
 }
+
+
+def suite_hash(suite: str) -> HashAlgorithm | None:
+    """Return the hash named by a ``Suite`` value, or ``None`` when it is not one we accept."""
+    return SUITES.get(re.sub(r"[-_\s]", "", suite).upper())
 #: Largest time-step drift accepted from a file, in steps either way.
 MAX_DRIFT = 1000
 MAX_COUNTER = 2**64 - 1
@@ -116,7 +123,7 @@ class RuleChecker:
         token_type = self._check_algorithm(raw, problem)
         hash_algorithm = HashAlgorithm.SHA1
         if raw.suite is not None:
-            found = SUITES.get(raw.suite.strip().upper())
+            found = suite_hash(raw.suite)
             if found is None:
                 problem(f"Suite {printable(raw.suite)!r} is not HMAC-SHA1, HMAC-SHA256 or HMAC-SHA512")
             else:

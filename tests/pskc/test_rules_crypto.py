@@ -9,7 +9,8 @@ import pytest
 
 from otp_agent.pskc import PskcImportError, crypto, parse_pskc, parse_pskc_report
 from otp_agent.pskc.crypto import CryptoProblem
-from otp_agent.pskc.rules import check_serial, user_from
+from otp_agent.oath.params import HashAlgorithm
+from otp_agent.pskc.rules import check_serial, suite_hash, user_from
 from tests.pskc.conftest import FIGURE6_PSK, INVALID, RFC, RFC_SECRET
 
 
@@ -176,3 +177,13 @@ def test_encrypted_integers_from_python_pskc() -> None:
     hotp, totp = parse_pskc(buffer.getvalue(), psk=bytes(16))
     assert hotp.counter == 123456
     assert totp.params.t0 == 3 and totp.params.period == 45
+
+
+@pytest.mark.parametrize("suite,expected", [
+    ("HMAC-SHA1", HashAlgorithm.SHA1), ("hmac-sha-256", HashAlgorithm.SHA256),
+    ("SHA512", HashAlgorithm.SHA512), (" HMAC_SHA256 ", HashAlgorithm.SHA256),
+    ("HMAC-MD5", None), ("HMAC-SHA384", None), ("", None),
+])
+def test_suite_spellings(suite: str, expected: HashAlgorithm | None) -> None:
+    """Common vendor spellings of the hash are understood; other hashes are not."""
+    assert suite_hash(suite) is expected
