@@ -272,3 +272,9 @@ def test_cli_prints_check_value_and_makes_zmk(tmp_path: Path) -> None:
     assert "LMK check value" in line and "header length 2" in line
     header, _ = split_key_block((tmp_path / "zmk.kb").read_text().strip()[1:])
     assert header.usage == "52"
+
+
+def test_real_key_block_from_another_lmk_is_refused(client: RawClient) -> None:
+    """The captured LQ (a key block under the real HSM's LMK) gets A4 from the simulator."""
+    entry = CAPTURES["lq-generate-hmac"]
+    assert client.ask(b"0000" + expand(entry["request"], variables_of(entry))) == b"0000LRA4"

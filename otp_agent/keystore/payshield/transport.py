@@ -140,9 +140,11 @@ class Transport:
     async def _start(self) -> None:
         results = await asyncio.gather(*(self._connect(host) for host in self._hosts),
                                        return_exceptions=True)
-        for result in results:
+        for host, result in zip(self._hosts, results):
             if isinstance(result, LmkMismatch):
                 raise result
+            if isinstance(result, BaseException):
+                logger.warning("payShield %s unavailable at start-up: %s", host.address, result)
         if not any(host.up for host in self._hosts):
             reasons = "; ".join(host.last_error for host in self._hosts)
             raise PayShieldUnavailable(f"no payShield reachable at start-up ({reasons})")
