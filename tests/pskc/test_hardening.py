@@ -51,3 +51,21 @@ def test_degenerate_inputs(data: bytes, fragment: str) -> None:
     with pytest.raises(PskcImportError) as caught:
         parse_pskc(data)
     assert fragment in caught.value.problems[0]
+
+
+def test_streaming_reader_refuses_a_dtd_the_byte_scan_missed(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    """With the byte scan disabled, the streaming reader still refuses the DTD it parses."""
+    import re
+
+    from otp_agent.pskc import xmlsafe
+    monkeypatch.setattr(xmlsafe, "_DOCTYPE", re.compile(rb"(?!)"))
+    target = tmp_path / "target.txt"
+    target.write_text("MARKER-FROM-DISK")
+    document = (f'<!DOCTYPE KeyContainer [<!ENTITY x SYSTEM "{target.as_uri()}">]>\n'
+                '<KeyContainer Version="1.0" xmlns="urn:ietf:params:xml:ns:keyprov:pskc">'
+                "<KeyPackage><Key Id='&x;'/></KeyPackage></KeyContainer>").encode()
+    with pytest.raises(PskcImportError) as caught:
+        parse_pskc(document)
+    assert "external DTD or entity" in caught.value.problems[0]
+    assert "MARKER-FROM-DISK" not in str(caught.value.problems)
