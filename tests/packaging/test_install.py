@@ -251,27 +251,53 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
     assert exposure <= EXPOSURE_TARGET
 
 
+class _SystemdAgent:
+    """The real thing, where systemd is PID 1 (a developer's machine): systemctl."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+
+    def start(self) -> list[str]:
+        run("systemctl", "restart", "otp-agent.socket", "otp-agent.service")
+        show = run("systemctl", "show", "otp-agent.service", "-p", "MainPID", "-p", "StatusText",
+                   "-p", "ActiveState").stdout
+        fields = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+        assert fields.get("ActiveState") == "active", show
+        self.pid = int(fields["MainPID"])
+        return [f"ActiveState={fields['ActiveState']}", f"STATUS={fields.get('StatusText', '')}"]
+
+    def stop(self) -> None:
+        run("systemctl", "stop", "otp-agent.service", "otp-agent.socket")
+
+
 def _run_agent_and_log_in(work: Path, figures: list[str]) -> None:
     pid1 = Path("/proc/1/comm").read_text().strip()
     systemd_running = Path("/run/systemd/system").is_dir()
     figures.append(f"service manager: PID 1 is {pid1}; systemd running: {systemd_running}")
-    require(not systemd_running or IN_CI,
-            "systemd is PID 1 here: use systemctl; this test emulates the unit for CI machines")
-    agent = EmulatedService(UNIT_DIR / "otp-agent.service", UNIT_DIR / "otp-agent.socket",
-                            work / "agent.log", watchdog_seconds=2.0)
     stack = contextlib.ExitStack()
+    agent: EmulatedService | None = None
     try:
-        agent.start()
-        ready = agent.wait_for("READY=1", 30)
-        assert ready, f"no READY=1: {agent.messages}\n{(work / 'agent.log').read_text(errors='replace')}"
-        assert agent.wait_for("WATCHDOG=1", 5), f"no WATCHDOG=1: {agent.messages}"
-        figures.append("agent started as otp-agent.service's ExecStart (emulated unit): "
-                       + ", ".join(sorted({m.split('=')[0] for m in agent.messages})))
+        if systemd_running:
+            real = _SystemdAgent()
+            stack.callback(real.stop)
+            figures.append("agent started by systemctl: " + ", ".join(real.start()))
+            main_pid = real.pid
+        else:
+            # No service manager: run the installed unit the way systemd would (unit_runner.py).
+            agent = EmulatedService(UNIT_DIR / "otp-agent.service", UNIT_DIR / "otp-agent.socket",
+                                    work / "agent.log", watchdog_seconds=2.0)
+            agent.start()
+            ready = agent.wait_for("READY=1", 30)
+            assert ready, f"no READY=1: {agent.messages}\n{(work / 'agent.log').read_text(errors='replace')}"
+            assert agent.wait_for("WATCHDOG=1", 5), f"no WATCHDOG=1: {agent.messages}"
+            figures.append("agent started as otp-agent.service's ExecStart (emulated unit): "
+                           + ", ".join(sorted({m.split('=')[0] for m in agent.messages})))
+            assert agent.process is not None
+            main_pid = agent.process.pid
         status = otpctl("status", "--json")
         assert json.loads(status.stdout).get("agent", {}).get("ok") is True, status.stdout
         # The daemon runs as otp-agent, with no capability at all.
-        assert agent.process is not None
-        proc = Path(f"/proc/{agent.process.pid}/status").read_text()
+        proc = Path(f"/proc/{main_pid}/status").read_text()
         uid_line = next(line for line in proc.splitlines() if line.startswith("Uid:"))
         assert set(uid_line.split()[1:]) == {str(pwd.getpwnam("otp-agent").pw_uid)}, uid_line
         assert "CapBnd:\t0000000000000000" in proc and "NoNewPrivs:\t1" in proc
@@ -319,12 +345,14 @@ def _run_agent_and_log_in(work: Path, figures: list[str]) -> None:
             assert results == ["reject", "accept", "reject"], mine
             assert mine[2].get("reason") == "replay", mine[2]
             assert code not in audit and wrong not in audit, "a code reached the audit log"
-        assert agent.process.poll() is None
-        assert agent.stop(20) == 0, (work / "agent.log").read_text(errors="replace")
-        assert "STOPPING=1" in agent.messages
+        if agent is not None:
+            assert agent.process is not None and agent.process.poll() is None
+            assert agent.stop(20) == 0, (work / "agent.log").read_text(errors="replace")
+            assert "STOPPING=1" in agent.messages
     finally:
         stack.close()
-        agent.cleanup()
+        if agent is not None:
+            agent.cleanup()
 
 
 def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: str,
