@@ -201,22 +201,25 @@ def test_errors_and_logs_carry_no_key_material(pair: tuple[RunningSimulator, Run
     """Failures name commands, codes and hosts, never the key block or the secret."""
     import logging
     caplog.set_level(logging.DEBUG)
-    first, _second = pair
     secret = b"12345678901234567890"
     sealed = _sealed(keys)
     messages: list[str] = []
     for fault in ("garbage", "wrong_header", "error", "drop"):
-        first.set(fault=fault, fault_count=1, fault_commands={"LQ"})
+        for hsm in pair:
+            hsm.set(fault=fault, fault_count=1, fault_commands={"LQ"})
         try:
             keys.compute_hmacs(IDENTITY, sealed, WINDOW)
         except Exception as exc:  # noqa: BLE001 - every failure is inspected
             messages.append(repr(exc) + str(exc))
+    for hsm in pair:
+        hsm.clear_faults()
+    time.sleep(0.6)  # Past the back-off, so that an HSM is used again.
     tampered = sealed[:60] + (b"0" if sealed[60:61] != b"0" else b"1") + sealed[61:]
     try:
         keys.compute_hmacs(IDENTITY, tampered, WINDOW)
     except Exception as exc:  # noqa: BLE001
         messages.append(repr(exc) + str(exc))
     text = "\n".join(messages) + caplog.text
-    assert len(messages) >= 4
+    assert len(messages) == 5
     for needle in (sealed[17:].decode(), sealed[49:81].decode(), secret.decode(), secret.hex()):
         assert needle not in text
