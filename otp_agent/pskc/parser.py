@@ -116,6 +116,7 @@ _INT_FIELDS = (("Counter", "counter"), ("Time", "time"), ("TimeInterval", "time_
 def _read_data(data: etree._Element, raw: RawKey, protection: Protection,
                problems: list[Problem]) -> None:
     def problem(message: str, element: etree._Element) -> None:
+        """Report a problem of this key at ``element``'s line."""
         problems.append(Problem(message, element.sourceline, raw.key_id))
 
     secret = data.find(C["p:Secret"])

@@ -113,6 +113,7 @@ class RuleChecker:
         before = len(self.problems)
 
         def problem(message: str, line: int | None = None) -> None:
+            """Report a problem of this key (at the key's line unless told otherwise)."""
             self.problems.append(Problem(message, line or raw.line, raw.key_id))
 
         if raw.algorithm in PIN_ALGORITHMS and raw.key_id in self.local_pin_ids:

@@ -63,6 +63,7 @@ class _Encryptor:
         self.mac_key = os.urandom(_MAC_KEY_SIZES[mac_hash])
 
     def cipher_data(self, parent: etree._Element, plaintext: bytes) -> bytes:
+        """Add EncryptionMethod and CipherData for ``plaintext`` to ``parent``; return the value."""
         _sub(parent, f"{{{XENC_NS}}}EncryptionMethod", Algorithm=self.cipher.uri)
         value = crypto.encrypt(self.cipher, self.key, plaintext)
         data = _sub(parent, f"{{{XENC_NS}}}CipherData")
@@ -70,6 +71,7 @@ class _Encryptor:
         return value
 
     def encrypted_value(self, parent: etree._Element, plaintext: bytes) -> None:
+        """Add an EncryptedValue and its ValueMAC to a ``Data`` child such as ``Secret``."""
         holder = _sub(parent, _p("EncryptedValue"))
         value = self.cipher_data(holder, plaintext)
         _sub(parent, _p("ValueMAC"), _b64(crypto.mac(self.mac_hash, self.mac_key, value)))
