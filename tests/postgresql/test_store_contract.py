@@ -1,0 +1,311 @@
+"""The TokenStore contract, run unchanged over SQLiteStore and PostgreSQLStore.
+
+The same behaviour as tests/unit/test_sqlite_store.py, written once against the Protocol: what
+each backend does differently (where an absent store lives, how a write is made to fail, what
+makes a commit durable) sits in a small :class:`Backend` adapter.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from otp_agent.oath import HashAlgorithm, TokenType
+from otp_agent.store import Token, TokenStore
+from otp_agent.store.sqlite import SQLiteStore
+from tests.postgresql.support import fresh_database
+
+
+def token(serial: str, user: str | None = "alice", fingerprint: bytes | None = None,
+          created: float = 1.0) -> Token:
+    return Token(serial=serial, token_type=TokenType.TOTP, algorithm=HashAlgorithm.SHA1, digits=6,
+                 period=30, t0=0, sealed=b"sealed-" + serial.encode(),
+                 fingerprint=fingerprint or serial.encode().ljust(32, b"."), user=user,
+                 created=created)
+
+
+@dataclass
+class Backend:
+    """One store implementation and the backend-specific knobs the contract needs."""
+
+    name: str
+    open: Callable[..., TokenStore]            # open(create=False) on the test's store
+    open_absent: Callable[[], TokenStore]      # open a store that was never created
+    open_not_a_store: Callable[[], TokenStore]  # open something that is not a store at all
+    break_writes: Callable[[TokenStore], None]  # make every later write fail
+    assert_durable: Callable[[TokenStore], None]
+    store: TokenStore
+
+
+def _sqlite(tmp_path: Path, stack: ExitStack) -> Backend:
+    path = tmp_path / "tokens.db"
+    store = SQLiteStore(path, create=True)
+    stack.callback(store.close)
+
+    def not_a_store() -> TokenStore:
+        garbage = tmp_path / "garbage.db"
+        garbage.write_bytes(b"this is not sqlite" * 100)
+        return SQLiteStore(garbage)
+
+    def break_writes(opened: TokenStore) -> None:
+        assert isinstance(opened, SQLiteStore)
+        opened._writer.submit(lambda connection: connection.execute("PRAGMA query_only = ON"))
+
+    def durable(opened: TokenStore) -> None:
+        assert isinstance(opened, SQLiteStore)
+        connection = opened._connection()
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+    return Backend("sqlite", lambda create=False: SQLiteStore(path, create=create),
+                   lambda: SQLiteStore(tmp_path / "absent.db"), not_a_store, break_writes,
+                   durable, store)
+
+
+def _postgresql(stack: ExitStack) -> Backend:
+    import psycopg
+
+    from otp_agent.store.postgresql import PostgreSQLStore
+    dsn = stack.enter_context(fresh_database())
+    store = PostgreSQLStore(dsn, create=True)
+    stack.callback(store.close)
+
+    def absent() -> TokenStore:
+        empty = stack.enter_context(fresh_database())
+        return PostgreSQLStore(empty)
+
+    def not_a_store() -> TokenStore:
+        # Something listens on the port, but it does not speak the PostgreSQL protocol.
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        stack.callback(listener.close)
+
+        def babble() -> None:
+            try:
+                while True:
+                    peer, _ = listener.accept()
+                    peer.sendall(b"SSH-2.0-not-postgres\r\n" * 10)
+                    peer.close()
+            except OSError:
+                pass
+
+        threading.Thread(target=babble, daemon=True).start()
+        port = listener.getsockname()[1]
+        return PostgreSQLStore(f"postgresql://otp@127.0.0.1:{port}/otp?sslmode=disable")
+
+    def break_writes(_opened: TokenStore) -> None:
+        # The server refuses every change to a token (as a full disk or a read-only replica would).
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                          "$$ BEGIN RAISE EXCEPTION 'writes refused by the test'; END $$")
+            admin.execute("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON tokens "
+                          "FOR EACH ROW EXECUTE FUNCTION refuse()")
+
+    def durable(opened: TokenStore) -> None:
+        assert isinstance(opened, PostgreSQLStore)
+        with opened._pool.connection() as connection:
+            assert connection.autocommit is True
+            row = connection.execute("SHOW synchronous_commit").fetchone()
+            assert row is not None and row[0] in ("on", "remote_write", "remote_apply")
+            row = connection.execute("SHOW statement_timeout").fetchone()
+            assert row is not None and row[0] != "0"
+
+    return Backend("postgresql", lambda create=False: PostgreSQLStore(dsn, create=create), absent,
+                   not_a_store, break_writes, durable, store)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            yield _sqlite(tmp_path, stack)
+        else:
+            yield _postgresql(stack)
+
+
+def test_absent_store_is_a_clear_error(backend: Backend) -> None:
+    with pytest.raises(StoreUnavailable, match="otp-agent init"):
+        backend.open_absent()
+
+
+def test_schema_version_recorded_and_reopen_is_idempotent(backend: Backend) -> None:
+    assert backend.store.get_meta("schema_version") == "1"
+    backend.open().close()
+    backend.open(create=True).close()
+    health = backend.store.health()
+    assert health["ok"] is True and health["backend"] == backend.name
+    assert health["schema_version"] == 1 and health["tokens"] == 0
+
+
+def test_newer_schema_is_refused(backend: Backend) -> None:
+    backend.store.set_meta("schema_version", "2")
+    with pytest.raises(StoreUnavailable, match="newer"):
+        backend.open()
+
+
+def test_not_a_store_is_refused(backend: Backend) -> None:
+    with pytest.raises(StoreUnavailable):
+        backend.open_not_a_store()
+
+
+def test_add_is_all_or_nothing(backend: Backend) -> None:
+    store = backend.store
+    store.add_tokens([token("A")])
+    with pytest.raises(Conflict, match="B"):
+        store.add_tokens([token("C"), token("B", fingerprint=b"A".ljust(32, b"."))])
+    with pytest.raises(Conflict, match="A"):
+        store.add_tokens([token("D"), token("A", fingerprint=b"other".ljust(32, b"."))])
+    with pytest.raises(Conflict, match="F"):
+        store.add_tokens([token("E"), token("F", fingerprint=b"E".ljust(32, b"."))])
+    assert [t.serial for t in store.all_tokens()] == ["A"]
+
+
+def test_tokens_round_trip_every_field(backend: Backend) -> None:
+    original = Token(serial="R1", token_type=TokenType.HOTP, algorithm=HashAlgorithm.SHA512,
+                     digits=8, period=60, t0=30, sealed=bytes(range(256)), fingerprint=b"\0" * 32,
+                     user="bob", counter=2**40, last_step=None, drift=-2, enabled=False,
+                     failures=3, lock_count=1, locked_until=1.5, issuer="ACME",
+                     not_before=10.25, not_after=2e9, created=5.5, version=7)
+    backend.store.add_tokens([original])
+    assert backend.store.get("R1") == original
+    assert backend.store.get("nope") is None
+
+
+def test_orderings(backend: Backend) -> None:
+    store = backend.store
+    store.add_tokens([token("b", created=3.0), token("B", created=2.0), token("a", created=2.0),
+                      token("z", user="zoe")])
+    assert [t.serial for t in store.all_tokens()] == ["B", "a", "b", "z"]  # bytewise
+    assert [t.serial for t in store.tokens_for_user("alice")] == ["B", "a", "b"]
+    assert store.tokens_for_user("nobody") == []
+
+
+def test_compare_and_set_succeeds_once_per_version(backend: Backend) -> None:
+    store = backend.store
+    store.add_tokens([token("A")])
+    version = store.get("A").version  # type: ignore[union-attr]
+    assert store.compare_and_set("A", version, {"last_step": 10}) is True
+    assert store.compare_and_set("A", version, {"last_step": 11}) is False
+    after = store.get("A")
+    assert after is not None and after.last_step == 10 and after.version == version + 1
+    assert store.compare_and_set("missing", 0, {"counter": 1}) is False
+
+
+def test_compare_and_set_writes_every_state_field(backend: Backend) -> None:
+    store = backend.store
+    store.add_tokens([token("A")])
+    changes = {"counter": 5, "last_step": 99, "drift": -1, "failures": 2, "lock_count": 3,
+               "locked_until": 123.5}
+    assert store.compare_and_set("A", 0, changes)
+    after = store.get("A")
+    assert after is not None
+    assert {name: getattr(after, name) for name in changes} == changes
+
+
+def test_compare_and_set_under_16_threads_has_one_winner(backend: Backend) -> None:
+    store = backend.store
+    store.add_tokens([token("A")])
+    for round_number in range(3):
+        version = store.get("A").version  # type: ignore[union-attr]
+        results: list[bool] = []
+        barrier = threading.Barrier(16)
+
+        def attempt(step: int) -> None:
+            barrier.wait()
+            results.append(store.compare_and_set("A", version, {"last_step": step}))
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results.count(True) == 1, (round_number, results)
+        assert store.get("A").version == version + 1  # type: ignore[union-attr]
+
+
+def test_compare_and_set_refuses_non_state_fields(backend: Backend) -> None:
+    backend.store.add_tokens([token("A")])
+    with pytest.raises(ValueError):
+        backend.store.compare_and_set("A", 0, {"user_name": "mallory"})
+    with pytest.raises(ValueError):
+        backend.store.update_admin_fields("A", {"counter": 0})
+
+
+def test_admin_changes_and_not_found(backend: Backend) -> None:
+    store = backend.store
+    store.add_tokens([token("A", user=None)])
+    assert store.update_admin_fields("A", {"user": "bob"}).user == "bob"
+    assert store.update_admin_fields("A", {"enabled": False}).enabled is False
+    with pytest.raises(NotFound):
+        store.update_admin_fields("Z", {"enabled": True})
+    with pytest.raises(NotFound):
+        store.remove("Z")
+    with pytest.raises(NotFound):
+        store.reset_throttling("Z")
+    store.remove("A")
+    assert store.get("A") is None
+
+
+def test_reset_throttling(backend: Backend) -> None:
+    store = backend.store
+    store.add_tokens([token("A")])
+    assert store.compare_and_set("A", 0, {"failures": 4, "lock_count": 2, "locked_until": 9e9})
+    store.reset_throttling("A")
+    after = store.get("A")
+    assert after is not None and (after.failures, after.locked_until, after.lock_count) == (0, 0, 2)
+    assert after.version == 2
+
+
+def test_failed_write_is_a_store_error_and_writes_nothing(backend: Backend) -> None:
+    store = backend.store
+    store.add_tokens([token("A")])
+    store.close()
+    broken = backend.open()
+    try:
+        backend.break_writes(broken)
+        with pytest.raises(StoreError, match="nothing was written"):
+            broken.compare_and_set("A", 0, {"last_step": 1})
+        with pytest.raises(StoreError, match="nothing was written"):
+            broken.add_tokens([token("B")])
+    finally:
+        broken.close()
+    reopened = backend.open()
+    try:
+        after = reopened.get("A")
+        assert after is not None and after.last_step is None and after.version == 0
+        assert reopened.get("B") is None
+    finally:
+        reopened.close()
+
+
+def test_existing_fingerprints(backend: Backend) -> None:
+    backend.store.add_tokens([token("A"), token("B")])
+    found = backend.store.existing_fingerprints([b"A".ljust(32, b"."), b"zzz"])
+    assert found == {b"A".ljust(32, b".")}
+    assert backend.store.existing_fingerprints([]) == set()
+
+
+def test_meta_settings(backend: Backend) -> None:
+    store = backend.store
+    assert store.get_meta("absent") is None
+    store.set_meta("key_backend_check_value", "one")
+    store.set_meta("key_backend_check_value", "two")
+    assert store.get_meta("key_backend_check_value") == "two"
+
+
+def test_acceptances_are_durable_commits(backend: Backend) -> None:
+    backend.assert_durable(backend.store)
+
+
+def test_no_secret_material_in_repr(backend: Backend) -> None:
+    backend.store.add_tokens([token("A")])
+    text = repr(backend.store) + repr(backend.store.all_tokens())
+    assert "sealed-A" not in text and "A......" not in text
