@@ -249,6 +249,22 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
     failing = [line.split()[1] for line in security.stdout.splitlines() if line.startswith("✗")]
     figures.append("  not set: " + ", ".join(failing))
     assert exposure <= EXPOSURE_TARGET
+    # With the shipped drop-ins for the payShield backend (TCP to the HSMs) and for the
+    # password+code mode (group shadow), as an administrator would install them.
+    with tempfile.TemporaryDirectory() as root:
+        units = Path(root) / "etc/systemd/system"
+        (units / "otp-agent.service.d").mkdir(parents=True)
+        for unit in ("otp-agent.service", "otp-agent.socket"):
+            shutil.copyfile(UNIT_DIR / unit, units / unit)
+        for dropin in ("payshield.conf", "password-and-code.conf"):
+            shutil.copyfile(EXAMPLES / dropin, units / "otp-agent.service.d" / dropin)
+        security = run("systemd-analyze", "security", "--offline=yes", "--no-pager", f"--root={root}",
+                       "otp-agent.service", check=False)
+    match = re.search(r"Overall exposure level for otp-agent\.service: ([0-9.]+) (\w+)", security.stdout)
+    assert match, security.stdout
+    figures.append(f"  with examples/payshield.conf and password-and-code.conf: exposure "
+                   f"{match.group(1)} {match.group(2)}")
+    assert float(match.group(1)) <= EXPOSURE_TARGET
 
 
 class _SystemdAgent:
