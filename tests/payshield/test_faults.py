@@ -223,3 +223,26 @@ def test_errors_and_logs_carry_no_key_material(pair: tuple[RunningSimulator, Run
     assert len(messages) == 5
     for needle in (sealed[17:].decode(), sealed[49:81].decode(), secret.decode(), secret.hex()):
         assert needle not in text
+
+
+def test_idle_connections_closed_by_the_hsm_are_reopened(sim: RunningSimulator) -> None:
+    """An HSM closing idle connections is not a failure: health and requests reconnect."""
+    keys = PayShieldKeyBackend(sim.config())
+
+    def wait_until_seen_closed() -> None:
+        connections = [c for h in keys._transport._hosts for c in h.connections]
+        deadline = time.monotonic() + 5
+        while not all(c.closed for c in connections) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    try:
+        sealed = _sealed(keys)
+        sim.drop_connections()
+        wait_until_seen_closed()
+        report = keys.health()
+        assert report["ok"] is True and report["hosts"][0]["failures"] == 0  # type: ignore[index]
+        sim.drop_connections()
+        wait_until_seen_closed()
+        assert len(keys.compute_hmacs(IDENTITY, sealed, WINDOW)) == 3
+    finally:
+        keys.close()

@@ -265,6 +265,8 @@ class Transport:
         return [await (await connection.submit(payload)) for payload in payloads]
 
     async def _probe(self, host: HostState) -> None:
+        """NO on a live connection; otherwise reconnect (with NC) if up or due for a retry."""
+        host.connections = [c for c in host.connections if not c.closed]
         if host.up and host.connections:
             connection = min(host.connections, key=lambda c: c.in_flight)
             try:
@@ -275,7 +277,7 @@ class Transport:
                 self._mark_down(host, PayShieldUnavailable(f"payShield {host.address} did not answer NO"))
             except KeyBackendError as exc:
                 self._mark_down(host, exc)
-        elif time.monotonic() >= host.next_retry:
+        elif host.up or time.monotonic() >= host.next_retry:
             async with host.opening:
                 try:
                     await self._connect(host)
