@@ -15,6 +15,7 @@ TCP user timeout and keepalives).  The DSN's password never appears in a message
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -136,7 +137,10 @@ class PostgreSQLStore:
             "tcp_user_timeout": int(network_timeout * 1000)}
         self._kwargs = {k: v for k, v in defaults.items() if k not in self._dsn.params}
         self._kwargs["autocommit"] = True
+        self._conninfo = dsn
         self._queries: dict[tuple[str, ...], Composed] = {}
+        self._purge_lock = threading.Lock()
+        self._purging = False
         self._migrate(dsn, create=create)
         self._pool: ConnectionPool[_Connection] = ConnectionPool(
             dsn, kwargs=self._kwargs, min_size=1, max_size=max_connections, open=False,
@@ -198,35 +202,67 @@ class PostgreSQLStore:
         finally:
             connection.close()
 
+    def _fresh_connection(self) -> _Connection:
+        """A new connection outside the pool, set up like the pooled ones."""
+        import psycopg
+        connection = psycopg.connect(self._conninfo, **self._kwargs)
+        self._configure(connection)
+        return connection
+
+    def _purge_pool(self) -> None:
+        """Test the idle pooled connections in the background; replace the broken ones."""
+        with self._purge_lock:
+            if self._purging:
+                return
+            self._purging = True
+
+        def purge() -> None:
+            try:
+                self._pool.check()
+            except Exception:  # noqa: BLE001 - best effort; the next call will tell
+                pass
+            finally:
+                with self._purge_lock:
+                    self._purging = False
+
+        threading.Thread(target=purge, name="otp-agent-pg-check", daemon=True).start()
+
     def _run(self, what: str, action: Callable[[_Connection], _T], *, write: bool,
              retry: bool = True) -> _T:
         """Run ``action`` on a pooled connection; translate driver errors.
 
-        A connection found broken (server restarted, network cut) is discarded and the action is
-        tried once more on another one when ``retry``: safe for compare-and-set, whose version test
-        refuses a second application, and for the idempotent writes.
+        When the pooled connection turns out broken (server restarted, session killed, network
+        cut), the other idle ones are checked in the background and, with ``retry``, the action
+        runs once more on a new connection.  That is safe for compare-and-set, whose version
+        test refuses a second application, and for the idempotent writes.
         """
         import psycopg
         from psycopg_pool import PoolTimeout
         for attempt in range(2 if retry else 1):
             used: _Connection | None = None
             try:
-                with self._pool.connection() as connection:
+                if attempt == 0:
+                    with self._pool.connection() as connection:
+                        used = connection
+                        return action(connection)
+                with self._fresh_connection() as connection:
                     used = connection
                     return action(connection)
             except PoolTimeout:
                 raise StoreUnavailable(
                     f"PostgreSQL {self.where}: no connection within {self.pool_timeout:g} s "
                     f"({what}{', nothing was written' if write else ''})") from None
-            except psycopg.IntegrityError:
+            except psycopg.errors.UniqueViolation:
                 raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
             except psycopg.Error as exc:
                 lost = used is None or used.broken or used.closed
-                if lost and attempt == 0 and retry:
-                    _log.warning("PostgreSQL %s: connection lost (%s); retrying once",
-                                 self.where, self._dsn.redact(exc))
-                    continue
                 message = self._dsn.redact(exc)
+                if lost and attempt == 0:
+                    self._purge_pool()
+                    if retry:
+                        _log.warning("PostgreSQL %s: connection lost (%s); retrying once on a new "
+                                     "connection", self.where, message)
+                        continue
                 if lost:
                     outcome = "; it may or may not have been committed" if write else ""
                     raise StoreUnavailable(f"PostgreSQL {self.where}: connection lost while "
