@@ -141,6 +141,7 @@ class PostgreSQLStore:
         self._queries: dict[tuple[str, ...], Composed] = {}
         self._purge_lock = threading.Lock()
         self._purging = False
+        self._degraded = False
         self._migrate(dsn, create=create)
         self._pool: ConnectionPool[_Connection] = ConnectionPool(
             dsn, kwargs=self._kwargs, min_size=1, max_size=max_connections, open=False,
@@ -229,41 +230,50 @@ class PostgreSQLStore:
 
     def _run(self, what: str, action: Callable[[_Connection], _T], *, write: bool,
              retry: bool = True) -> _T:
-        """Run ``action`` on a pooled connection; translate driver errors.
+        """Run ``action`` on a connection; translate driver errors.
 
-        When the pooled connection turns out broken (server restarted, session killed, network
+        When a pooled connection turns out broken (server restarted, session killed, network
         cut), the other idle ones are checked in the background and, with ``retry``, the action
-        runs once more on a new connection.  That is safe for compare-and-set, whose version
-        test refuses a second application, and for the idempotent writes.
+        runs once more on a new connection: safe for compare-and-set, whose version test refuses
+        a second application, and for the idempotent writes.  Until the pool has a working
+        connection again, calls go straight to new connections, so that while the server is
+        down they fail at once (refused) or within the connect timeout, rather than each waiting
+        for the pool, and they succeed as soon as it is back.
         """
         import psycopg
         from psycopg_pool import PoolTimeout
+        nothing = ", nothing was written" if write else ""
         for attempt in range(2 if retry else 1):
+            direct = attempt > 0 or (self._degraded
+                                     and not self._pool.get_stats().get("pool_available", 0))
             used: _Connection | None = None
             try:
-                if attempt == 0:
-                    with self._pool.connection() as connection:
-                        used = connection
-                        return action(connection)
-                with self._fresh_connection() as connection:
+                with self._fresh_connection() if direct else self._pool.connection() as connection:
                     used = connection
-                    return action(connection)
+                    result = action(connection)
+                if not direct:
+                    self._degraded = False
+                return result
             except PoolTimeout:
-                raise StoreUnavailable(
-                    f"PostgreSQL {self.where}: no connection within {self.pool_timeout:g} s "
-                    f"({what}{', nothing was written' if write else ''})") from None
+                self._degraded = True
+                raise StoreUnavailable(f"PostgreSQL {self.where}: no connection within "
+                                       f"{self.pool_timeout:g} s ({what}{nothing})") from None
             except psycopg.errors.UniqueViolation:
                 raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
             except psycopg.Error as exc:
-                lost = used is None or used.broken or used.closed
                 message = self._dsn.redact(exc)
-                if lost and attempt == 0:
-                    self._purge_pool()
-                    if retry:
+                if used is None:
+                    self._degraded = True
+                    raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached "
+                                           f"({what}{nothing}): {message}") from None
+                if used.broken or used.closed:
+                    self._degraded = True
+                    if not direct:
+                        self._purge_pool()
+                    if retry and attempt == 0:
                         _log.warning("PostgreSQL %s: connection lost (%s); retrying once on a new "
                                      "connection", self.where, message)
                         continue
-                if lost:
                     outcome = "; it may or may not have been committed" if write else ""
                     raise StoreUnavailable(f"PostgreSQL {self.where}: connection lost while "
                                            f"{what}{outcome}: {message}") from None
