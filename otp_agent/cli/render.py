@@ -52,8 +52,14 @@ def print_status(reply: dict[str, Any], out: TextIO) -> None:
     """Print the health report."""
     for part in ("agent", "store", "keystore"):
         section = reply.get(part, {})
-        details = ", ".join(f"{k}={v}" for k, v in section.items() if k != "ok")
+        details = ", ".join(f"{k}={v}" for k, v in section.items()
+                            if k != "ok" and not isinstance(v, (list, dict)))
         print(f"{part:<9} {'ok' if section.get('ok') else 'FAILING'}  {details}", file=out)
+        for host in section.get("hosts", []) if isinstance(section.get("hosts"), list) else []:
+            state = "up" if host.get("up") else "DOWN"
+            extra = ", ".join(f"{k}={v}" for k, v in host.items()
+                              if k not in ("address", "up") and v not in (None, ""))
+            print(f"  hsm {host.get('address')}: {state}  {extra}", file=out)
 
 
 def show_qr(uri: str, out: TextIO) -> None:

@@ -1,0 +1,92 @@
+"""The real daemon on the payShield key backend, over TCP to the simulator.
+
+Covers the composition the unit suites do not: the ``[keystore.payshield]`` TOML table,
+``otp-agent init`` creating the fingerprint key inside the HSM, enrollment through LU,
+validation through pipelined LQ, ``otpctl status`` showing the HSM, failing closed when the HSM
+goes silent, and no secret in the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from otp_agent.testing import RunningAgent, running_agent
+from tests.integration.agentclient import request
+
+simulator_testing = pytest.importorskip("otp_agent.payshield_sim.testing")
+
+
+@pytest.fixture
+def hsm_agent(agent_directory: Path) -> Iterator[tuple[RunningAgent, object]]:
+    with simulator_testing.running_simulator() as simulator:
+        config = simulator.config()
+        payshield = {
+            "hosts": [f"{simulator.host}:{simulator.port}"],
+            "lmk_check_value": config.lmk_check_value,
+            "header_length": config.header_length,
+            "request_timeout": 2.0,
+            "retry_initial": 0.1,
+            "retry_max": 0.5,
+            "zmk_file": str(config.zmk_file),
+            "zmk_key_block_file": str(config.zmk_key_block_file),
+            "fingerprint_key_file": str(agent_directory / "fingerprint.kb"),
+        }
+        sections = {"keystore": {"backend": "payshield", "payshield": payshield}}
+        with running_agent(agent_directory, sections=sections) as agent:
+            yield agent, simulator
+
+
+def test_enroll_validate_replay_status_through_the_hsm(hsm_agent: tuple[RunningAgent, object]) -> None:
+    agent, _simulator = hsm_agent
+    assert (agent.directory / "fingerprint.kb").stat().st_mode & 0o777 == 0o600
+    serial, uri = agent.enroll("alice", "--algorithm", "sha256")
+    submitted = agent.code_for(uri)
+    assert request(agent.socket_path, "validate", user="alice", code=submitted)["result"] == "accept"
+    replay = request(agent.socket_path, "validate", user="alice", code=submitted)
+    assert (replay["result"], replay["reason"]) == ("reject", "replay")
+    status = json.loads(agent.otpctl("status", "--json").stdout)
+    assert status["keystore"]["backend"] == "payshield" and status["keystore"]["ok"]
+    text = agent.otpctl("status").stdout
+    assert "hsm 127.0.0.1:" in text and ": up" in text
+    agent.stop()
+    secret_text = parse_qs(urlparse(uri).query)["secret"][0]
+    raw = base64.b32decode(secret_text + "=" * (-len(secret_text) % 8))
+    database = b"".join(p.read_bytes() for p in agent.directory.glob("tokens.db*"))
+    for form in (raw, raw.hex().encode(), secret_text.encode()):
+        assert form not in database
+    assert serial.encode() in database
+
+
+def test_silent_hsm_fails_closed_and_agent_keeps_serving(hsm_agent: tuple[RunningAgent, object]) -> None:
+    agent, simulator = hsm_agent
+    _serial, uri = agent.enroll("bob")
+    submitted = agent.code_for(uri)
+    simulator.set(fault="silent")  # type: ignore[attr-defined]
+    reply = request(agent.socket_path, "validate", user="bob", code=submitted, timeout=30)
+    assert reply["result"] == "reject" and reply["reason"].startswith("keystore")
+    assert request(agent.socket_path, "ping")["ok"] is True
+    simulator.clear_faults()  # type: ignore[attr-defined]
+    # The code was not consumed while the HSM was silent.
+    for _ in range(20):
+        reply = request(agent.socket_path, "validate", user="bob", code=submitted, timeout=30)
+        if reply["result"] == "accept":
+            break
+        time.sleep(0.25)  # The HSM is retried after its back-off.
+    assert reply["result"] == "accept", reply
+
+
+def test_export_is_refused_on_the_hsm_backend(hsm_agent: tuple[RunningAgent, object], tmp_path: Path) -> None:
+    agent, _simulator = hsm_agent
+    agent.enroll("carol")
+    (tmp_path / "password").write_text("correct horse battery")
+    result = agent.otpctl("export", "--output", str(tmp_path / "out.pskc"),
+                          "--password-file", str(tmp_path / "password"))
+    assert result.returncode == 4 and "HSM" in result.stderr
+    assert not (tmp_path / "out.pskc").exists()
