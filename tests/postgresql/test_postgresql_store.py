@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 
-import psycopg
 import pytest
 
 from otp_agent.errors import StoreError, StoreUnavailable
@@ -83,6 +82,7 @@ def test_two_pools_racing_on_one_row_have_one_winner(pg_store: PostgreSQLStore, 
 
 def test_connections_killed_by_the_server_are_replaced(pg_store: PostgreSQLStore, pg_dsn: str) -> None:
     """After the server ends every session (restart, failover), the next calls still succeed."""
+    import psycopg
     pg_store.add_tokens([token("A")])
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -125,6 +125,7 @@ def test_server_cut_off_fails_closed_then_recovers(pg_dsn: str) -> None:
 
 def test_writer_stuck_on_a_lock_gives_up_and_writes_nothing(pg_dsn: str) -> None:
     """A row held by another session: the compare-and-set stops waiting, nothing is written."""
+    import psycopg
     store = PostgreSQLStore(pg_dsn, create=True, statement_timeout=2.0)
     try:
         store.add_tokens([token("A")])
@@ -156,6 +157,7 @@ def test_password_never_in_errors_for_unusable_dsns(dsn: str) -> None:
 
 def test_password_never_in_repr_health_or_errors_of_a_working_store() -> None:
     """The test server trusts 127.0.0.1, so a DSN carrying a password still connects."""
+    import psycopg
     with fresh_database() as plain:
         database = plain.rsplit("dbname=", 1)[-1].split()[0]
         dsn = dsn_for(database, password=PASSWORD)
