@@ -68,6 +68,11 @@ def run(*argv: str, check: bool = True, timeout: float = 300, **extra_env: str
     return result
 
 
+def apt(*args: str, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """apt-get, waiting for the dpkg lock (another apt run, unattended upgrades) instead of failing."""
+    return run("apt-get", "-o", "DPkg::Lock::Timeout=300", *args, check=check, timeout=600, **extra_env)
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -181,7 +186,7 @@ def test_deb_install_login_over_sshd_and_purge(packages: dict[str, Path], tmp_pa
     if package_installed():
         # A crashed earlier run: on CI's disposable machine clean up, elsewhere refuse.
         require(IN_CI, "otp-agent is already installed here; this test would replace it")
-        run("apt-get", "purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
+        apt("purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
     watched = [Path(p) for p in ("/etc/pam.d/sshd", "/etc/pam.d/common-auth", "/etc/pam.d/login",
                                  "/etc/ssh/sshd_config") if Path(p).exists()]
     before = {path: sha256(path) for path in watched}
@@ -194,7 +199,7 @@ def test_deb_install_login_over_sshd_and_purge(packages: dict[str, Path], tmp_pa
         _purge_keeps_secrets_then_reinstall(packages, key_digest, figures)
     finally:
         if package_installed():
-            run("apt-get", "purge", "-y", "otp-agent", check=False, OTP_AGENT_PURGE_SECRETS="yes")
+            apt("purge", "-y", "otp-agent", check=False, OTP_AGENT_PURGE_SECRETS="yes")
     # The package never touched the system's PAM or sshd configuration.
     assert {path: sha256(path) for path in watched} == before
     now_d = sorted(Path("/etc/ssh/sshd_config.d").glob("*")) if Path("/etc/ssh/sshd_config.d").exists() else []
@@ -202,7 +207,7 @@ def test_deb_install_login_over_sshd_and_purge(packages: dict[str, Path], tmp_pa
 
 
 def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
-    result = run("apt-get", "install", "-y", "--no-install-recommends", str(packages["deb"]))
+    result = apt("install", "-y", "--no-install-recommends", str(packages["deb"]))
     assert "otp-agent init" not in result.stdout or "failed" not in result.stdout, result.stdout
     user = pwd.getpwnam("otp-agent")
     assert user.pw_uid < 1000 and user.pw_shell == "/usr/sbin/nologin", user
@@ -373,7 +378,7 @@ def _run_agent_and_log_in(work: Path, figures: list[str]) -> None:
 
 def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: str,
                                         figures: list[str]) -> None:
-    run("apt-get", "purge", "-y", "otp-agent")
+    apt("purge", "-y", "otp-agent")
     assert not package_installed()
     for gone in ("/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/libexec/otp-agent",
                  "/etc/otp-agent/agent.toml", "/etc/pam.d/otp-agent-password",
@@ -385,9 +390,9 @@ def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: s
     pwd.getpwnam("otp-agent")  # the system user stays, as Debian does
     figures.append("after purge: kept " + ", ".join(kept) + " and user otp-agent")
 
-    run("apt-get", "install", "-y", "--no-install-recommends", str(packages["deb"]))
+    apt("install", "-y", "--no-install-recommends", str(packages["deb"]))
     assert sha256(Path("/etc/otp-agent/master.key")) == key_digest, "reinstall replaced the master key"
-    run("apt-get", "purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
+    apt("purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
     for gone in ("/etc/otp-agent", "/var/lib/otp-agent", "/var/log/otp-agent", "/run/otp-agent"):
         assert not Path(gone).exists(), f"{gone} left after purge with OTP_AGENT_PURGE_SECRETS=yes"
     leftovers = [p for p in ("/etc/otp-agent", "/var/lib/otp-agent", "/var/log/otp-agent",

@@ -19,7 +19,8 @@ reproduces what matters for otp-agent, as systemd 252 does it:
 * ``ExecStart=`` exec'd in place, so the service keeps the pid that ``LISTEN_PID`` names.
 
 The seccomp filter, ``MemoryDenyWriteExecute=``, address-family and namespace restrictions are
-not reproduced (they need the manager); ``systemd-analyze security`` scores them.
+not reproduced (they need the manager); ``systemd-analyze security`` scores them. Where systemd
+is PID 1 the installation test uses systemctl instead of this module.
 """
 
 from __future__ import annotations
