@@ -27,7 +27,6 @@ from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
 
 if TYPE_CHECKING:
     from psycopg import Connection
-    from psycopg.sql import Composed
     from psycopg_pool import ConnectionPool
 
     _Connection = Connection[tuple[Any, ...]]
@@ -138,10 +137,12 @@ class PostgreSQLStore:
         self._kwargs = {k: v for k, v in defaults.items() if k not in self._dsn.params}
         self._kwargs["autocommit"] = True
         self._conninfo = dsn
-        self._queries: dict[tuple[str, ...], Composed] = {}
+        self._queries: dict[tuple[str, ...], str] = {}
         self._purge_lock = threading.Lock()
         self._purging = False
         self._degraded = False
+        # Connections opened beside the pool while it has none that works: as many as the pool.
+        self._bypass_slots = threading.BoundedSemaphore(max_connections)
         self._migrate(dsn, create=create)
         self._pool: ConnectionPool[_Connection] = ConnectionPool(
             dsn, kwargs=self._kwargs, min_size=1, max_size=max_connections, open=False,
@@ -244,8 +245,10 @@ class PostgreSQLStore:
         from psycopg_pool import PoolTimeout
         nothing = ", nothing was written" if write else ""
         for attempt in range(2 if retry else 1):
-            direct = attempt > 0 or (self._degraded
-                                     and not self._pool.get_stats().get("pool_available", 0))
+            bypass = (attempt == 0 and self._degraded
+                      and not self._pool.get_stats().get("pool_available", 0)
+                      and self._bypass_slots.acquire(blocking=False))
+            direct = attempt > 0 or bypass
             used: _Connection | None = None
             try:
                 with self._fresh_connection() if direct else self._pool.connection() as connection:
@@ -255,7 +258,7 @@ class PostgreSQLStore:
                     self._degraded = False
                 return result
             except PoolTimeout:
-                self._degraded = True
+                # A busy pool, or one still reconnecting: not a reason to open more connections.
                 raise StoreUnavailable(f"PostgreSQL {self.where}: no connection within "
                                        f"{self.pool_timeout:g} s ({what}{nothing})") from None
             except psycopg.errors.UniqueViolation:
@@ -281,6 +284,9 @@ class PostgreSQLStore:
                     raise StoreError(f"PostgreSQL {self.where}: {what} failed, nothing was written: "
                                      f"{message}") from None
                 raise StoreError(f"PostgreSQL {self.where}: read failed: {message}") from None
+            finally:
+                if bypass:
+                    self._bypass_slots.release()
         raise AssertionError("unreachable")
 
     def _read(self, query: Any, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -353,7 +359,8 @@ class PostgreSQLStore:
             used.add(token.fingerprint)
         return None
 
-    def _cas_query(self, names: tuple[str, ...]) -> Composed:
+    def _cas_query(self, names: tuple[str, ...]) -> str:
+        """The compare-and-set statement for these state fields, rendered once."""
         query = self._queries.get(names)
         if query is None:
             from psycopg import sql
@@ -361,7 +368,7 @@ class PostgreSQLStore:
                 sql.SQL("{} = %s").format(sql.Identifier(n)) for n in names]
             assignments.append(sql.SQL("version = version + 1"))
             query = sql.SQL("UPDATE tokens SET {} WHERE serial = %s AND version = %s").format(
-                sql.SQL(", ").join(assignments))
+                sql.SQL(", ").join(assignments)).as_string()
             self._queries[names] = query
         return query
 
@@ -408,6 +415,21 @@ class PostgreSQLStore:
         self._write("writing settings", "INSERT INTO meta (key, value) VALUES (%s, %s) "
                     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (key, value))
 
+    def claim_meta(self, key: str, value: str) -> str:
+        """Write ``value`` under ``key`` unless a value is there already; return the stored one.
+
+        Atomic across hosts: of several hosts claiming one key at once, all get the same value
+        (for the key backend's check value: hosts with different master keys cannot both win).
+        """
+        def claim(connection: _Connection) -> str:
+            inserted = _scalar(connection, ("INSERT INTO meta (key, value) VALUES (%s, %s) "
+                                            "ON CONFLICT (key) DO NOTHING RETURNING value", (key, value)))
+            if inserted is not None:
+                return str(inserted)
+            return str(_scalar(connection, ("SELECT value FROM meta WHERE key = %s", (key,))))
+
+        return self._run("writing settings", claim, write=True)
+
     # -- health and lifecycle --------------------------------------------------------------
 
     def health(self) -> dict[str, object]:
@@ -431,5 +453,7 @@ class PostgreSQLStore:
 
 
 def _scalar(connection: _Connection, query: Any) -> Any:
-    row = connection.execute(query).fetchone()
+    """The first column of the first row of ``query`` (a string, or a (string, parameters) pair)."""
+    text, parameters = query if isinstance(query, tuple) else (query, None)
+    row = connection.execute(text, parameters).fetchone()
     return row[0] if row else None

@@ -184,3 +184,27 @@ def test_missing_dsn_is_a_clear_error() -> None:
     require_postgresql()
     with pytest.raises(StoreUnavailable, match="store.dsn"):
         PostgreSQLStore(None)
+
+
+def test_claim_meta_gives_every_racing_host_the_same_value(pg_dsn: str) -> None:
+    """Eight hosts with different check values claim at once: one value wins, all see it."""
+    stores = [PostgreSQLStore(pg_dsn, create=True) for _ in range(8)]
+    barrier = threading.Barrier(8)
+    claimed: list[str] = []
+
+    def claim(index: int) -> None:
+        barrier.wait()
+        claimed.append(stores[index].claim_meta("key_backend_check_value", f"value-{index}"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(claimed) == 8 and len(set(claimed)) == 1
+        assert stores[0].get_meta("key_backend_check_value") == claimed[0]
+        assert stores[1].claim_meta("key_backend_check_value", "late") == claimed[0]
+    finally:
+        for store in stores:
+            store.close()
