@@ -82,6 +82,7 @@ def run_helper(
     timeout: float = 30.0,
     wrapper: Path | None = None,
     preexec_fn: Callable[[], None] | None = None,
+    script: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the helper the way pam_exec does: answer on stdin, a bare PAM environment."""
     environment: dict[str, Any] = {"PAM_TYPE": "auth", "PAM_SERVICE": "sshd", "PAM_RHOST": "127.0.0.1"}
@@ -92,7 +93,7 @@ def run_helper(
         (k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
         for k, v in environment.items()
     }
-    command = [str(wrapper)] if wrapper else [SYSTEM_PYTHON, "-I", "-S", str(HELPER_SOURCE)]
+    command = [str(wrapper)] if wrapper else [SYSTEM_PYTHON, "-I", "-S", str(script or HELPER_SOURCE)]
     return subprocess.run(
         [*command, "--socket", str(socket_path), *options],
         input=answer,

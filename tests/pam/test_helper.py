@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,12 @@ from tests.pam.support import (
 )
 
 GOOD = "123456"
+
+
+def audit_events(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of the agent's audit log (one being written is left out)."""
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
 
 def test_right_code_is_accepted_and_request_is_exact(work: Path) -> None:
@@ -292,17 +300,22 @@ def test_forged_pam_user_from_unprivileged_caller_is_refused(work: Path) -> None
             os.setgroups([])
             os.setuid(caller.uid)
 
+        # The caller runs a world-readable copy (the checkout may not be readable by others).
+        script = work / "helper.py"
+        shutil.copy(HELPER_SOURCE, script)
+        script.chmod(0o644)
         forged = run_helper(agent.socket_path, answer=code_for_uri(victim_uri, counter=0).encode(),
-                            user=victim.name, preexec_fn=as_caller)
+                            user=victim.name, preexec_fn=as_caller, script=script)
         assert forged.returncode != 0
-        forged_enrolled = run_helper(agent.socket_path, "--not-enrolled", user=victim.name, preexec_fn=as_caller)
+        forged_enrolled = run_helper(agent.socket_path, "--not-enrolled", user=victim.name, preexec_fn=as_caller,
+                                     script=script)
         assert forged_enrolled.returncode != 0
         # The same code is still good for the victim's real login (nothing was consumed).
         assert run_helper(agent.socket_path, answer=code_for_uri(victim_uri, counter=0).encode(),
                           user=victim.name).returncode == 0
         # Positive control: the caller may validate its own code.
         own = run_helper(agent.socket_path, answer=code_for_uri(caller_uri, counter=0).encode(),
-                         user=caller.name, preexec_fn=as_caller)
+                         user=caller.name, preexec_fn=as_caller, script=script)
         assert own.returncode == 0
 
 
@@ -317,5 +330,37 @@ def test_real_agent_accept_replay_wrong(work: Path) -> None:
         assert run_helper(agent.socket_path, answer=code.encode()).returncode == 1
         wrong = "000000" if code != "000000" else "111111"
         assert run_helper(agent.socket_path, answer=wrong.encode()).returncode == 1
-        events = [json.loads(line) for line in (work / "agent" / "audit.log").read_text().splitlines()]
+        events = audit_events(work / "agent" / "audit.log")
         assert all(code not in map(str, event.values()) for event in events)  # never the code
+
+
+def test_password_and_code_never_says_which_part_was_wrong(work: Path, syslog: SyslogCapture) -> None:
+    """Wrong password with the right code, and right password with a wrong code: the same exit
+    status, the same syslog line and the same audit reason; both right: accepted."""
+    require_root()
+    from otp_agent.testing import code_for_uri
+    from tests.pam.support import password_service
+
+    with password_service() as service, local_user(work / "homes") as person, \
+            real_agent(work / "agent", password_service=service) as agent:
+        _, uri = agent.enroll(person.name, "--type", "hotp")
+        right = code_for_uri(uri, counter=0)
+        wrong = next(f"{n:06d}" for n in range(10**6)
+                     if f"{n:06d}" not in {code_for_uri(uri, counter=c) for c in range(12)})
+        attempts = [("x" + person.password, right), (person.password, wrong)]
+        results = [run_helper(agent.socket_path, "--password-and-code", *syslog.option, user=person.name,
+                              answer=(password + code).encode()) for password, code in attempts]
+        assert [r.returncode for r in results] == [1, 1]
+        lines = [line.split("]: ", 1)[1] for line in syslog.helper_lines(expect=2)]
+        assert len(lines) == 2 and lines[0] == lines[1]
+        assert "reason=bad_password_or_code" in lines[0]
+        for _ in range(100):  # the agent may write its audit line just after replying
+            events = audit_events(work / "agent" / "audit.log")
+            reasons = [e.get("reason") for e in events if e.get("event") == "validate"]
+            if len(reasons) >= 2:
+                break
+            time.sleep(0.05)
+        assert reasons == ["bad_password_or_code", "bad_password_or_code"]
+        accepted = run_helper(agent.socket_path, "--password-and-code", user=person.name,
+                              answer=(person.password + right).encode())
+        assert accepted.returncode == 0

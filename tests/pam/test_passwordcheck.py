@@ -70,3 +70,31 @@ def test_system_service(user: LocalUser) -> None:
     with password_service() as name:
         assert check_password(user.name, user.password, service=name) is True
         assert check_password(user.name, user.password[:-1], service=name) is False
+
+
+@pytest.mark.parametrize("in_shadow_group", [True, False])
+def test_unprivileged_daemon_needs_group_shadow(user: LocalUser, open_dir: Path, in_shadow_group: bool) -> None:
+    """As the packaged daemon runs (a system user, no_new_privs): the password check works with
+    group shadow (pam_unix reads /etc/shadow itself) and never without (unix_chkpwd refuses)."""
+    import grp
+    import subprocess
+
+    from tests.pam.support import REPO, SYSTEM_PYTHON, password_service, require
+
+    require(shutil.which("setpriv") is not None, "setpriv (util-linux) missing")
+    try:
+        shadow_gid = grp.getgrnam("shadow").gr_gid
+    except KeyError:
+        require(False, "no shadow group on this system")
+    groups = [f"--groups={shadow_gid}"] if in_shadow_group else ["--clear-groups"]
+    # A copy in a world-readable directory: the checkout itself may not be readable by nobody.
+    public = open_dir / f"pwcheck-{in_shadow_group}"
+    public.mkdir(mode=0o755)
+    shutil.copy(REPO / "otp_agent" / "passwordcheck.py", public / "passwordcheck.py")
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from passwordcheck import check_password; "
+              "print(check_password(sys.argv[2], sys.stdin.read(), service=sys.argv[3]))")
+    with password_service() as name:
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", *groups, "--no-new-privs",
+                                 SYSTEM_PYTHON, "-c", script, str(public), user.name, name],
+                                input=user.password, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == str(in_shadow_group), result.stderr
