@@ -152,15 +152,15 @@ def test_daemon_does_not_start_without_a_usable_database(pg_dsn: str, tmp_path: 
 
 
 def test_a_host_with_another_master_key_is_refused(fleet: tuple[RunningAgent, RunningAgent],
-                                                   tmp_path: Path) -> None:
-    first, _second = fleet
-    sections = default_sections(tmp_path / "c")
-    (tmp_path / "c").mkdir()
-    sections["store"] = {"backend": "postgresql",
-                         "dsn": first.config_path.read_text().split('dsn = "')[1].split('"')[0]}
+                                                   pg_dsn: str, tmp_path: Path) -> None:
+    """A third host generated its own master key: it refuses to start on the fleet's database."""
     from otp_agent.keystore.software import create_master_key
-    create_master_key(tmp_path / "c" / "master.key")
+    directory = tmp_path / "c"
+    directory.mkdir()
+    create_master_key(directory / "master.key")
+    sections = default_sections(directory)
+    sections["store"] = {"backend": "postgresql", "dsn": pg_dsn}
     result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--check-config", "--config",
-                             str(write_config(tmp_path / "c", sections))],
+                             str(write_config(directory, sections))],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 4 and "does not match" in result.stderr, result.stderr

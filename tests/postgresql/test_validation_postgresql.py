@@ -36,13 +36,6 @@ def keys(tmp_path: Path) -> Iterator[SoftwareKeyBackend]:
     backend.close()
 
 
-@pytest.fixture
-def audit(tmp_path: Path) -> Iterator[AuditLog]:
-    log = AuditLog(tmp_path / "audit.log")
-    yield log
-    log.close()
-
-
 def add_token(store: PostgreSQLStore, keys: SoftwareKeyBackend, serial: str, *,
               token_type: TokenType = TokenType.TOTP, **fields: Any) -> Token:
     identity = TokenIdentity(serial, HashAlgorithm.SHA1)
