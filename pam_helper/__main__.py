@@ -15,12 +15,13 @@ the user, the service and the reason only, written the way glibc's syslog(3) wri
 /dev/log or to ``--syslog-socket PATH`` (a chroot, a container, a test).
 
 Start-up cost is the point of this module (it runs once per login): it imports only modules
-built into Debian's interpreter (``posix``, ``_socket``, ``_signal``, ``select``, ``time``,
-nothing else), so importing it reads no directory and loads no shared library; never
-``os``, ``socket``, ``json`` or ``_json`` (a shared library: it alone cost more than the rest),
-``argparse`` or ``otp_agent``.  The JSON it needs (string values out, small replies in) is
-implemented here, strictly.  It can be run as ``python3 -I -S /path/to/pam_helper/__main__.py`` (no package
-import needed), as ``python3 -I -m pam_helper``, or through contrib/pam-helper.
+built into Debian's interpreter (``posix``, ``_socket``, ``_signal``, ``select``, ``time``), so
+importing it reads no directory and loads no shared library; never ``os``, ``socket``, ``json``
+or ``_json`` (a shared library: it alone cost more than the rest), ``argparse`` or
+``otp_agent``.  The JSON it needs (string values out, small replies in) is implemented here,
+strictly.  Run it through contrib/pam-helper (packaged as /usr/libexec/otp-agent/pam-helper), as
+``python3 -I -m pam_helper``, or as ``python3 -I -S .../pam_helper/__main__.py`` (no package
+import needed, but then the source is compiled at every start).
 """
 
 import _signal  # type: ignore[import-not-found]  # no stub; ``signal`` would import enum
@@ -553,9 +554,11 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
             request = {"op": "enrolled", "user": user}
         if request["op"] == "validate":
             request.update(context)
-        status = judge(options.mode, exchange(options.socket_path, encode_request(request), deadline, options.timeout))
+        reply = exchange(options.socket_path, encode_request(request), deadline, options.timeout)
+        status = judge(options.mode, reply)
         if notes:
-            log_line("LOG_WARNING", f"user={user_label} service={service_label}: " + "; ".join(notes), log_path)
+            who = f"user={user_label} service={service_label}"
+            log_line("LOG_WARNING", f"{who}: " + "; ".join(notes), log_path)
         return status
     except Failure as failure:
         if failure.status == EXIT_USAGE:
@@ -567,7 +570,8 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
         # The enrolment modes answer a question; a "no" is not worth a log line.
         if not (failure.status == EXIT_REJECT and failure.text in ("enrolled", "not enrolled")):
             extra = ("; " + "; ".join(notes)) if notes else ""
-            log_line(priority, f"refused user={user_label} service={service_label}: {failure.text}{extra}", log_path)
+            who = f"user={user_label} service={service_label}"
+            log_line(priority, f"refused {who}: {failure.text}{extra}", log_path)
         return failure.status
     except BaseException as exc:  # Fail closed on anything unforeseen, without its (unsafe) text.
         log_line("LOG_ERR", f"refused user={user_label} service={service_label}: internal error "
