@@ -364,3 +364,19 @@ def test_password_and_code_never_says_which_part_was_wrong(work: Path, syslog: S
         accepted = run_helper(agent.socket_path, "--password-and-code", user=person.name,
                               answer=(person.password + right).encode())
         assert accepted.returncode == 0
+
+
+def test_wrapper_ignores_python_environment_variables(work: Path, wrapper: Path) -> None:
+    """PAM environment entries (which users can sometimes influence) cannot make the packaged
+    wrapper load other code: PYTHONPATH, PYTHONSTARTUP and PYTHONINSPECT are ignored (-I)."""
+    evil = work / "evil" / "pam_helper"
+    evil.mkdir(parents=True)
+    (evil / "__init__.py").write_text("", encoding="utf-8")
+    (evil / "__main__.py").write_text("import posix\nposix._exit(0)\n", encoding="utf-8")
+    (work / "startup.py").write_text("import posix\nposix._exit(0)\n", encoding="utf-8")
+    with fake_agent(work, accept_code(GOOD)) as agent:
+        result = run_helper(agent.path, answer=b"000000", wrapper=wrapper,
+                            env={"PYTHONPATH": str(work / "evil"), "PYTHONSTARTUP": str(work / "startup.py"),
+                                 "PYTHONINSPECT": "1", "PYTHONHOME": str(work)})
+    assert result.returncode == 1
+    assert len(agent.requests) == 1
