@@ -15,8 +15,12 @@ TCP user timeout and keepalives).  The DSN's password never appears in a message
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -107,6 +111,77 @@ class _Dsn:
         return text
 
 
+class _Ticket:
+    """One call under watch: its connection, deadline, and whether the watchdog ended it."""
+
+    __slots__ = ("connection", "deadline", "fired")
+
+    def __init__(self, connection: _Connection, deadline: float) -> None:
+        self.connection, self.deadline, self.fired = connection, deadline, False
+
+
+class _Watchdog:
+    """Ends a connection whose call outlives its deadline: a frozen server or a hung disk.
+
+    Server-side timeouts end slow statements; this bounds what they cannot (a server that keeps
+    TCP alive but never answers, a commit stuck on storage).  The socket is shut down, the call
+    fails as a lost connection, and the connection is closed so that the pool drops it.
+    """
+
+    _TICK = 0.25
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._tickets: set[_Ticket] = set()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def guard(self, connection: _Connection, seconds: float) -> Iterator[_Ticket]:
+        """Watch ``connection`` for ``seconds``; the ticket says whether it was cut."""
+        ticket = _Ticket(connection, time.monotonic() + seconds)
+        with self._lock:
+            self._tickets.add(ticket)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="otp-agent-pg-watchdog",
+                                                daemon=True)
+                self._thread.start()
+        try:
+            yield ticket
+        finally:
+            with self._lock:
+                self._tickets.discard(ticket)
+            if ticket.fired:
+                connection.close()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._TICK):
+            now = time.monotonic()
+            with self._lock:
+                for ticket in [t for t in self._tickets if t.deadline <= now]:
+                    self._tickets.discard(ticket)
+                    ticket.fired = True
+                    _shut_down(ticket.connection)
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+
+
+def _shut_down(connection: _Connection) -> None:
+    """Shut the connection's socket down under the thread blocked on it."""
+    try:
+        duplicate = socket.socket(fileno=os.dup(connection.fileno()))
+    except Exception:  # noqa: BLE001 - already closed: nothing to cut
+        return
+    try:
+        duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        duplicate.close()
+
+
 class PostgreSQLStore:
     """Token store in one PostgreSQL database, shared by every host of a fleet; thread-safe."""
 
@@ -114,7 +189,8 @@ class PostgreSQLStore:
 
     def __init__(self, dsn: str | None, *, create: bool = False, max_connections: int = 8,
                  connect_timeout: float = 3.0, pool_timeout: float = 3.0,
-                 statement_timeout: float = 3.0, network_timeout: float = 10.0) -> None:
+                 statement_timeout: float = 3.0, answer_timeout: float | None = None,
+                 network_timeout: float = 10.0) -> None:
         try:
             import psycopg  # noqa: F401
             from psycopg_pool import ConnectionPool
@@ -128,6 +204,9 @@ class PostgreSQLStore:
         self.where = self._dsn.where
         self.pool_timeout = pool_timeout
         self._statement_ms = str(int(statement_timeout * 1000))
+        #: How long one call may wait for the server before its connection is cut.
+        self.answer_timeout = statement_timeout + 2.0 if answer_timeout is None else answer_timeout
+        self._watchdog = _Watchdog()
         self._lock_ms = str(int(max(statement_timeout - 1.0, 1.0) * 1000))
         # libpq settings the DSN itself does not set; the DSN wins where it does.
         defaults: dict[str, Any] = {
@@ -208,7 +287,12 @@ class PostgreSQLStore:
         """A new connection outside the pool, set up like the pooled ones."""
         import psycopg
         connection = psycopg.connect(self._conninfo, **self._kwargs)
-        self._configure(connection)
+        try:
+            with self._watchdog.guard(connection, self.answer_timeout):
+                self._configure(connection)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _purge_pool(self) -> None:
@@ -230,7 +314,7 @@ class PostgreSQLStore:
         threading.Thread(target=purge, name="otp-agent-pg-check", daemon=True).start()
 
     def _run(self, what: str, action: Callable[[_Connection], _T], *, write: bool,
-             retry: bool = True) -> _T:
+             retry: bool = True, deadline: float | None = None) -> _T:
         """Run ``action`` on a connection; translate driver errors.
 
         When a pooled connection turns out broken (server restarted, session killed, network
@@ -243,46 +327,54 @@ class PostgreSQLStore:
         """
         import psycopg
         from psycopg_pool import PoolTimeout
-        nothing = ", nothing was written" if write else ""
+        unsure = False  # A write was cut off after it was sent: it may have been committed.
         for attempt in range(2 if retry else 1):
             bypass = (attempt == 0 and self._degraded
                       and not self._pool.get_stats().get("pool_available", 0)
                       and self._bypass_slots.acquire(blocking=False))
             direct = attempt > 0 or bypass
             used: _Connection | None = None
+            ticket: _Ticket | None = None
             try:
                 with self._fresh_connection() if direct else self._pool.connection() as connection:
                     used = connection
-                    result = action(connection)
+                    with self._watchdog.guard(connection, deadline or self.answer_timeout) as ticket:
+                        result = action(connection)
                 if not direct:
                     self._degraded = False
                 return result
             except PoolTimeout:
                 # A busy pool, or one still reconnecting: not a reason to open more connections.
                 raise StoreUnavailable(f"PostgreSQL {self.where}: no connection within "
-                                       f"{self.pool_timeout:g} s ({what}{nothing})") from None
+                                       f"{self.pool_timeout:g} s ({what}"
+                                       f"{', nothing was written' if write else ''})") from None
             except psycopg.errors.UniqueViolation:
                 raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
             except psycopg.Error as exc:
                 message = self._dsn.redact(exc)
-                if used is None:
+                if ticket is not None and ticket.fired:
+                    message = f"no answer within {deadline or self.answer_timeout:g} s"
+                lost = used is None or used.broken or used.closed
+                if lost:
                     self._degraded = True
-                    raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached "
-                                           f"({what}{nothing}): {message}") from None
-                if used.broken or used.closed:
-                    self._degraded = True
-                    if not direct:
+                    unsure = unsure or (write and used is not None)
+                    if used is not None and not direct:
                         self._purge_pool()
+                tail = ""
+                if write:
+                    tail = "; it may or may not have been committed" if unsure else ", nothing was written"
+                if used is None:
+                    raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached "
+                                           f"({what}{tail}): {message}") from None
+                if lost:
                     if retry and attempt == 0:
                         _log.warning("PostgreSQL %s: connection lost (%s); retrying once on a new "
                                      "connection", self.where, message)
                         continue
-                    outcome = "; it may or may not have been committed" if write else ""
                     raise StoreUnavailable(f"PostgreSQL {self.where}: connection lost while "
-                                           f"{what}{outcome}: {message}") from None
+                                           f"{what}{tail}: {message}") from None
                 if write:
-                    raise StoreError(f"PostgreSQL {self.where}: {what} failed, nothing was written: "
-                                     f"{message}") from None
+                    raise StoreError(f"PostgreSQL {self.where}: {what} failed{tail}: {message}") from None
                 raise StoreError(f"PostgreSQL {self.where}: read failed: {message}") from None
             finally:
                 if bypass:
@@ -326,7 +418,6 @@ class PostgreSQLStore:
     # -- writes ----------------------------------------------------------------------------
 
     def add_tokens(self, tokens: Sequence[Token]) -> None:
-        import time
         now = time.time()
         rows = [_token_to_row(token, now) for token in tokens]
 
@@ -336,7 +427,8 @@ class PostgreSQLStore:
 
         try:
             # Not retried: a commit whose answer was lost would come back as a false Conflict.
-            self._run("adding tokens", insert, write=True, retry=False)
+            self._run("adding tokens", insert, write=True, retry=False,
+                      deadline=self.answer_timeout + 0.001 * len(rows))
         except Conflict:
             serial = self._first_conflict(tokens)
             if serial is None:
@@ -450,6 +542,7 @@ class PostgreSQLStore:
 
     def close(self) -> None:
         self._pool.close(timeout=5.0)
+        self._watchdog.close()
 
 
 def _scalar(connection: _Connection, query: Any) -> Any:

@@ -80,7 +80,9 @@ class TcpProxy:
     """Forwards a local port to the PostgreSQL server; :meth:`cut` is "the server went away".
 
     Cutting closes the listening socket (new connections are refused) and resets every
-    forwarded connection; :meth:`restore` listens again on the same port.
+    forwarded connection; :meth:`restore` listens again on the same port.  :meth:`freeze` is "the
+    server hangs": connections stay open and are accepted, but nothing is forwarded until
+    :meth:`thaw`.
     """
 
     def __init__(self) -> None:
@@ -89,7 +91,17 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._links: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.restore()
+
+    def freeze(self) -> None:
+        """Hold every byte in both directions (TCP stays up)."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again, held bytes first."""
+        self._flowing.set()
 
     def restore(self) -> None:
         """Accept and forward connections (again)."""
@@ -136,10 +148,10 @@ class TcpProxy:
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
