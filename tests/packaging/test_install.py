@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import stat
 import struct
@@ -440,3 +441,69 @@ def test_pam_auth_update_profile_is_off_until_enabled_and_removable(root_machine
     assert enabled[helper + jump + 1].endswith("pam_permit.so"), enabled
     assert "ignore=ignore" in enabled[helper] and "default=die" in enabled[helper]
     assert auth_lines("removed") == original
+
+
+def test_shipped_unit_under_systemd_in_a_container(packages: dict[str, Path], tmp_path: Path,
+                                                   figures: list[str]) -> None:
+    """The installed otp-agent.socket/.service, unchanged, under a real systemd (a volatile
+    systemd-nspawn container of this machine): started at boot, READY and watchdog, the master key
+    through LoadCredential= (still 0600 root on disk), the seccomp filter, MemoryDenyWriteExecute=
+    and no capabilities in force; enroll, and a password+code validation with the shipped
+    password-and-code.conf drop-in (PAM from inside the confined daemon)."""
+    from tests.packaging.container import NSPAWN, Container
+
+    require(os.path.exists(NSPAWN), "systemd-nspawn is missing (systemd-container)")
+    if package_installed():
+        require(IN_CI, "otp-agent is already installed here; this test would replace it")
+        apt("purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
+    apt("install", "-y", "--no-install-recommends", str(packages["deb"]))
+    try:
+        dropin = EXAMPLES / "password-and-code.conf"
+        binds = {dropin: "/etc/systemd/system/otp-agent.service.d/password-and-code.conf"}
+        with Container(binds, tmp_path / "container.log") as box:
+            state = box.wait_active("otp-agent.service", 60)
+            journal = box.run("journalctl", "--no-pager", "-u", "otp-agent.service").stdout
+            assert state == "active", f"{state}\n{journal}\n{(tmp_path / 'container.log').read_text(errors='replace')}"
+            show = box.run("systemctl", "show", "otp-agent.service", "-p", "MainPID", "-p", "StatusText",
+                           "-p", "WatchdogUSec", "-p", "User", "-p", "SupplementaryGroups").stdout
+            fields = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+            assert fields["User"] == "otp-agent" and fields["WatchdogUSec"] == "30s", fields
+            assert fields["StatusText"].startswith("serving on /run/otp-agent/agent.sock"), fields
+            pid = fields["MainPID"]
+            proc = box.run("cat", f"/proc/{pid}/status").stdout
+            for expected in ("CapBnd:\t0000000000000000", "CapEff:\t0000000000000000",
+                             "NoNewPrivs:\t1", "Seccomp:\t2"):
+                assert expected in proc, f"{expected!r} not in\n{proc}"
+            mounts = box.run("cat", f"/proc/{pid}/mountinfo").stdout
+            key_mount = [line for line in mounts.splitlines() if " /etc/otp-agent/master.key " in line]
+            assert key_mount and " ro," in key_mount[0], mounts
+            on_disk = box.run("stat", "-c", "%a %U", "/etc/otp-agent/master.key").stdout.strip()
+            assert on_disk == "600 root", on_disk  # as root, outside the service's namespace
+            status = box.run("otpctl", "status", "--json")
+            assert status.returncode == 0 and json.loads(status.stdout)["keystore"]["ok"], status
+
+            user, password = "otpct" + secrets.token_hex(3), "Pw-" + secrets.token_hex(6)
+            assert box.run("useradd", "-m", user).returncode == 0
+            assert box.run("chpasswd", input=f"{user}:{password}\n").returncode == 0
+            enrolled = box.run("otpctl", "enroll", user, "--json", "--qr", "never")
+            assert enrolled.returncode == 0, enrolled.stderr
+            uri = json.loads(enrolled.stdout)["uri"]
+            secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+            pam_env = {"PAM_USER": user, "PAM_SERVICE": "login", "PAM_TYPE": "auth"}
+            helper = ("/usr/libexec/otp-agent/pam-helper", "--password-and-code")
+            wrong_password = box.run(*helper, input="Not-" + password + totp(secret), env=pam_env)
+            assert wrong_password.returncode == 1, wrong_password
+            accepted = box.run(*helper, input=password + totp(secret), env=pam_env)
+            assert accepted.returncode == 0, (accepted, box.run("journalctl", "--no-pager", "-n", "30").stdout)
+            replay = box.run(*helper, input=password + totp(secret), env=pam_env)
+            assert replay.returncode == 1, replay
+            time.sleep(16)  # WatchdogSec=30s: the daemon pings every 15 s
+            watchdog = box.run("systemctl", "show", "otp-agent.service", "-p", "WatchdogTimestampMonotonic",
+                               "-p", "NRestarts").stdout
+            assert "WatchdogTimestampMonotonic=0" not in watchdog and "NRestarts=0" in watchdog, watchdog
+        figures.append("real systemd (nspawn container of this machine): shipped units started at boot, "
+                       "LoadCredential + seccomp + MemoryDenyWriteExecute + no capabilities in force, "
+                       "watchdog pinged; password+code accepted with password-and-code.conf, "
+                       "wrong password and replay refused")
+    finally:
+        apt("purge", "-y", "otp-agent", check=False, OTP_AGENT_PURGE_SECRETS="yes")
