@@ -222,14 +222,17 @@ class PostgreSQLStore:
         self._degraded = False
         # Connections opened beside the pool while it has none that works: as many as the pool.
         self._bypass_slots = threading.BoundedSemaphore(max_connections)
-        self._migrate(dsn, create=create)
         self._pool: ConnectionPool[_Connection] = ConnectionPool(
             dsn, kwargs=self._kwargs, min_size=1, max_size=max_connections, open=False,
             configure=self._configure, timeout=pool_timeout, name="otp-agent")
         try:
+            self._migrate(dsn, create=create)
             self._pool.open(wait=True, timeout=connect_timeout + pool_timeout)
-        except Exception as exc:
+        except BaseException as exc:
             self._pool.close(timeout=0)
+            self._watchdog.close()
+            if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+                raise
             raise StoreUnavailable(f"PostgreSQL {self.where}: cannot open the connection pool: "
                                    f"{self._dsn.redact(exc)}") from None
 
@@ -239,11 +242,13 @@ class PostgreSQLStore:
     # -- connections -----------------------------------------------------------------------
 
     def _configure(self, connection: _Connection) -> None:
-        """Bound every statement and lock wait of a new pooled connection."""
-        connection.execute(
-            "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false),"
-            " set_config('idle_in_transaction_session_timeout', %s, false)",
-            (self._statement_ms, self._lock_ms, "10000"))
+        """Bound every statement and lock wait of a new connection (pooled or not)."""
+        with self._watchdog.guard(connection, self.answer_timeout):
+            connection.execute(
+                "SELECT set_config('statement_timeout', %s, false),"
+                " set_config('lock_timeout', %s, false),"
+                " set_config('idle_in_transaction_session_timeout', %s, false)",
+                (self._statement_ms, self._lock_ms, "10000"))
 
     def _migrate(self, dsn: str, *, create: bool) -> None:
         """Check the schema and apply missing migrations, once across hosts (advisory lock)."""
@@ -254,7 +259,7 @@ class PostgreSQLStore:
             raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached: "
                                    f"{self._dsn.redact(exc)}") from None
         try:
-            with connection, connection.transaction():
+            with self._watchdog.guard(connection, 150.0), connection, connection.transaction():
                 connection.execute("SET LOCAL lock_timeout = '60s'")
                 connection.execute("SET LOCAL statement_timeout = '120s'")
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -288,8 +293,7 @@ class PostgreSQLStore:
         import psycopg
         connection = psycopg.connect(self._conninfo, **self._kwargs)
         try:
-            with self._watchdog.guard(connection, self.answer_timeout):
-                self._configure(connection)
+            self._configure(connection)
         except BaseException:
             connection.close()
             raise
