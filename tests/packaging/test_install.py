@@ -491,7 +491,10 @@ def test_shipped_unit_under_systemd_in_a_container(packages: dict[str, Path], tm
             secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
             pam_env = {"PAM_USER": user, "PAM_SERVICE": "login", "PAM_TYPE": "auth"}
             helper = ("/usr/libexec/otp-agent/pam-helper", "--password-and-code")
-            wrong_password = box.run(*helper, input="Not-" + password + totp(secret), env=pam_env)
+            # The previous step's code: whatever the daemon does with the code of a refused
+            # password, the current code stays usable.
+            wrong_password = box.run(*helper, input="Not-" + password + totp(secret, at=time.time() - 30),
+                                     env=pam_env)
             assert wrong_password.returncode == 1, wrong_password
             accepted = box.run(*helper, input=password + totp(secret), env=pam_env)
             assert accepted.returncode == 0, (accepted, box.run("journalctl", "--no-pager", "-n", "30").stdout)
