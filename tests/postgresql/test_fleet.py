@@ -78,6 +78,7 @@ def test_one_code_split_across_two_daemons_is_accepted_once(
 
 def test_acceptance_survives_sigkill_and_is_a_replay_on_the_other_daemon(
         fleet: tuple[RunningAgent, RunningAgent]) -> None:
+    """Accepted by A, A killed at once: B refuses the same code as a replay."""
     first, second = fleet
     _serial, uri = second.enroll("dave")
     submitted = code_for_uri(uri)
@@ -90,6 +91,7 @@ def test_acceptance_survives_sigkill_and_is_a_replay_on_the_other_daemon(
 
 def test_tokens_enrolled_on_one_host_are_administered_on_the_other(
         fleet: tuple[RunningAgent, RunningAgent]) -> None:
+    """A token enrolled through A and disabled through B is disabled for A; status names the server."""
     first, second = fleet
     serial, uri = first.enroll("erin")
     assert second.otpctl("disable", serial).returncode == 0

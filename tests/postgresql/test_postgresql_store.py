@@ -4,6 +4,7 @@ row, lost and cut connections, bounded lock waits, and a DSN password that never
 from __future__ import annotations
 
 import threading
+from urllib.parse import quote
 
 import pytest
 
@@ -23,7 +24,6 @@ def token(serial: str, user: str = "alice") -> Token:
 
 
 def _leaks(text: str) -> bool:
-    from urllib.parse import quote
     return any(form in text for form in (PASSWORD, quote(PASSWORD, safe=""), "S3cr"))
 
 
@@ -179,13 +179,13 @@ def test_writer_stuck_on_a_lock_gives_up_and_writes_nothing(pg_dsn: str) -> None
 
 
 @pytest.mark.parametrize("dsn", [
-    f"postgresql://otp:{PASSWORD.replace(':', '%3A').replace('@', '%40').replace(' ', '%20').replace('/', '%2F')}"
-    "@127.0.0.1:1/otp",
+    f"postgresql://otp:{quote(PASSWORD, safe='')}@127.0.0.1:1/otp",
     f"host=127.0.0.1 port=1 user=otp password='{PASSWORD}' dbname=otp",
     f"host=127.0.0.1 password={PASSWORD} dbname=otp",           # not valid libpq syntax
     f"postgresql://otp:{PASSWORD}@127.0.0.1:1/otp",             # not a valid URI
 ])
 def test_password_never_in_errors_for_unusable_dsns(dsn: str) -> None:
+    """Unreachable or malformed DSNs give errors without the password, and no chained driver error."""
     require_postgresql()  # Only for psycopg; no server is contacted.
     with pytest.raises(StoreUnavailable) as caught:
         PostgreSQLStore(dsn)
@@ -219,6 +219,7 @@ def test_password_never_in_repr_health_or_errors_of_a_working_store() -> None:
 
 
 def test_missing_dsn_is_a_clear_error() -> None:
+    """No DSN at all names the store.dsn key."""
     require_postgresql()
     with pytest.raises(StoreUnavailable, match="store.dsn"):
         PostgreSQLStore(None)

@@ -132,11 +132,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 def test_absent_store_is_a_clear_error(backend: Backend) -> None:
+    """Opening a store that was never created says to run otp-agent init."""
     with pytest.raises(StoreUnavailable, match="otp-agent init"):
         backend.open_absent()
 
 
 def test_schema_version_recorded_and_reopen_is_idempotent(backend: Backend) -> None:
+    """The schema version is recorded; opening again, even with create, changes nothing."""
     assert backend.store.get_meta("schema_version") == "1"
     backend.open().close()
     backend.open(create=True).close()
@@ -146,17 +148,20 @@ def test_schema_version_recorded_and_reopen_is_idempotent(backend: Backend) -> N
 
 
 def test_newer_schema_is_refused(backend: Backend) -> None:
+    """A store written by a newer otp-agent is refused with a message saying so."""
     backend.store.set_meta("schema_version", "2")
     with pytest.raises(StoreUnavailable, match="newer"):
         backend.open()
 
 
 def test_not_a_store_is_refused(backend: Backend) -> None:
+    """Something that is not a store at all is refused as unavailable."""
     with pytest.raises(StoreUnavailable):
         backend.open_not_a_store()
 
 
 def test_add_is_all_or_nothing(backend: Backend) -> None:
+    """A batch with one clash (serial, secret, or within the batch) writes nothing and names it."""
     store = backend.store
     store.add_tokens([token("A")])
     with pytest.raises(Conflict, match="B"):
@@ -169,6 +174,7 @@ def test_add_is_all_or_nothing(backend: Backend) -> None:
 
 
 def test_tokens_round_trip_every_field(backend: Backend) -> None:
+    """Every field of a token comes back exactly as written."""
     original = Token(serial="R1", token_type=TokenType.HOTP, algorithm=HashAlgorithm.SHA512,
                      digits=8, period=60, t0=30, sealed=bytes(range(256)), fingerprint=b"\0" * 32,
                      user="bob", counter=2**40, last_step=None, drift=-2, enabled=False,
@@ -180,6 +186,7 @@ def test_tokens_round_trip_every_field(backend: Backend) -> None:
 
 
 def test_orderings(backend: Backend) -> None:
+    """all_tokens orders by serial bytewise; tokens_for_user by creation, then serial."""
     store = backend.store
     store.add_tokens([token("b", created=3.0), token("B", created=2.0), token("a", created=2.0),
                       token("z", user="zoe")])
@@ -189,6 +196,7 @@ def test_orderings(backend: Backend) -> None:
 
 
 def test_compare_and_set_succeeds_once_per_version(backend: Backend) -> None:
+    """A version can be moved on once; a stale or unknown version changes nothing."""
     store = backend.store
     store.add_tokens([token("A")])
     version = store.get("A").version  # type: ignore[union-attr]
@@ -200,6 +208,7 @@ def test_compare_and_set_succeeds_once_per_version(backend: Backend) -> None:
 
 
 def test_compare_and_set_writes_every_state_field(backend: Backend) -> None:
+    """Every state field can be written by compare-and-set."""
     store = backend.store
     store.add_tokens([token("A")])
     changes = {"counter": 5, "last_step": 99, "drift": -1, "failures": 2, "lock_count": 3,
@@ -211,6 +220,7 @@ def test_compare_and_set_writes_every_state_field(backend: Backend) -> None:
 
 
 def test_compare_and_set_under_16_threads_has_one_winner(backend: Backend) -> None:
+    """Sixteen threads racing on one version: exactly one wins, each round."""
     store = backend.store
     store.add_tokens([token("A")])
     for round_number in range(3):
@@ -232,6 +242,7 @@ def test_compare_and_set_under_16_threads_has_one_winner(backend: Backend) -> No
 
 
 def test_compare_and_set_refuses_non_state_fields(backend: Backend) -> None:
+    """Compare-and-set and admin updates refuse fields outside their set."""
     backend.store.add_tokens([token("A")])
     with pytest.raises(ValueError):
         backend.store.compare_and_set("A", 0, {"user_name": "mallory"})
@@ -240,6 +251,7 @@ def test_compare_and_set_refuses_non_state_fields(backend: Backend) -> None:
 
 
 def test_admin_changes_and_not_found(backend: Backend) -> None:
+    """Owner and enabled flag change; an unknown serial is NotFound; remove deletes."""
     store = backend.store
     store.add_tokens([token("A", user=None)])
     assert store.update_admin_fields("A", {"user": "bob"}).user == "bob"
@@ -255,6 +267,7 @@ def test_admin_changes_and_not_found(backend: Backend) -> None:
 
 
 def test_reset_throttling(backend: Backend) -> None:
+    """Unlocking clears failures and the lock but keeps the lock count, and moves the version."""
     store = backend.store
     store.add_tokens([token("A")])
     assert store.compare_and_set("A", 0, {"failures": 4, "lock_count": 2, "locked_until": 9e9})
@@ -265,6 +278,7 @@ def test_reset_throttling(backend: Backend) -> None:
 
 
 def test_failed_write_is_a_store_error_and_writes_nothing(backend: Backend) -> None:
+    """A write the store refuses is a StoreError saying nothing was written, and nothing was."""
     store = backend.store
     store.add_tokens([token("A")])
     store.close()
@@ -287,6 +301,7 @@ def test_failed_write_is_a_store_error_and_writes_nothing(backend: Backend) -> N
 
 
 def test_existing_fingerprints(backend: Backend) -> None:
+    """Only the fingerprints already used by a token are reported."""
     backend.store.add_tokens([token("A"), token("B")])
     found = backend.store.existing_fingerprints([b"A".ljust(32, b"."), b"zzz"])
     assert found == {b"A".ljust(32, b".")}
@@ -294,6 +309,7 @@ def test_existing_fingerprints(backend: Backend) -> None:
 
 
 def test_meta_settings(backend: Backend) -> None:
+    """Settings are absent until written, then read back as last written."""
     store = backend.store
     assert store.get_meta("absent") is None
     store.set_meta("key_backend_check_value", "one")
@@ -302,10 +318,12 @@ def test_meta_settings(backend: Backend) -> None:
 
 
 def test_acceptances_are_durable_commits(backend: Backend) -> None:
+    """The backend commits each acceptance durably before returning."""
     backend.assert_durable(backend.store)
 
 
 def test_no_secret_material_in_repr(backend: Backend) -> None:
+    """Neither the store nor its tokens show sealed secrets or fingerprints in repr."""
     backend.store.add_tokens([token("A")])
     text = repr(backend.store) + repr(backend.store.all_tokens())
     assert "sealed-A" not in text and "A......" not in text

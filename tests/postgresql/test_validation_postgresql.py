@@ -52,6 +52,7 @@ def code(moving: int) -> str:
 
 def test_totp_accepted_once_then_replay(pg_store: PostgreSQLStore, keys: SoftwareKeyBackend,
                                         audit: AuditLog) -> None:
+    """A current TOTP code is accepted once; again, or an older step, is refused."""
     clock = FakeClock()
     add_token(pg_store, keys, "T1")
     validator = make_validator(pg_store, keys, audit, clock)
@@ -66,6 +67,7 @@ def test_totp_accepted_once_then_replay(pg_store: PostgreSQLStore, keys: Softwar
 
 def test_hotp_lookahead_counter_and_resync(pg_store: PostgreSQLStore, keys: SoftwareKeyBackend,
                                            audit: AuditLog) -> None:
+    """HOTP look-ahead moves the counter past the code; two consecutive codes resynchronise."""
     add_token(pg_store, keys, "H1", token_type=TokenType.HOTP)
     validator = make_validator(pg_store, keys, audit, FakeClock(), hotp_lookahead=3)
     assert not validator.validate("alice", code(4), CONTEXT).accepted
@@ -79,6 +81,7 @@ def test_hotp_lookahead_counter_and_resync(pg_store: PostgreSQLStore, keys: Soft
 
 def test_failures_lock_the_token_and_success_resets(pg_store: PostgreSQLStore,
                                                     keys: SoftwareKeyBackend, audit: AuditLog) -> None:
+    """Consecutive failures lock the token; after the lock a success clears the counters."""
     clock = FakeClock()
     add_token(pg_store, keys, "T1")
     validator = make_validator(pg_store, keys, audit, clock, lock_threshold=3, lock_base_seconds=60)
