@@ -48,7 +48,7 @@ def scratch_database() -> Iterator[str]:
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
     name = f"otp_bench_{secrets.token_hex(4)}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
     try:
         params = {k: v for k, v in conninfo_to_dict(ADMIN_DSN).items() if v is not None}
         params["dbname"] = name

@@ -61,7 +61,7 @@ def fresh_database() -> Iterator[str]:
     import psycopg
     name = f"otp_test_{secrets.token_hex(6)}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
     try:
         yield dsn_for(name)
     finally:
