@@ -119,6 +119,7 @@ def test_unreachable_store_fails_closed_and_the_daemon_keeps_answering(pg_dsn: s
                 assert request(agent.socket_path, "ping")["ok"] is True
             status = agent.otpctl("status", "--json")
             assert '"ok": false' in status.stdout.replace("\n", " ") or status.returncode != 0
+            assert PASSWORD not in status.stdout + status.stderr
             proxy.restore()
             for _ in range(20):
                 reply = request(agent.socket_path, "validate", user="alice", code=submitted)
