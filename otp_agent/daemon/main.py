@@ -48,7 +48,7 @@ def open_key_backend(config: Config) -> KeyBackend:
 def open_store(config: Config, *, create: bool = False) -> TokenStore:
     """Build the configured token store."""
     if config.store.backend == "postgresql":
-        from otp_agent.store.postgresql import PostgreSQLStore  # type: ignore[import-not-found]
+        from otp_agent.store.postgresql import PostgreSQLStore
         store: TokenStore = PostgreSQLStore(config.store.dsn, create=create)
         return store
     from otp_agent.store.sqlite import SQLiteStore
@@ -59,10 +59,9 @@ def bind_backend_to_store(keys: KeyBackend, store: TokenStore) -> None:
     """Refuse a key backend other than the one the store was created with (wrong master key/LMK)."""
     with Secret(_CHECK_INPUT) as probe:
         value = keys.fingerprint(probe).hex()[:16]
-    recorded = store.get_meta(_CHECK_VALUE_KEY)
-    if recorded is None:
-        store.set_meta(_CHECK_VALUE_KEY, value)
-    elif recorded != value:
+    # Atomic set-if-absent: of several hosts starting together on an empty shared store, all with
+    # different keys, exactly one value wins and the others are refused.
+    if store.claim_meta(_CHECK_VALUE_KEY, value) != value:
         raise KeyBackendUnavailable(
             "the key backend does not match the one this database was created with "
             "(wrong master key file or HSM key); refusing to start")

@@ -65,6 +65,9 @@ class TokenStore(Protocol):
     def set_meta(self, key: str, value: str) -> None:
         """Write a store-wide setting."""
 
+    def claim_meta(self, key: str, value: str) -> str:
+        """Write ``value`` under ``key`` unless one is there; return the stored value (atomic)."""
+
     def health(self) -> dict[str, object]:
         """Return a JSON-able health report including ``"ok"``."""
 

@@ -248,6 +248,13 @@ class SQLiteStore:
         self._write("writing settings", lambda c: c.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)))
 
+    def claim_meta(self, key: str, value: str) -> str:
+        def claim(connection: sqlite3.Connection) -> str:
+            connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return str(connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+        return str(self._write("writing settings", claim))
+
     def health(self) -> dict[str, object]:
         try:
             count = self._read("SELECT count(*) FROM tokens")[0][0]

@@ -117,3 +117,9 @@ def test_sqlite_file_is_wal_and_synchronous_full(store: SQLiteStore) -> None:
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert sqlite3.connect(store.path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_claim_meta_keeps_the_first_value(store: SQLiteStore) -> None:
+    assert store.claim_meta("check", "aaaa") == "aaaa"
+    assert store.claim_meta("check", "bbbb") == "aaaa"
+    assert store.get_meta("check") == "aaaa"
