@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import multiprocessing
 import socket
-import statistics
 import sys
 import tempfile
 import time

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 
 from otp_agent.keystore.payshield import codec
-from otp_agent.keystore.payshield.codec import CodecError, FieldReader, HmacKey, HmacRequest
+from otp_agent.keystore.payshield.codec import CodecError, FieldReader, HmacRequest
 from otp_agent.keystore.payshield.keyblock import (
     HASH_ID_DIGEST_SIZE, USAGE_DIGEST_SIZE, KeyBlockFormatError, KeyBlockHeader, parse_header,
 )

@@ -21,12 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
-from otp_agent.oath.params import HashAlgorithm, TokenType
+from otp_agent.store.rows import COLUMN_OF, COLUMNS, SELECT, migration_script, row_to_token, token_to_row
 from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
 
 if TYPE_CHECKING:
@@ -41,46 +40,12 @@ _T = TypeVar("_T")
 SCHEMA_VERSION = 1
 #: Key of the advisory lock taken while the schema is checked and migrated ("otp-agen").
 MIGRATION_LOCK = 0x6F74702D6167656E
-_COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
-            "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
-            "locked_until", "issuer", "not_before", "not_after", "created", "version")
-_SELECT = "SELECT " + ", ".join(_COLUMNS) + " FROM tokens"
-_INSERT = (f"INSERT INTO tokens ({', '.join(_COLUMNS)}) "
-           f"VALUES ({', '.join(['%s'] * len(_COLUMNS))})")
-_COLUMN_OF = {"user": "user_name"}
+_INSERT = (f"INSERT INTO tokens ({', '.join(COLUMNS)}) "
+           f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
 _CHUNK = 1000
 
 
-def _migration_script(version: int) -> str:
-    name = f"postgresql_{version:03d}_"
-    folder = resources.files("otp_agent.store") / "migrations"
-    for entry in folder.iterdir():
-        if entry.name.startswith(name) and entry.name.endswith(".sql"):
-            return entry.read_text(encoding="utf-8")
-    raise StoreError(f"migration {version} is missing from the installation")
 
-
-def _row_to_token(row: Sequence[Any]) -> Token:
-    values = dict(zip(_COLUMNS, row))
-    return Token(
-        serial=values["serial"], user=values["user_name"],
-        token_type=TokenType(values["token_type"]), algorithm=HashAlgorithm(values["algorithm"]),
-        digits=values["digits"], period=values["period"], t0=values["t0"],
-        sealed=bytes(values["sealed"]), fingerprint=bytes(values["fingerprint"]),
-        counter=values["counter"], last_step=values["last_step"], drift=values["drift"],
-        enabled=bool(values["enabled"]), failures=values["failures"],
-        lock_count=values["lock_count"], locked_until=values["locked_until"],
-        issuer=values["issuer"], not_before=values["not_before"], not_after=values["not_after"],
-        created=values["created"], version=values["version"],
-    )
-
-
-def _token_to_row(token: Token, now: float) -> tuple[Any, ...]:
-    return (token.serial, token.user, token.token_type.value, token.algorithm.value, token.digits,
-            token.period, token.t0, token.sealed, token.fingerprint, token.counter,
-            token.last_step, token.drift, bool(token.enabled), token.failures, token.lock_count,
-            float(token.locked_until), token.issuer, token.not_before, token.not_after,
-            token.created or now, token.version)
 
 
 class _Dsn:
@@ -275,7 +240,7 @@ class PostgreSQLStore:
                         f"PostgreSQL {self.where} has schema {current}, newer than this otp-agent "
                         f"({SCHEMA_VERSION}); upgrade otp-agent")
                 for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in _migration_script(version).split(";"):
+                    for statement in migration_script("postgresql", version).split(";"):
                         if statement.strip():
                             connection.execute(statement)
                     connection.execute(
@@ -395,16 +360,16 @@ class PostgreSQLStore:
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, serial: str) -> Token | None:
-        rows = self._read(_SELECT + " WHERE serial = %s", (serial,))
-        return _row_to_token(rows[0]) if rows else None
+        rows = self._read(SELECT + " WHERE serial = %s", (serial,))
+        return row_to_token(rows[0]) if rows else None
 
     def tokens_for_user(self, user: str) -> list[Token]:
-        rows = self._read(_SELECT + ' WHERE user_name = %s ORDER BY created, serial COLLATE "C"',
+        rows = self._read(SELECT + ' WHERE user_name = %s ORDER BY created, serial COLLATE "C"',
                           (user,))
-        return [_row_to_token(row) for row in rows]
+        return [row_to_token(row) for row in rows]
 
     def all_tokens(self) -> list[Token]:
-        return [_row_to_token(row) for row in self._read(_SELECT + ' ORDER BY serial COLLATE "C"')]
+        return [row_to_token(row) for row in self._read(SELECT + ' ORDER BY serial COLLATE "C"')]
 
     def existing_fingerprints(self, fingerprints: Iterable[bytes]) -> set[bytes]:
         wanted = [bytes(f) for f in fingerprints]
@@ -423,7 +388,7 @@ class PostgreSQLStore:
 
     def add_tokens(self, tokens: Sequence[Token]) -> None:
         now = time.time()
-        rows = [_token_to_row(token, now) for token in tokens]
+        rows = [token_to_row(token, now) for token in tokens]
 
         def insert(connection: _Connection) -> None:
             with connection.transaction(), connection.cursor() as cursor:
@@ -484,7 +449,7 @@ class PostgreSQLStore:
         from psycopg import sql
         values = [bool(v) if name == "enabled" else v for name, v in changes.items()]
         assignments: list[sql.Composable] = [
-            sql.SQL("{} = %s").format(sql.Identifier(_COLUMN_OF.get(n, n))) for n in changes]
+            sql.SQL("{} = %s").format(sql.Identifier(COLUMN_OF.get(n, n))) for n in changes]
         assignments.append(sql.SQL("version = version + 1"))
         query = sql.SQL("UPDATE tokens SET {} WHERE serial = %s").format(sql.SQL(", ").join(assignments))
         if self._write(f"updating token {serial}", query, (*values, serial)) != 1:

@@ -11,56 +11,20 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
-from otp_agent.oath.params import HashAlgorithm, TokenType
 from otp_agent.store.groupcommit import GroupCommitter
+from otp_agent.store.rows import COLUMN_OF, COLUMNS, SELECT, migration_script, row_to_token, token_to_row
 from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
 
 SCHEMA_VERSION = 1
-_COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
-            "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
-            "locked_until", "issuer", "not_before", "not_after", "created", "version")
-_SELECT = "SELECT " + ", ".join(_COLUMNS) + " FROM tokens"
-_COLUMN_OF = {"user": "user_name"}
 
 
-def _migration_script(version: int) -> str:
-    name = f"sqlite_{version:03d}_" 
-    folder = resources.files("otp_agent.store") / "migrations"
-    for entry in folder.iterdir():
-        if entry.name.startswith(name) and entry.name.endswith(".sql"):
-            return entry.read_text(encoding="utf-8")
-    raise StoreError(f"migration {version} is missing from the installation")
 
-
-def _row_to_token(row: Sequence[Any]) -> Token:
-    values = dict(zip(_COLUMNS, row))
-    return Token(
-        serial=values["serial"], user=values["user_name"],
-        token_type=TokenType(values["token_type"]), algorithm=HashAlgorithm(values["algorithm"]),
-        digits=values["digits"], period=values["period"], t0=values["t0"],
-        sealed=bytes(values["sealed"]), fingerprint=bytes(values["fingerprint"]),
-        counter=values["counter"], last_step=values["last_step"], drift=values["drift"],
-        enabled=bool(values["enabled"]), failures=values["failures"],
-        lock_count=values["lock_count"], locked_until=values["locked_until"],
-        issuer=values["issuer"], not_before=values["not_before"], not_after=values["not_after"],
-        created=values["created"], version=values["version"],
-    )
-
-
-def _token_to_row(token: Token) -> tuple[Any, ...]:
-    return (token.serial, token.user, token.token_type.value, token.algorithm.value, token.digits,
-            token.period, token.t0, token.sealed, token.fingerprint, token.counter,
-            token.last_step, token.drift, int(token.enabled), token.failures, token.lock_count,
-            token.locked_until, token.issuer, token.not_before, token.not_after,
-            token.created or time.time(), token.version)
 
 
 class SQLiteStore:
@@ -139,7 +103,7 @@ class SQLiteStore:
                         f"database {self.path} has schema {current}, newer than this otp-agent "
                         f"({SCHEMA_VERSION}); upgrade otp-agent")
                 for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in _migration_script(version).split(";"):
+                    for statement in migration_script("sqlite", version).split(";"):
                         if statement.strip():
                             connection.execute(statement)
                     connection.execute(
@@ -151,15 +115,15 @@ class SQLiteStore:
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, serial: str) -> Token | None:
-        rows = self._read(_SELECT + " WHERE serial = ?", (serial,))
-        return _row_to_token(rows[0]) if rows else None
+        rows = self._read(SELECT + " WHERE serial = ?", (serial,))
+        return row_to_token(rows[0]) if rows else None
 
     def tokens_for_user(self, user: str) -> list[Token]:
-        rows = self._read(_SELECT + " WHERE user_name = ? ORDER BY created, serial", (user,))
-        return [_row_to_token(row) for row in rows]
+        rows = self._read(SELECT + " WHERE user_name = ? ORDER BY created, serial", (user,))
+        return [row_to_token(row) for row in rows]
 
     def all_tokens(self) -> list[Token]:
-        return [_row_to_token(row) for row in self._read(_SELECT + " ORDER BY serial")]
+        return [row_to_token(row) for row in self._read(SELECT + " ORDER BY serial")]
 
     def existing_fingerprints(self, fingerprints: Iterable[bytes]) -> set[bytes]:
         wanted = list(fingerprints)
@@ -186,13 +150,13 @@ class SQLiteStore:
             raise StoreError(f"database {self.path}: {what} failed, nothing was written: {exc}") from None
 
     def add_tokens(self, tokens: Sequence[Token]) -> None:
-        marks = ", ".join("?" * len(_COLUMNS))
-        sql = f"INSERT INTO tokens ({', '.join(_COLUMNS)}) VALUES ({marks})"
+        marks = ", ".join("?" * len(COLUMNS))
+        sql = f"INSERT INTO tokens ({', '.join(COLUMNS)}) VALUES ({marks})"
 
         def insert(connection: sqlite3.Connection) -> None:
             for token in tokens:
                 try:
-                    connection.execute(sql, _token_to_row(token))
+                    connection.execute(sql, token_to_row(token))
                 except sqlite3.IntegrityError:
                     raise Conflict(f"token {token.serial}: a token with this serial or this "
                                    "same secret already exists") from None
@@ -215,7 +179,7 @@ class SQLiteStore:
         unknown = set(changes) - ADMIN_FIELDS
         if unknown:
             raise ValueError(f"not administrative fields: {sorted(unknown)}")
-        assignments = ", ".join(f"{_COLUMN_OF.get(name, name)} = ?" for name in changes)
+        assignments = ", ".join(f"{COLUMN_OF.get(name, name)} = ?" for name in changes)
 
         def update(connection: sqlite3.Connection) -> int:
             return connection.execute(

@@ -56,7 +56,7 @@ def test_full_disk_at_commit(agent_on_small_fs: RunningAgent, small_filesystem: 
     agent = agent_on_small_fs
     _serial, uri = agent.enroll("alice", "--type", "hotp")
     for i in range(200):  # Grow the WAL so the next commit must allocate.
-        agent.enroll(f"padding{i}")
+        request(agent.socket_path, "enroll", user=f"padding{i}")
     filler = _fill(small_filesystem)
     submitted = agent.code_for(uri)
     try:

@@ -33,15 +33,7 @@ CONTRIB = REPO / "contrib"
 HELPER_SOURCE = REPO / "pam_helper" / "__main__.py"
 PACKAGED_HELPER = "/usr/libexec/otp-agent/pam-helper"
 SYSTEM_PYTHON = "/usr/bin/python3"
-IN_CI = os.environ.get("CI") == "true"
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when a prerequisite is missing on a developer machine; fail under CI=true."""
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"prerequisite missing in CI: {reason}")
-        pytest.skip(reason)
+from tests.conftest import IN_CI, require  # noqa: F401  (one rule for every suite)
 
 
 def require_root() -> None:

@@ -1,0 +1,54 @@
+"""What the SQL stores share: the token columns, row conversion and migration files."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from otp_agent.errors import StoreError
+from otp_agent.oath.params import HashAlgorithm, TokenType
+from otp_agent.store.models import Token
+
+COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
+           "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
+           "locked_until", "issuer", "not_before", "not_after", "created", "version")
+SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tokens"
+#: Token attribute names that differ from their column names.
+COLUMN_OF = {"user": "user_name"}
+
+
+def migration_script(backend: str, version: int) -> str:
+    """The SQL of migration ``version`` for ``backend`` ("sqlite" or "postgresql")."""
+    prefix = f"{backend}_{version:03d}_"
+    folder = resources.files("otp_agent.store") / "migrations"
+    for entry in folder.iterdir():
+        if entry.name.startswith(prefix) and entry.name.endswith(".sql"):
+            return entry.read_text(encoding="utf-8")
+    raise StoreError(f"migration {version} is missing from the installation")
+
+
+def row_to_token(row: Sequence[Any]) -> Token:
+    """Build a token from a row of :data:`COLUMNS`."""
+    values = dict(zip(COLUMNS, row))
+    return Token(
+        serial=values["serial"], user=values["user_name"],
+        token_type=TokenType(values["token_type"]), algorithm=HashAlgorithm(values["algorithm"]),
+        digits=values["digits"], period=values["period"], t0=values["t0"],
+        sealed=bytes(values["sealed"]), fingerprint=bytes(values["fingerprint"]),
+        counter=values["counter"], last_step=values["last_step"], drift=values["drift"],
+        enabled=bool(values["enabled"]), failures=values["failures"],
+        lock_count=values["lock_count"], locked_until=values["locked_until"],
+        issuer=values["issuer"], not_before=values["not_before"], not_after=values["not_after"],
+        created=values["created"], version=values["version"],
+    )
+
+
+def token_to_row(token: Token, now: float | None = None) -> tuple[Any, ...]:
+    """The values of :data:`COLUMNS` for a token (``created`` defaults to ``now``)."""
+    return (token.serial, token.user, token.token_type.value, token.algorithm.value, token.digits,
+            token.period, token.t0, token.sealed, token.fingerprint, token.counter,
+            token.last_step, token.drift, bool(token.enabled), token.failures, token.lock_count,
+            float(token.locked_until), token.issuer, token.not_before, token.not_after,
+            token.created or (time.time() if now is None else now), token.version)
