@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -195,9 +196,9 @@ def test_deb_install_login_over_sshd_and_purge(packages: dict[str, Path], tmp_pa
 
     try:
         _install_and_check(packages, figures)
-        _run_agent_and_log_in(tmp_path, figures)
+        serial = _run_agent_and_log_in(tmp_path, figures)
         key_digest = sha256(Path("/etc/otp-agent/master.key"))
-        _purge_keeps_secrets_then_reinstall(packages, key_digest, figures)
+        _purge_keeps_secrets_then_reinstall(packages, key_digest, serial, tmp_path, figures)
     finally:
         if package_installed():
             apt("purge", "-y", "otp-agent", check=False, OTP_AGENT_PURGE_SECRETS="yes")
@@ -292,7 +293,30 @@ class _SystemdAgent:
         run("systemctl", "stop", "otp-agent.service", "otp-agent.socket")
 
 
-def _run_agent_and_log_in(work: Path, figures: list[str]) -> None:
+@contextlib.contextmanager
+def _agent_again(work: Path) -> Iterator[None]:
+    """Start the installed agent once more (systemctl, or the emulated unit) and stop it after."""
+    if Path("/run/systemd/system").is_dir():
+        real = _SystemdAgent()
+        real.start()
+        try:
+            yield
+        finally:
+            real.stop()
+        return
+    agent = EmulatedService(UNIT_DIR / "otp-agent.service", UNIT_DIR / "otp-agent.socket",
+                            work / "agent-again.log")
+    try:
+        agent.start()
+        assert agent.wait_for("READY=1", 30), (work / "agent-again.log").read_text(errors="replace")
+        yield
+        assert agent.stop(20) == 0
+    finally:
+        agent.cleanup()
+
+
+def _run_agent_and_log_in(work: Path, figures: list[str]) -> str:
+    """Start the agent, enroll a user and log in over sshd; return the token's serial."""
     pid1 = Path("/proc/1/comm").read_text().strip()
     systemd_running = Path("/run/systemd/system").is_dir()
     figures.append(f"service manager: PID 1 is {pid1}; systemd running: {systemd_running}")
@@ -338,6 +362,7 @@ def _run_agent_and_log_in(work: Path, figures: list[str]) -> None:
             enrolled = otpctl("enroll", user.name, "--json", "--qr", "never",
                               "--issuer", "installation test")
             uri = json.loads(enrolled.stdout)["uri"]
+            serial = json.loads(enrolled.stdout)["serial"]
             secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
             key = authorize_key(user, open_dir)
             pam_text = (EXAMPLES / "pam.d" / "sshd").read_text(encoding="utf-8")
@@ -375,10 +400,11 @@ def _run_agent_and_log_in(work: Path, figures: list[str]) -> None:
         stack.close()
         if agent is not None:
             agent.cleanup()
+    return serial
 
 
-def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: str,
-                                        figures: list[str]) -> None:
+def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: str, serial: str,
+                                        work: Path, figures: list[str]) -> None:
     apt("purge", "-y", "otp-agent")
     assert not package_installed()
     for gone in ("/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/libexec/otp-agent",
@@ -393,6 +419,13 @@ def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: s
 
     apt("install", "-y", "--no-install-recommends", str(packages["deb"]))
     assert sha256(Path("/etc/otp-agent/master.key")) == key_digest, "reinstall replaced the master key"
+    agent_uid = pwd.getpwnam("otp-agent").pw_uid
+    root_owned = [str(p) for p in Path("/var/lib/otp-agent").iterdir() if p.stat().st_uid != agent_uid]
+    assert not root_owned, f"files the daemon cannot write after reinstall: {root_owned}"
+    with _agent_again(work):
+        shown = otpctl("show", serial, "--json", check=False)
+    assert shown.returncode == 0 and serial in shown.stdout, f"token lost across purge: {shown.stdout}"
+    figures.append(f"after reinstall: same master key, token {serial} still served")
     apt("purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
     for gone in ("/etc/otp-agent", "/var/lib/otp-agent", "/var/log/otp-agent", "/run/otp-agent"):
         assert not Path(gone).exists(), f"{gone} left after purge with OTP_AGENT_PURGE_SECRETS=yes"
