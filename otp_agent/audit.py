@@ -99,6 +99,17 @@ class AuditLog:
             if closing:
                 return
 
+    def reopen(self) -> None:
+        """Reopen the audit file at its path (after logrotate moved it away; SIGHUP)."""
+        if self._path is None:
+            return
+        descriptor = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.flush()
+        with self._condition:
+            old, self._descriptor = self._descriptor, descriptor
+        if old is not None:
+            os.close(old)
+
     def flush(self) -> None:
         """Write every pending line now (used at shutdown and by tests)."""
         with self._condition:

@@ -67,6 +67,20 @@ def bind_backend_to_store(keys: KeyBackend, store: TokenStore) -> None:
             "(wrong master key file or HSM key); refusing to start")
 
 
+def _give_to_directory_owner(database: Path) -> None:
+    """Make a new database mode 0600 and, when run as root, owned by its directory's owner.
+
+    So that ``otp-agent init`` run by root (package scripts) leaves a database the daemon's
+    dedicated user (owner of the state directory) can write, and nobody else can read.
+    """
+    directory = database.parent.stat()
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        if path.exists():
+            os.chmod(path, 0o600)
+            if os.geteuid() == 0:
+                os.chown(path, directory.st_uid, directory.st_gid)
+
+
 def initialise(config: Config) -> list[str]:
     """Create the master key and database if missing; return what was done."""
     done: list[str] = []
@@ -85,6 +99,8 @@ def initialise(config: Config) -> list[str]:
         config.store.path.parent.mkdir(parents=True, exist_ok=True)
         existed = config.store.path.exists()
         store = open_store(config, create=True)
+        if not existed:
+            _give_to_directory_owner(config.store.path)
         done.append(f"{'kept existing' if existed else 'created'} database {config.store.path}")
     else:
         store = open_store(config, create=True)
@@ -166,8 +182,13 @@ def serve(config: Config) -> int:
         notifier.notify("STOPPING=1")
         server.shutdown()
 
+    def reopen(_signum: int, _frame: FrameType | None) -> None:
+        _log.info("SIGHUP: reopening the audit log")
+        agent.audit.reopen()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reopen)
     _log.info("otp-agent %s listening on %s (store %s, key backend %s)", __version__,
               config.agent.socket, agent.store.name, agent.keys.name)
     notifier.notify(f"READY=1\nSTATUS=serving on {config.agent.socket}\nMAINPID={os.getpid()}")

@@ -45,6 +45,22 @@ def create_master_key(path: Path) -> bool:
     return True
 
 
+def _is_systemd_credential(path: Path) -> bool:
+    """True when ``path`` is the very file systemd passed as a credential (``LoadCredential=``).
+
+    systemd may place credentials on a tmpfs with an ACL, where the mode reads 0440 although only
+    the service can read it: group read is then accepted, nothing else.
+    """
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return False
+    try:
+        return os.path.samefile(path, os.path.join(directory, path.name)) or \
+            os.path.samefile(path, os.path.join(directory, "master.key"))
+    except OSError:
+        return False
+
+
 def read_master_key(path: Path) -> Secret:
     """Read and check the master key file.
 
@@ -61,7 +77,7 @@ def read_master_key(path: Path) -> Secret:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise KeyBackendUnavailable(f"master key file {path} is not a regular file")
-        if info.st_mode & 0o077:
+        if info.st_mode & (0o077 if not _is_systemd_credential(path) else 0o037):
             raise KeyBackendUnavailable(
                 f"master key file {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}")

@@ -312,3 +312,32 @@ def test_no_secret_in_database_audit_log_or_errors(agent: RunningAgent) -> None:
         for form in _secret_forms(uri):
             for blob in files + [o.encode() for o in outputs]:
                 assert form not in blob
+
+
+def test_init_creates_a_private_database_owned_by_the_state_directory_owner(tmp_path: Path) -> None:
+    from otp_agent.testing import default_sections, write_config
+    require(os.geteuid() == 0, "chown needs root")
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    sections = default_sections(tmp_path)
+    sections["store"]["path"] = str(state / "tokens.db")
+    config = write_config(tmp_path, sections)
+    subprocess.run([sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(config)], check=True)
+    info = (state / "tokens.db").stat()
+    assert (info.st_mode & 0o777, info.st_uid) == (0o600, nobody.pw_uid)
+    assert (tmp_path / "master.key").stat().st_uid == 0
+
+
+def test_sighup_reopens_the_audit_log(agent: RunningAgent) -> None:
+    audit = agent.directory / "audit.log"
+    _serial, uri = agent.enroll("gina")
+    time.sleep(0.2)
+    audit.rename(agent.directory / "audit.log.1")
+    agent.process.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert request(agent.socket_path, "validate", user="gina", code=agent.code_for(uri))["result"] == "accept"
+    agent.stop()
+    assert '"user":"gina"' in audit.read_text() and '"event":"validate"' in audit.read_text()
+    assert '"event":"enroll"' in (agent.directory / "audit.log.1").read_text()

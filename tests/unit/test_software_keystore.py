@@ -102,3 +102,20 @@ def test_secret_wrapper_never_shows_its_bytes() -> None:
         secret == Secret(SECRET)  # noqa: B015
     secret.wipe()
     assert len(secret) == 0
+
+
+def test_group_readable_key_accepted_only_as_a_systemd_credential(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd's tmpfs+ACL credentials read 0440; the same mode elsewhere is refused."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    key = credentials / "master.key"
+    create_master_key(key)
+    key.chmod(0o440)
+    with pytest.raises(KeyBackendUnavailable, match="group or others"):
+        SoftwareKeyBackend(key)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    SoftwareKeyBackend(key).close()
+    key.chmod(0o444)
+    with pytest.raises(KeyBackendUnavailable, match="group or others"):
+        SoftwareKeyBackend(key)
