@@ -6,7 +6,9 @@ Prints, in one run:
      validation as the PAM helper does;
   2. the cost of one validation as the store grows from 10 to 100,000 tokens.
 A baseline row measures the bare socket round trip (ping) so the validation cost can be read
-against it.  Usage: .venv/bin/python bench/bench_agent.py [--quick]
+against it.  The clients run on the same 2 cores as the agent, so the last column (the agent's own
+CPU time per validation, from /proc) tells what the agent alone would sustain: about
+1000 / that figure validations per second on one core.  Usage: .venv/bin/python bench/bench_agent.py [--quick]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import multiprocessing
+import os
 import socket
 import sys
 import tempfile
@@ -91,14 +94,28 @@ def run(path: str, mode: str, clients: int, tokens: list[int], first_counter: in
     return len(latencies) / elapsed, latencies
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid``."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
 
 
-def row(label: str, rate: float, latencies: list[float]) -> str:
+def row(label: str, rate: float, latencies: list[float], cpu: float) -> str:
     return (f"| {label:<34} | {rate:>8.0f} | {percentile(latencies, .5):>6.2f} | "
-            f"{percentile(latencies, .9):>6.2f} | {percentile(latencies, .99):>6.2f} |")
+            f"{percentile(latencies, .9):>6.2f} | {percentile(latencies, .99):>6.2f} | "
+            f"{cpu / len(latencies) * 1000:>6.3f} |")
+
+
+def measured(pid: int, *arguments: Any) -> tuple[float, list[float], float]:
+    """Run one phase; also return the agent's CPU seconds spent in it."""
+    before = process_cpu(pid)
+    rate, latencies = run(*arguments)
+    return rate, latencies, process_cpu(pid) - before
 
 
 def main() -> None:
@@ -108,11 +125,11 @@ def main() -> None:
     rounds = 3 if options.quick else 20
     sizes = [10, 1_000, 10_000] if options.quick else [10, 1_000, 10_000, 100_000]
     directory = Path(tempfile.mkdtemp(prefix="otp-bench-"))
-    header = ("| path, clients                      |  valid/s | p50 ms | p90 ms | p99 ms |\n"
-              "|------------------------------------|---------:|-------:|-------:|-------:|")
+    header = ("| path, clients                      |  valid/s | p50 ms | p90 ms | p99 ms | agent CPU ms |\n"
+              "|------------------------------------|---------:|-------:|-------:|-------:|-------:|")
     with running_agent(directory / "agent", policy={"lock_threshold": 100, "hotp_lookahead": 10},
                        sections={"audit": {"path": str(directory / "audit.log")}}) as agent:
-        path = str(agent.socket_path)
+        path, pid = str(agent.socket_path), agent.process.pid
         import_tokens(path, 0, 400)
         tokens = list(range(400))
         print(f"otp-agent benchmark: software keystore + SQLite (WAL, synchronous=FULL), "
@@ -121,15 +138,15 @@ def main() -> None:
         print(header)
         counter = 0
         for clients in (1, 2, 4, 8):
-            rate, lat = run(path, "ping", clients, tokens, 0, max(1, rounds // 4))
-            print(row(f"baseline ping, {clients}", rate, lat))
+            print(row(f"baseline ping, {clients}",
+                      *measured(pid, path, "ping", clients, tokens, 0, max(1, rounds // 4))))
         for clients in (1, 2, 4, 8):
-            rate, lat = run(path, "accept", clients, tokens, counter, max(1, rounds // 4))
+            print(row(f"accept (durable commit), {clients}",
+                      *measured(pid, path, "accept", clients, tokens, counter, max(1, rounds // 4))))
             counter += max(1, rounds // 4)
-            print(row(f"accept (durable commit), {clients}", rate, lat))
         for clients in (1, 2, 4, 8):
-            rate, lat = run(path, "reject", clients, tokens[:50], 0, max(1, rounds // 4))
-            print(row(f"reject (wrong code), {clients}", rate, lat))
+            print(row(f"reject (wrong code), {clients}",
+                      *measured(pid, path, "reject", clients, tokens[:50], 0, max(1, rounds // 4))))
             call(path, {"v": 1, "op": "ping"})
         print("\nCost per validation as the store grows (accept path, 4 clients, 200 tokens used):\n")
         print("| tokens in store | valid/s | p50 ms | p99 ms |\n|---:|---:|---:|---:|")
