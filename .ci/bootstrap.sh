@@ -4,18 +4,18 @@
 
 otp_bootstrap() {
     extras="$1"
-    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ]; then
-            echo "==> installing python3-venv (Debian)"
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-        else
-            echo "python3's venv module is missing: run 'apt-get install python3-venv' as root" >&2
-            return 1
-        fi
-    fi
     if [ ! -x .venv/bin/python ]; then
         echo "==> creating .venv"
-        python3 -m venv .venv || return 1
+        if ! python3 -m venv .venv >/dev/null 2>&1; then
+            rm -rf .venv
+            if [ "$(id -u)" != 0 ]; then
+                echo "python3 cannot create a virtualenv: run 'apt-get install python3-venv' as root" >&2
+                return 1
+            fi
+            echo "==> installing python3-venv (Debian)"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv .venv || return 1
+        fi
     fi
     stamp=".venv/.installed-$(cat pyproject.toml | cksum | cut -d' ' -f1)-${extras:-base}"
     if [ ! -e "$stamp" ]; then
