@@ -21,7 +21,9 @@ from otp_agent.pskc.model import Problem, PskcImportError
 
 PSKC_NS = "urn:ietf:params:xml:ns:keyprov:pskc"
 
-_SIGNATURE = "{http://www.w3.org/2000/09/xmldsig#}Signature"
+#: An XML signature child of KeyContainer: ``ds:Signature`` (RFC 6030 errata 3418), or the
+#: unprefixed ``Signature`` of RFC 6030 Figure 9, which its schema puts in the PSKC namespace.
+_SIGNATURES = ("{http://www.w3.org/2000/09/xmldsig#}Signature", f"{{{PSKC_NS}}}Signature")
 
 #: Default largest file accepted (bytes): room for 100,000 encrypted keys with some slack.
 MAX_FILE_SIZE = 256 * 1024 * 1024
@@ -141,7 +143,7 @@ class Document:
                         self.root = element
                     continue
                 depth -= 1
-                if depth == 1 and element.tag == _SIGNATURE:
+                if depth == 1 and element.tag in _SIGNATURES:
                     self.signed = True
                 if depth == 1 and element.tag == package_tag:
                     yield element

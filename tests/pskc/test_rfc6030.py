@@ -1,8 +1,9 @@
 """RFC 6030 figures: every figure readable without a private key gives its documented values.
 
-Figures 3, 5, 6 and 7 import under the OATH profile (with the any-id option, since the RFC uses
-Ids like "12345678").  Figures 2, 4 and 10 are read correctly but refused by profile rules, each
-for its documented reason.  Expected values are those of RFC 6030 (see
+Figures 3, 5, 6, 7 and 9 import under the OATH profile (with the any-id option, since the RFC
+uses Ids like "12345678").  Figures 2, 4 and 10 are read correctly but refused by profile rules,
+each for its documented reason; Figure 8 (asymmetric encryption, private key unpublished) is
+refused as a whole.  Expected values are those of RFC 6030 (see
 /work/shared/reference/test-vectors.md §3).
 """
 
@@ -81,7 +82,7 @@ def test_figure4_key_without_secret_is_refused() -> None:
     with pytest.raises(PskcImportError) as caught:
         parse_pskc(read(RFC / "figure4.xml"), strict_ids=False)
     assert caught.value.problems == [
-        "line 14, key '12345678': Key has no Secret but a KeyReference "
+        "line 13, key '12345678': Key has no Secret but a KeyReference "
         "(server-side key derivation is not supported)"
     ]
 
@@ -163,6 +164,70 @@ def test_figure7_wrong_password() -> None:
         parse_pskc(read(RFC / "figure7.xml"), password="qwertz", strict_ids=False)
     assert "wrong key or password" in " ".join(caught.value.problems)
     assert "qwertz" not in " ".join(caught.value.problems)
+
+
+def test_figure8_asymmetric_encryption_is_refused_and_nothing_imported() -> None:
+    """Figure 8: secret encrypted (rsa_1_5) to the RFC's test certificate; refused with its own message."""
+    expected = ("line 8: file is encrypted to an X.509 certificate (asymmetric encryption); "
+                "that needs the recipient's private key and is not supported")
+    for options in ({}, {"psk": FIGURE6_PSK}):
+        with pytest.raises(PskcImportError, match="nothing imported") as caught:
+            parse_pskc(read(RFC / "figure8.xml"), strict_ids=False, **options)  # type: ignore[arg-type]
+        assert caught.value.problems == [expected]
+    keys, problems, _ = raw_keys("figure8.xml")
+    assert [p.message for p in problems] == [expected.removeprefix("line 8: ")]
+    (key,) = keys
+    assert key.key_id == "MBK000000001" and key.secret is None
+    assert key.device_serial == "987654321" and key.issuer == "Example-Issuer"
+    assert key.response_length == "6" and key.counter == 0
+
+
+def test_figure8_certificate_is_the_rfc_one() -> None:
+    """The re-typed certificate is exact: it parses and its self-signature verifies."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    root = parse_document(read(RFC / "figure8.xml"))
+    ns = {"ds": "http://www.w3.org/2000/09/xmldsig#", "xenc": "http://www.w3.org/2001/04/xmlenc#"}
+    text = root.findtext(".//ds:X509Certificate", namespaces=ns) or ""
+    cert = x509.load_der_x509_certificate(crypto_b64(text))
+    assert cert.subject.rfc4514_string() == "CN=PSKC Test,OU=KeyProv WG,O=IETF" == cert.issuer.rfc4514_string()
+    public_key = cert.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size == 1024
+    assert cert.signature_hash_algorithm is not None
+    public_key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
+                      cert.signature_hash_algorithm)
+    cipher = crypto_b64(root.findtext(".//xenc:CipherValue", namespaces=ns) or "")
+    assert len(cipher) == 128 and int.from_bytes(cipher, "big") < public_key.public_numbers().n
+
+
+def crypto_b64(text: str) -> bytes:
+    """Decode base64 that spans lines, as the RFC prints it."""
+    import base64
+    return base64.b64decode("".join(text.split()), validate=True)
+
+
+def test_figure9_signed_file_imports_and_signature_is_not_verified() -> None:
+    """Figure 9 (ds:Signature per errata 3418): HOTP key 123, 6 digits, counter 0; signature noted."""
+    tokens, notes = parse_pskc_report(read(RFC / "figure9.xml"), strict_ids=False)
+    (token,) = tokens
+    assert token.serial == "123"
+    assert token.params.token_type is TokenType.HOTP
+    assert token.params.digits == 6 and token.counter == 0
+    assert token.secret.reveal() == RFC_SECRET
+    assert token.manufacturer == "TokenVendorAcme" and token.issuer == "Example-Issuer"
+    assert notes == ["file carries an XML signature, which is not verified"]
+    keys, problems, _ = raw_keys("figure9.xml")
+    assert problems == [] and keys[0].device_serial == "0755225266"
+
+
+def test_figure9_as_printed_in_the_rfc_is_also_noted_as_signed() -> None:
+    """The RFC prints the Signature unprefixed (PSKC namespace, as its schema declares): same note."""
+    data = read(RFC / "figure9.xml").replace(b"<ds:Signature>", b"<Signature>")
+    data = data.replace(b"</ds:Signature>", b"</Signature>")
+    assert b"<Signature>" in data and b"<ds:Signature>" not in data
+    tokens, notes = parse_pskc_report(data, strict_ids=False)
+    assert [t.serial for t in tokens] == ["123"]
+    assert notes == ["file carries an XML signature, which is not verified"]
 
 
 def test_figure10_bulk_values_read_and_shared_secret_refused() -> None:
