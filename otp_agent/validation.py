@@ -84,8 +84,13 @@ class Validator:
         return decision
 
     def is_enrolled(self, user: str) -> bool:
-        """True when the user has at least one enabled token."""
-        return any(token.enabled for token in self.store.tokens_for_user(user))
+        """True when the user has at least one token, enabled or not.
+
+        The same test as the ``unenrolled`` policy in :meth:`validate`: a disabled token blocks
+        its user (reason ``disabled``), it does not make them unenrolled, which the roll-out PAM
+        stack (``pam-helper --not-enrolled``) would turn into a login without the code.
+        """
+        return bool(self.store.tokens_for_user(user))
 
     def resync(self, user: str, code1: str, code2: str, context: RequestContext) -> str:
         """Resynchronise a token of ``user`` from two consecutive codes; return its serial.

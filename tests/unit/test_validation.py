@@ -223,3 +223,13 @@ def test_audit_log_has_decisions_but_no_codes(setup, store, key_backend, clock, 
                   '"peer_uid":1000', '"result":"accept"', '"reason":"accepted"'):
         assert field in line
     assert submitted not in line
+
+
+def test_user_whose_tokens_are_all_disabled_is_still_enrolled(setup, store, key_backend, clock) -> None:  # type: ignore[no-untyped-def]
+    """A disabled token blocks its user; it must not make them "not enrolled", which the
+    roll-out PAM stack (pam-helper --not-enrolled) turns into a login without the code."""
+    add_token(store, key_backend, "T1", enabled=False)
+    validator = setup(unenrolled="allow")
+    assert validator.validate("alice", code(step(clock)), CONTEXT).reason == "disabled"
+    assert validator.is_enrolled("alice") is True
+    assert validator.is_enrolled("nobody") is False
