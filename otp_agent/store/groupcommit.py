@@ -76,7 +76,8 @@ class GroupCommitter:
                 self._connection = self._connect()
             connection = self._connection
             connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # Also the store's own StoreUnavailable from connect: the
+            # writer thread must survive it, or every later write would wait for ever.
             for pending in batch:
                 pending.error = exc
                 pending.done.set()
