@@ -41,7 +41,8 @@ class StoreConfig:
 
     backend: str = "sqlite"
     path: Path = Path("/var/lib/otp-agent/tokens.db")
-    dsn: str | None = None
+    #: May hold the database password: kept out of ``repr``.
+    dsn: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,12 @@ def test_environment_variable_selects_the_file(tmp_path: Path, monkeypatch: pyte
     path.write_text("[policy]\ntotp_window = 3\n")
     monkeypatch.setenv("OTP_AGENT_CONFIG", str(path))
     assert load_config().policy.totp_window == 3
+
+
+def test_dsn_password_is_not_in_the_repr() -> None:
+    """The configuration's repr (a traceback, a debug line) must not show the DSN password."""
+    config = parse_config({"store": {"backend": "postgresql",
+                                     "dsn": "postgresql://otp:s3cr3t-pw@db1/otp"}})
+    assert config.store.dsn == "postgresql://otp:s3cr3t-pw@db1/otp"
+    for shown in (repr(config), repr(config.store), str(config)):
+        assert "s3cr3t-pw" not in shown
