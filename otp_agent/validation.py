@@ -174,7 +174,8 @@ class Validator:
                 decision = self._validate_code(user, code)
                 if decision.accepted:
                     return decision
-                return Decision(False, "bad_password_or_code", decision.serial)
+                # No serial: a wrong password has none, and the refusals must not differ.
+                return Decision(False, "bad_password_or_code")
         self._record_failures([t for t in tokens if t.locked_until <= self.clock()])
         return Decision(False, "bad_password_or_code")
 

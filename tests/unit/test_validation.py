@@ -233,3 +233,17 @@ def test_user_whose_tokens_are_all_disabled_is_still_enrolled(setup, store, key_
     assert validator.validate("alice", code(step(clock)), CONTEXT).reason == "disabled"
     assert validator.is_enrolled("alice") is True
     assert validator.is_enrolled("nobody") is False
+
+
+def test_password_and_code_refusals_are_identical_whichever_part_failed(store, key_backend, audit, clock) -> None:  # type: ignore[no-untyped-def]
+    """Not even the serial may tell a right password with a wrong code from a wrong password."""
+    add_token(store, key_backend, "T1")
+    from otp_agent.config import PolicyConfig
+    from otp_agent.validation import Validator
+    validator = Validator(store, key_backend, PolicyConfig(lock_threshold=100), audit, clock=clock,
+                          password_checker=lambda user, password: password == "hunter2")
+    good = code(step(clock))
+    wrong_password = validator.validate_password_and_code("alice", "hunter3" + good, CONTEXT)
+    wrong_code = validator.validate_password_and_code("alice", "hunter2" + "000000", CONTEXT)
+    assert wrong_password.reply() == wrong_code.reply()
+    assert wrong_password == wrong_code
