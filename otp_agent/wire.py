@@ -38,7 +38,8 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
     """Parse a frame body into a message object, checking the version."""
     try:
         message = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON syntax,
+        # or an integer past the digit limit; RecursionError: nested too deeply.
         raise ProtocolError("frame is not a UTF-8 JSON object") from exc
     if not isinstance(message, dict):
         raise ProtocolError("frame is not a JSON object")

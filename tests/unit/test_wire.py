@@ -70,3 +70,15 @@ def test_admin_frames_may_be_larger() -> None:
     sender.start()
     assert wire.recv_frame(right, max_frame=wire.MAX_ADMIN_FRAME) == big
     sender.join()
+
+
+@pytest.mark.parametrize("payload", [
+    b"[" * 60000,                                   # nested past the interpreter's recursion limit
+    b'{"v": 1, "op": "ping", "n": ' + b"1" * 5000 + b"}",  # past int's digit limit
+])
+def test_pathological_json_within_the_frame_limit_is_a_protocol_error(payload: bytes) -> None:
+    """Any peer may send these in a 64 KiB frame: a clear protocol error, not a crash of the
+    connection's worker with no answer."""
+    assert len(payload) <= wire.MAX_FRAME
+    with pytest.raises(ProtocolError, match="not a UTF-8 JSON"):
+        wire.decode_payload(payload)
