@@ -184,7 +184,11 @@ def serve(config: Config) -> int:
 
     def reopen(_signum: int, _frame: FrameType | None) -> None:
         _log.info("SIGHUP: reopening the audit log")
-        agent.audit.reopen()
+        try:
+            agent.audit.reopen()
+        except OSError as exc:  # Raised here, it would end serve_forever: keep the old file.
+            _log.error("SIGHUP: the audit log cannot be reopened, still writing to the old "
+                       "file: %s", exc)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -341,3 +341,19 @@ def test_sighup_reopens_the_audit_log(agent: RunningAgent) -> None:
     agent.stop()
     assert '"user":"gina"' in audit.read_text() and '"event":"validate"' in audit.read_text()
     assert '"event":"enroll"' in (agent.directory / "audit.log.1").read_text()
+
+
+def test_sighup_that_cannot_reopen_the_audit_log_does_not_stop_the_agent(agent: RunningAgent) -> None:
+    """A failed reopen (here: a directory where the log was) is logged; the daemon goes on,
+    writing to the file it had, instead of dying from an exception in its signal handler."""
+    audit = agent.directory / "audit.log"
+    _serial, uri = agent.enroll("hana")
+    time.sleep(0.2)
+    audit.rename(agent.directory / "audit.log.1")
+    audit.mkdir()
+    agent.process.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert agent.process.poll() is None
+    assert request(agent.socket_path, "validate", user="hana", code=agent.code_for(uri))["result"] == "accept"
+    agent.stop()
+    assert '"user":"hana"' in (agent.directory / "audit.log.1").read_text()
