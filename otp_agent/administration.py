@@ -205,8 +205,10 @@ def token_spec_from_record(record: Mapping[str, Any]) -> TokenSpec:
         counter, drift = int(record.get("counter") or 0), int(record.get("drift") or 0)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"bad token parameters: {exc}") from None
-    if counter < 0:
-        raise UsageError("counter must not be negative")
+    if not 0 <= counter < 2**63:
+        raise UsageError("counter must be from 0 to 2^63 - 1")
+    if abs(drift) > 1000:
+        raise UsageError("drift must be within 1000 time steps")
     encoded = record.get("secret_b64")
     if not isinstance(encoded, str):
         raise UsageError("secret missing")

@@ -53,6 +53,7 @@ class AuditLog:
         self._path = path
         self._syslog = use_syslog
         self._condition = threading.Condition()
+        self._write_lock = threading.Lock()
         self._pending: list[str] = []
         self._descriptor: int | None = None
         self._closed = False
@@ -89,13 +90,10 @@ class AuditLog:
                 closing = self._closed
             if not closing:
                 time.sleep(FLUSH_INTERVAL)  # Gather the lines of one interval into one write.
-            with self._condition:
-                lines, self._pending = self._pending, []
-            if lines and self._descriptor is not None:
-                try:
-                    os.write(self._descriptor, "".join(lines).encode("utf-8"))
-                except OSError as exc:
-                    _log.error("audit log %s cannot be written: %s", self._path, exc.strerror)
+            try:
+                self.flush()
+            except OSError as exc:
+                _log.error("audit log %s cannot be written: %s", self._path, exc.strerror)
             if closing:
                 return
 
@@ -105,17 +103,20 @@ class AuditLog:
             return
         descriptor = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self.flush()
-        with self._condition:
+        # The swap and the close happen under the write lock, so no write can use the old
+        # descriptor after it was closed (and perhaps reused for another file).
+        with self._write_lock:
             old, self._descriptor = self._descriptor, descriptor
-        if old is not None:
-            os.close(old)
+            if old is not None:
+                os.close(old)
 
     def flush(self) -> None:
         """Write every pending line now (used at shutdown and by tests)."""
-        with self._condition:
-            lines, self._pending = self._pending, []
-        if lines and self._descriptor is not None:
-            os.write(self._descriptor, "".join(lines).encode("utf-8"))
+        with self._write_lock:
+            with self._condition:
+                lines, self._pending = self._pending, []
+            if lines and self._descriptor is not None:
+                os.write(self._descriptor, "".join(lines).encode("utf-8"))
 
     def close(self) -> None:
         """Write what is pending and close the audit file."""
@@ -125,6 +126,7 @@ class AuditLog:
         if self._writer is not None:
             self._writer.join(timeout=5)
         self.flush()
-        if self._descriptor is not None:
-            os.close(self._descriptor)
-            self._descriptor = None
+        with self._write_lock:
+            if self._descriptor is not None:
+                os.close(self._descriptor)
+                self._descriptor = None

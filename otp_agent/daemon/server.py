@@ -52,6 +52,13 @@ class AgentServer:
         self.max_clients = max_clients
         self._stopping = threading.Event()
         self._slots = threading.BoundedSemaphore(max_clients)
+        # One unprivileged user may not hold every slot and lock everyone (root too) out of
+        # logins: each non-root uid gets at most a quarter of the slots, and an eighth of them
+        # is kept for uid 0 (pam_exec runs the helper as root for sshd and login).
+        self._per_uid_limit = max(1, max_clients // 4)
+        self._reserved_for_root = max(1, max_clients // 8)
+        self._by_uid: dict[int, int] = {}
+        self._uid_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_clients, thread_name_prefix="client")
 
     def serve_forever(self, tick: Callable[[], None] | None = None) -> None:
@@ -98,11 +105,46 @@ class AgentServer:
         finally:
             connection.close()
 
+    def _admit(self, peer: Peer) -> bool:
+        if peer.uid == 0:
+            return True
+        with self._uid_lock:
+            non_root = sum(self._by_uid.values())
+            if (self._by_uid.get(peer.uid, 0) >= self._per_uid_limit
+                    or non_root >= self.max_clients - self._reserved_for_root):
+                return False
+            self._by_uid[peer.uid] = self._by_uid.get(peer.uid, 0) + 1
+            return True
+
+    def _leave(self, peer: Peer) -> None:
+        if peer.uid == 0:
+            return
+        with self._uid_lock:
+            self._by_uid[peer.uid] -= 1
+            if not self._by_uid[peer.uid]:
+                del self._by_uid[peer.uid]
+
     def _serve_connection(self, connection: socket.socket) -> None:
+        try:
+            peer = peer_credentials(connection)
+        except OSError:
+            connection.close()
+            self._slots.release()
+            return
+        if not self._admit(peer):
+            _log.warning("uid %d holds too many connections; refusing one", peer.uid)
+            self._slots.release()
+            self._refuse(connection)
+            return
+        try:
+            self._serve_admitted(connection, peer)
+        finally:
+            self._leave(peer)
+
+    def _serve_admitted(self, connection: socket.socket, peer: Peer) -> None:
         try:
             with connection:
                 connection.setblocking(True)
-                peer = peer_credentials(connection)
                 max_frame = wire.MAX_ADMIN_FRAME if self._is_admin(peer) else wire.MAX_FRAME
                 while not self._stopping.is_set():
                     deadline = time.monotonic() + self.client_timeout

@@ -357,3 +357,44 @@ def test_sighup_that_cannot_reopen_the_audit_log_does_not_stop_the_agent(agent: 
     assert request(agent.socket_path, "validate", user="hana", code=agent.code_for(uri))["result"] == "accept"
     agent.stop()
     assert '"user":"hana"' in (agent.directory / "audit.log.1").read_text()
+
+
+def test_one_unprivileged_user_cannot_take_every_connection_slot(agent_directory: Path) -> None:
+    """With max_clients = 8, uid nobody may hold 2 connections; a third is refused as busy,
+    while root (pam_exec's helper under sshd and login) is still served."""
+    from otp_agent.testing import running_agent
+    require(os.geteuid() == 0, "needs root to act as another uid")
+    nobody = pwd.getpwnam("nobody")
+    with running_agent(agent_directory, sections={"agent": {"max_clients": 8, "client_timeout": 20.0}}) as agent:
+        read_end, write_end = os.pipe()
+        release_read, release_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                held = []
+                for _ in range(2):
+                    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    connection.connect(str(agent.socket_path))
+                    held.append(connection)
+                time.sleep(0.5)
+                try:
+                    reply = request(agent.socket_path, "ping", timeout=5)
+                except OSError as exc:
+                    reply = {"exception": type(exc).__name__}
+                os.write(write_end, json.dumps(reply).encode())
+                os.read(release_read, 1)  # Hold the two connections until the parent is done.
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        third = json.loads(os.read(read_end, 65536))
+        try:
+            assert third.get("error", {}).get("code") == "unreachable", third
+            assert request(agent.socket_path, "ping")["ok"] is True  # Root is still served.
+        finally:
+            os.write(release_write, b"x")
+            os.waitpid(pid, 0)
+        assert request_as(nobody.pw_uid, nobody.pw_gid, agent.socket_path, "ping")["ok"] is True
+        assert "holds too many connections" in agent.log()
