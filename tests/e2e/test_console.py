@@ -18,6 +18,7 @@ import pytest
 
 from tests.e2e.ptyproc import PtyProcess
 from tests.pam.support import (
+    HotpCodes,
     LocalUser,
     local_user,
     make_wrapper,
@@ -36,25 +37,12 @@ SHELL_PROMPT = b"$ "
 SUDO_PROMPT = "[sudo] password for %p immediately followed by your one-time code: "
 
 
-@dataclass
-class Person:
-    user: LocalUser
-    uri: str
-    counter: int = 0
+class Person(HotpCodes):
+    """A local user with a password and an HOTP token."""
 
-    def code(self, counter: int) -> str:
-        from otp_agent.testing import code_for_uri
-
-        return code_for_uri(self.uri, counter=counter)
-
-    def next_code(self) -> str:
-        code = self.code(self.counter)
-        self.counter += 1
-        return code
-
-    def wrong(self) -> str:
-        near = {self.code(c) for c in range(max(0, self.counter - 2), self.counter + 40)}
-        return next(f"{n:06d}" for n in range(1000000) if f"{n:06d}" not in near)
+    def __init__(self, user: LocalUser, uri: str, counter: int = 0) -> None:
+        super().__init__(uri, counter)
+        self.user = user
 
 
 @dataclass

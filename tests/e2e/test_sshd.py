@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.sshd import SshServer, authorize_key, running_sshd, ssh_login
 from tests.pam.support import (
+    HotpCodes,
     LocalUser,
     SyslogCapture,
     fake_agent,
@@ -30,27 +31,13 @@ pytestmark = pytest.mark.e2e
 ECHO = "One-time code for {}: type the code shown by your authenticator app at the Password prompt."
 
 
-@dataclass
-class Account:
-    user: LocalUser
-    key: paramiko.PKey
-    uri: str | None
-    counter: int = 0
+class Account(HotpCodes):
+    """A local user with an SSH key and (once enrolled) an HOTP token."""
 
-    def next_code(self) -> str:
-        code = self.code(self.counter)
-        self.counter += 1
-        return code
-
-    def code(self, counter: int) -> str:
-        from otp_agent.testing import code_for_uri
-
-        assert self.uri is not None
-        return code_for_uri(self.uri, counter=counter)
-
-    def wrong(self) -> str:
-        near = {self.code(c) for c in range(max(0, self.counter - 2), self.counter + 40)}
-        return next(f"{n:06d}" for n in range(1000000) if f"{n:06d}" not in near)
+    def __init__(self, user: LocalUser, key: paramiko.PKey, uri: str | None, counter: int = 0) -> None:
+        super().__init__(uri, counter)
+        self.user = user
+        self.key = key
 
 
 @dataclass

@@ -452,3 +452,28 @@ def real_agent(directory: Path, **policy: Any) -> Iterator[Any]:
         raise
     with running_agent(directory, policy=policy) as agent:
         yield agent
+
+
+class HotpCodes:
+    """The codes an HOTP authenticator enrolled from ``uri`` shows, in order (the user's phone)."""
+
+    def __init__(self, uri: str | None, counter: int = 0) -> None:
+        self.uri = uri
+        self.counter = counter
+
+    def code(self, counter: int) -> str:
+        from otp_agent.testing import code_for_uri
+
+        assert self.uri is not None
+        return code_for_uri(self.uri, counter=counter)
+
+    def next_code(self) -> str:
+        code = self.code(self.counter)
+        self.counter += 1
+        return code
+
+    def wrong(self) -> str:
+        """A code that matches none of the counters the agent could accept now."""
+        near = {self.code(c) for c in range(max(0, self.counter - 2), self.counter + 40)}
+        return next(f"{n:06d}" for n in range(1000000) if f"{n:06d}" not in near)
+

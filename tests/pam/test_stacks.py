@@ -20,6 +20,7 @@ import pam
 import pytest
 
 from tests.pam.support import (
+    HotpCodes,
     REPO,
     LocalUser,
     local_user,
@@ -37,26 +38,8 @@ PAM_SUCCESS, PAM_SYSTEM_ERR, PAM_AUTH_ERR = 0, 4, 7
 ECHO_OFF, TEXT_INFO = 1, 4
 
 
-class Token:
+class Token(HotpCodes):
     """An HOTP token enrolled with the real agent, and the codes its owner's phone would show."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.counter = 0
-
-    def code(self, counter: int) -> str:
-        from otp_agent.testing import code_for_uri
-
-        return code_for_uri(self.uri, counter=counter)
-
-    def next(self) -> str:
-        code = self.code(self.counter)
-        self.counter += 1
-        return code
-
-    def wrong(self) -> str:
-        near = {self.code(c) for c in range(max(0, self.counter - 2), self.counter + 40)}
-        return next(f"{n:06d}" for n in range(1000000) if f"{n:06d}" not in near)
 
 
 @dataclass
@@ -107,13 +90,13 @@ SSHD_ECHO = "One-time code for {}: type the code shown by your authenticator app
 def test_sshd_right_code_python_pam(setup: Setup, installed: dict[str, str]) -> None:
     """python-pam (authenticate + acct_mgmt + setcred) succeeds with the right code."""
     authenticator = pam.pam()
-    assert authenticator.authenticate(setup.user.name, setup.token.next(), service=installed["sshd"])
+    assert authenticator.authenticate(setup.user.name, setup.token.next_code(), service=installed["sshd"])
     assert authenticator.code == PAM_SUCCESS
 
 
 def test_sshd_conversation_and_codes(setup: Setup, installed: dict[str, str]) -> None:
     """The user is told what to type, then asked once; right 0, replay 7, wrong 7."""
-    code = setup.token.next()
+    code = setup.token.next_code()
     outcome = pam_transaction(installed["sshd"], setup.user.name, [code])
     assert outcome.messages == [(TEXT_INFO, SSHD_ECHO.format(setup.user.name)), (ECHO_OFF, "Password: ")]
     assert (outcome.authenticate, outcome.acct_mgmt, outcome.setcred) == (PAM_SUCCESS, PAM_SUCCESS, PAM_SUCCESS)
@@ -147,7 +130,7 @@ def test_trap_negative_controls(setup: Setup, controls: str) -> None:
     text = (f"auth {controls} pam_exec.so quiet expose_authtok {setup.helper} --code-only\n{tail}"
             "account required pam_permit.so\nsession required pam_permit.so\n")
     with pam_service(text, prefix="otp-test-badidiom") as name:
-        outcome = pam_transaction(name, setup.user.name, [setup.token.next()])
+        outcome = pam_transaction(name, setup.user.name, [setup.token.next_code()])
         assert (outcome.authenticate, outcome.setcred) == (PAM_SUCCESS, PAM_SUCCESS)
         assert setcred_without_authenticate(name, setup.user.name) != PAM_SUCCESS
 
@@ -161,7 +144,7 @@ def test_rollout_lets_unenrolled_users_in_without_a_prompt(setup: Setup, install
 
 def test_rollout_still_asks_enrolled_users(setup: Setup, installed: dict[str, str]) -> None:
     """sshd-rollout: an enrolled user gets the prompt; right 0, wrong 7."""
-    outcome = pam_transaction(installed["sshd-rollout"], setup.user.name, [setup.token.next()])
+    outcome = pam_transaction(installed["sshd-rollout"], setup.user.name, [setup.token.next_code()])
     assert outcome.messages[-1] == (ECHO_OFF, "Password: ")
     assert outcome.authenticate == PAM_SUCCESS
     wrong = pam_transaction(installed["sshd-rollout"], setup.user.name, [setup.token.wrong()])
@@ -181,7 +164,7 @@ def test_password_and_code_stacks(setup: Setup, installed: dict[str, str], stack
     """login and sudo: password immediately followed by the code passes; a wrong password, a
     wrong code, the password alone or the code alone each give PAM_AUTH_ERR."""
     user = setup.user
-    outcome = pam_transaction(installed[stack], user.name, [user.password + setup.token.next()])
+    outcome = pam_transaction(installed[stack], user.name, [user.password + setup.token.next_code()])
     assert outcome.messages[0][0] == TEXT_INFO and "immediately followed by" in outcome.messages[0][1]
     assert outcome.messages[-1] == (ECHO_OFF, "Password: ")
     assert (outcome.authenticate, outcome.acct_mgmt, outcome.setcred) == (PAM_SUCCESS, PAM_SUCCESS, PAM_SUCCESS)
@@ -189,13 +172,13 @@ def test_password_and_code_stacks(setup: Setup, installed: dict[str, str], stack
                    user.password, setup.token.code(setup.token.counter)):
         assert pam_transaction(installed[stack], user.name, [answer]).authenticate == PAM_AUTH_ERR
     # The code was not consumed by the failed attempts whose password was wrong.
-    assert pam_transaction(installed[stack], user.name, [user.password + setup.token.next()]).authenticate == 0
+    assert pam_transaction(installed[stack], user.name, [user.password + setup.token.next_code()]).authenticate == 0
 
 
 def test_login_python_pam(setup: Setup, installed: dict[str, str]) -> None:
     """python-pam on the login stack: the whole call succeeds with password+code."""
     authenticator = pam.pam()
-    assert authenticator.authenticate(setup.user.name, setup.user.password + setup.token.next(),
+    assert authenticator.authenticate(setup.user.name, setup.user.password + setup.token.next_code(),
                                       service=installed["login"])
     assert authenticator.code == PAM_SUCCESS
 
@@ -224,7 +207,7 @@ def test_caller_ignoring_sigchld(setup: Setup, installed: dict[str, str]) -> Non
 
     version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libpam-modules"],
                              capture_output=True, text=True).stdout
-    right = run(setup.token.next())
+    right = run(setup.token.next_code())
     if version.startswith("1.5.2"):
         assert right == PAM_AUTH_ERR  # PAM_SYSTEM_ERR from pam_exec, turned into AUTH_ERR by pam_deny
     assert right in (PAM_SUCCESS, PAM_AUTH_ERR)
