@@ -42,7 +42,9 @@ class RequestContext:
 def _clean(value: object) -> object:
     """Cap untrusted strings and strip control characters so a log line stays one line."""
     if isinstance(value, str):
-        value = "".join(ch if ch.isprintable() else "?" for ch in value[:_MAX_FIELD])
+        value = value[:_MAX_FIELD]
+        if not value.isprintable():
+            value = "".join(ch if ch.isprintable() else "?" for ch in value)
     return value
 
 

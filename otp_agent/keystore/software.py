@@ -133,7 +133,7 @@ class SoftwareKeyBackend:
         digest = identity.algorithm.value
         with self._open(identity, sealed) as secret:
             key = secret.reveal()
-            return [hmac.new(key, message, digest).digest() for message in messages]
+            return [hmac.digest(key, message, digest) for message in messages]
 
     def export_secret(self, identity: TokenIdentity, sealed: bytes) -> Secret:
         """Open a sealed secret for an encrypted export (the caller wipes it)."""
