@@ -44,6 +44,19 @@ def _string(request: dict[str, Any], key: str, *, required: bool = True) -> str:
     return value
 
 
+def canonical_user(name: str) -> str:
+    """The account's own spelling of ``name`` when the system knows it, else ``name`` unchanged.
+
+    With case-insensitive account lookups (e.g. sssd ``case_sensitive = false``) sshd and login
+    pass the name as the user typed it; ``ALICE`` must find alice's tokens rather than none (which
+    the roll-out policy would treat as "not enrolled").
+    """
+    try:
+        return pwd.getpwnam(name).pw_name
+    except (KeyError, ValueError, OSError):
+        return name
+
+
 def _optional_context(request: dict[str, Any], key: str) -> str | None:
     value = request.get(key)
     return value[:256] if isinstance(value, str) else None
@@ -89,7 +102,7 @@ class Dispatcher:
             return wire.error_reply(exc.code, str(exc))
 
     def _check_user_for_peer(self, user: str, peer: Peer) -> str:
-        check_name(user, "user")
+        user = canonical_user(check_name(user, "user"))
         if peer.uid != 0:
             try:
                 own = pwd.getpwuid(peer.uid).pw_name
@@ -119,7 +132,7 @@ class Dispatcher:
 
     def op_check(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         context = RequestContext(peer.uid, peer.pid, context.service or "otpctl", None, None)
-        user = check_name(_string(request, "user"), "user")
+        user = canonical_user(check_name(_string(request, "user"), "user"))
         return self.validator.validate(user, _string(request, "code"), context).reply()
 
     def op_enroll(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
@@ -130,7 +143,8 @@ class Dispatcher:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         issuer = request.get("issuer") or "otp-agent"
-        return self.admin.enroll(_string(request, "user"), params, issuer, context)
+        user = canonical_user(check_name(_string(request, "user"), "user"))
+        return self.admin.enroll(user, params, issuer, context)
 
     def op_import(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         records = request.get("tokens")
@@ -148,7 +162,7 @@ class Dispatcher:
         return {"tokens": [t.public() for t in self.admin.find(_string(request, "target"))]}
 
     def op_assign(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
-        user = check_name(_string(request, "user"), "user")
+        user = canonical_user(check_name(_string(request, "user"), "user"))
         token = self.admin.set_fields(_string(request, "serial"), {"user": user}, context, "assign")
         return {"token": token.public()}
 
@@ -168,7 +182,7 @@ class Dispatcher:
         return {"unlocked": self.admin.unlock(_string(request, "target"), context)}
 
     def op_resync(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
-        user = check_name(_string(request, "user"), "user")
+        user = canonical_user(check_name(_string(request, "user"), "user"))
         serial = self.validator.resync(user, _string(request, "code1"), _string(request, "code2"), context)
         return {"serial": serial}
 

@@ -1,0 +1,60 @@
+"""Request dispatch: authorisation by peer credentials and canonical user names."""
+
+from __future__ import annotations
+
+import pwd
+from typing import Any
+
+import pytest
+
+from otp_agent.administration import Administration
+from otp_agent.daemon import dispatch
+from otp_agent.daemon.dispatch import Dispatcher, Peer
+from otp_agent.testing import code_for_uri
+from tests.conftest import make_validator
+
+ROOT = Peer(pid=1, uid=0, gid=0)
+
+
+@pytest.fixture
+def dispatcher(store, key_backend, audit, clock) -> Dispatcher:  # type: ignore[no-untyped-def]
+    validator = make_validator(store, key_backend, audit, clock)
+    return Dispatcher(validator, Administration(store, key_backend, audit), admin_group=None,
+                      status=lambda: {})
+
+
+def call(dispatcher: Dispatcher, peer: Peer, op: str, **fields: Any) -> dict[str, Any]:
+    return dispatcher.handle({"v": 1, "op": op, **fields}, peer)
+
+
+def test_case_insensitive_account_lookup_finds_the_canonical_tokens(
+        dispatcher: Dispatcher, clock, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Like sssd with case_sensitive = false: getpwnam("ALICE") answers with the account "alice"."""
+    real = pwd.getpwnam
+
+    def lookup(name: str) -> Any:
+        if name.lower() == "alice":
+            return pwd.struct_passwd(("alice", "x", 1000, 1000, "", "/home/alice", "/bin/sh"))
+        return real(name)
+
+    monkeypatch.setattr(dispatch.pwd, "getpwnam", lookup)
+    uri = call(dispatcher, ROOT, "enroll", user="Alice", type="hotp")["uri"]
+    assert call(dispatcher, ROOT, "list")["tokens"][0]["user"] == "alice"
+    assert call(dispatcher, ROOT, "enrolled", user="ALICE")["enrolled"] is True
+    reply = call(dispatcher, ROOT, "validate", user="ALICE", code=code_for_uri(uri, counter=0))
+    assert reply["result"] == "accept"
+
+
+def test_unknown_accounts_keep_their_exact_name(dispatcher: Dispatcher) -> None:
+    call(dispatcher, ROOT, "enroll", user="No-Such-Account-Here")
+    assert call(dispatcher, ROOT, "enrolled", user="no-such-account-here")["enrolled"] is False
+    assert call(dispatcher, ROOT, "enrolled", user="No-Such-Account-Here")["enrolled"] is True
+
+
+def test_non_root_peer_only_its_own_user_and_no_admin(dispatcher: Dispatcher) -> None:
+    nobody = pwd.getpwnam("nobody")
+    peer = Peer(pid=2, uid=nobody.pw_uid, gid=nobody.pw_gid)
+    assert call(dispatcher, peer, "validate", user="root", code="123456")["error"]["code"] == "permission"
+    assert call(dispatcher, peer, "validate", user="nobody", code="123456")["reason"] == "no_token"
+    for op in ("list", "enroll", "export", "import", "unlock", "status", "check"):
+        assert call(dispatcher, peer, op, user="nobody")["error"]["code"] == "permission"
