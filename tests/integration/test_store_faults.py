@@ -1,7 +1,8 @@
 """A full disk at commit time, through the real daemon on a real tmpfs.
 
-(A read-only database at commit time is covered in tests/unit/test_sqlite_store.py: Linux refuses
-to remount a filesystem read-only while the agent holds its database open for writing.)
+(A read-only database at commit time is covered by tests/unit/test_store_contract.py, "a write the
+store refuses": Linux refuses to remount a filesystem read-only while the agent holds its database
+open for writing.)
 
 The code is rejected with a clear reason, nothing is half-written, other clients keep being
 served, and once space (or write access) is back the same code is accepted: it was not consumed.

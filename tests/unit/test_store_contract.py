@@ -1,8 +1,9 @@
 """The TokenStore contract, run unchanged over SQLiteStore and PostgreSQLStore.
 
-The same behaviour as tests/unit/test_sqlite_store.py, written once against the Protocol: what
-each backend does differently (where an absent store lives, how a write is made to fail, what
-makes a commit durable) sits in a small :class:`Backend` adapter.
+Every behaviour the Protocol promises, written once and run over both stores (the SQLite half
+needs nothing but a temporary directory; tests/unit/test_groupcommit.py keeps what is SQLite's
+own). What each backend does differently (where an absent store lives, how a write is made to
+fail, what makes a commit durable) sits in a small :class:`Backend` adapter.
 """
 
 from __future__ import annotations
@@ -315,6 +316,14 @@ def test_meta_settings(backend: Backend) -> None:
     store.set_meta("key_backend_check_value", "one")
     store.set_meta("key_backend_check_value", "two")
     assert store.get_meta("key_backend_check_value") == "two"
+
+
+def test_claim_meta_keeps_the_first_value(backend: Backend) -> None:
+    """claim_meta writes only when the key is absent and returns the value that is stored."""
+    store = backend.store
+    assert store.claim_meta("check", "aaaa") == "aaaa"
+    assert store.claim_meta("check", "bbbb") == "aaaa"
+    assert store.get_meta("check") == "aaaa"
 
 
 def test_acceptances_are_durable_commits(backend: Backend) -> None:
