@@ -51,23 +51,6 @@ class PskcImportError(PskcError):
 
 
 @dataclass(frozen=True)
-class ImportedToken:
-    """One token read from a PSKC file that passed every rule of the OATH profile."""
-
-    serial: str
-    params: OathParams
-    secret: Secret = field(repr=False, compare=False)
-    counter: int = 0
-    drift: int = 0
-    not_before: datetime | None = None
-    not_after: datetime | None = None
-    user: str | None = None
-    issuer: str | None = None
-    manufacturer: str | None = None
-    line: int = 0
-
-
-@dataclass(frozen=True)
 class ExportedToken:
     """One token to write into a PSKC export (migration or backup)."""
 
@@ -81,6 +64,13 @@ class ExportedToken:
     not_before: datetime | None = None
     not_after: datetime | None = None
     manufacturer: str | None = None
+
+
+@dataclass(frozen=True)
+class ImportedToken(ExportedToken):
+    """One token read from a PSKC file that passed every rule of the OATH profile."""
+
+    line: int = 0
 
 
 @dataclass

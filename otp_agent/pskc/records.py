@@ -17,7 +17,7 @@ from typing import Any
 
 from otp_agent.errors import InvalidToken, UsageError
 from otp_agent.oath.params import HashAlgorithm, OathParams, TokenType
-from otp_agent.pskc.model import ExportedToken, ImportedToken
+from otp_agent.pskc.model import ExportedToken
 from otp_agent.sensitive import Secret
 
 
@@ -25,7 +25,7 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def record_from_token(token: ImportedToken | ExportedToken) -> dict[str, Any]:
+def record_from_token(token: ExportedToken) -> dict[str, Any]:
     """Return the wire record of ``token``, its secret base64-encoded in ``secret_b64``."""
     params = token.params
     return {
