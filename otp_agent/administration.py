@@ -12,12 +12,15 @@ import base64
 import binascii
 import secrets
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+from otp_agent.accounts import canonical_user
 from otp_agent.audit import AuditLog, RequestContext
-from otp_agent.errors import Conflict, InvalidToken, KeyBackendError, NotFound, PskcError, UsageError
+from otp_agent.errors import (
+    AccountLookupError, Conflict, InvalidToken, KeyBackendError, NotFound, PskcError, UsageError,
+)
 from otp_agent.keystore import KeyBackend, TokenIdentity
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType, check_key_size
 from otp_agent.oath.uri import provisioning_uri
@@ -61,18 +64,24 @@ class TokenSpec:
 class Administration:
     """Administrative operations on tokens."""
 
-    def __init__(self, store: TokenStore, keys: KeyBackend, audit: AuditLog) -> None:
+    def __init__(self, store: TokenStore, keys: KeyBackend, audit: AuditLog, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store, self.keys, self.audit = store, keys, audit
+        self.clock = clock
 
     def _sealed_token(self, spec: TokenSpec, fingerprint: bytes) -> Token:
         check_key_size(spec.params.algorithm, len(spec.secret))
         identity = TokenIdentity(spec.serial, spec.params.algorithm)
-        return Token(serial=spec.serial, token_type=spec.params.token_type,
+        return self.bound(Token(serial=spec.serial, token_type=spec.params.token_type,
                      algorithm=spec.params.algorithm, digits=spec.params.digits,
                      period=spec.params.period, t0=spec.params.t0,
                      sealed=self.keys.seal_secret(identity, spec.secret), fingerprint=fingerprint,
                      user=spec.user, counter=spec.counter, drift=spec.drift, issuer=spec.issuer,
-                     not_before=spec.not_before, not_after=spec.not_after, created=time.time())
+                     not_before=spec.not_before, not_after=spec.not_after, created=time.time()))
+
+    def bound(self, token: Token) -> Token:
+        """The token with a fresh binding tag over its owner and parameters."""
+        return replace(token, binding=self.keys.binding_tag(token.binding_message()))
 
     def enroll(self, user: str, params: OathParams, issuer: str,
                context: RequestContext) -> dict[str, Any]:
@@ -111,6 +120,8 @@ class Administration:
             label = str(record.get("serial") or f"record {index + 1}")
             try:
                 spec = token_spec_from_record(record)
+                if spec.user is not None:
+                    spec = replace(spec, user=canonical_user(spec.user))
                 with spec.secret:
                     fingerprint = self.keys.fingerprint(spec.secret)
                     if spec.serial in seen_serials:
@@ -122,7 +133,7 @@ class Administration:
                     if self.store.get(spec.serial) is not None:
                         raise Conflict("a token with this serial is already in the store")
                     tokens.append(self._sealed_token(spec, fingerprint))
-            except (UsageError, InvalidToken, Conflict, KeyBackendError) as exc:
+            except (UsageError, InvalidToken, Conflict, KeyBackendError, AccountLookupError) as exc:
                 problems.append(f"{label}: {exc}")
         duplicates = self.store.existing_fingerprints(seen_fingerprints)
         problems += [f"{seen_fingerprints[fp]}: a token with the same secret is already in the store"
@@ -162,7 +173,13 @@ class Administration:
 
     def set_fields(self, serial: str, changes: Mapping[str, Any], context: RequestContext,
                    event: str) -> Token:
-        """Change the owner or the enabled flag of a token."""
+        """Change the owner or the enabled flag of a token (a new owner renews its binding)."""
+        if "user" in changes:
+            current = self.store.get(serial)
+            if current is None:
+                raise NotFound(f"no token with serial {serial}")
+            moved = self.bound(replace(current, user=changes["user"]))
+            changes = {**changes, "binding": moved.binding}
         token = self.store.update_admin_fields(serial, changes)
         self.audit.record(event, context, serial=serial, user=token.user, result="ok")
         return token
@@ -173,10 +190,14 @@ class Administration:
         self.audit.record("remove", context, serial=serial, result="ok")
 
     def unlock(self, target: str, context: RequestContext) -> int:
-        """Clear failures and locks of the tokens found by serial or owner."""
+        """Clear failures and end the locks of the tokens found by serial or owner.
+
+        The lock level is kept (it decays with time): unlocking an attacked account must not
+        hand the attacker a fresh set of short locks.
+        """
         tokens = self.find(target)
         for token in tokens:
-            self.store.reset_throttling(token.serial)
+            self.store.reset_throttling(token.serial, self.clock())
             self.audit.record("unlock", context, serial=token.serial, user=token.user, result="ok")
         return len(tokens)
 

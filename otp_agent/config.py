@@ -57,7 +57,11 @@ class KeystoreConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The ``[policy]`` table: validation windows, throttling and the roll-out policy."""
+    """The ``[policy]`` table: validation windows, throttling and the roll-out policy.
+
+    Throttling (failures that decay, locks that double, disabling after repeated locks) is
+    explained in :mod:`otp_agent.throttle`.
+    """
 
     totp_window: int = 1
     hotp_lookahead: int = 10
@@ -67,6 +71,9 @@ class PolicyConfig:
     lock_threshold: int = 5
     lock_base_seconds: int = 30
     lock_max_seconds: int = 3600
+    failure_decay_seconds: int = 86400
+    lock_decay_seconds: int = 86400
+    disable_after_locks: int = 10
     unenrolled: str = "deny"
     password_service: str = "otp-agent-password"
 
@@ -234,6 +241,9 @@ def parse_config(document: Mapping[str, object], *, base: Path = Path("."),
         lock_threshold=p.integer("lock_threshold", 5, 1, 100),
         lock_base_seconds=p.integer("lock_base_seconds", 30, 1, 86400),
         lock_max_seconds=p.integer("lock_max_seconds", 3600, 1, 30 * 86400),
+        failure_decay_seconds=p.integer("failure_decay_seconds", 86400, 0, 365 * 86400),
+        lock_decay_seconds=p.integer("lock_decay_seconds", 86400, 0, 365 * 86400),
+        disable_after_locks=p.integer("disable_after_locks", 10, 0, 1000),
         unenrolled=p.choice("unenrolled", "deny", ("deny", "allow")),
         password_service=p.string("password_service", "otp-agent-password") or "otp-agent-password",
     )

@@ -91,6 +91,17 @@ class SealedSecretInvalid(KeyBackendError):
     code = "sealed_secret_invalid"
 
 
+class AccountLookupError(OtpAgentError):
+    """The name service failed to answer for an account (an error, not "no such user").
+
+    Raised by :mod:`otp_agent.accounts`; validation refuses (fails closed) rather than treating
+    the user as unknown, which the roll-out policy would let in without a code.
+    """
+
+    code = "account_lookup"
+    exit_status = 4
+
+
 class StoreError(OtpAgentError):
     """The token store failed (I/O error, full disk, read-only, corrupted)."""
 

@@ -2,13 +2,14 @@
 
 It knows the store and the key backend only through their Protocols.  Every decision is made on a
 fresh read of the token and committed with the store's compare-and-set *before* it is returned,
-so of two submissions of the same code exactly one can be accepted.  Failures count in the same
-way; past ``lock_threshold`` consecutive failures a token locks for a time that doubles with each
-lock (bounded by ``lock_max_seconds``); a success resets both.
+so of two submissions of the same code exactly one can be accepted.  Wrong codes are counted in the same way and turn into
+locks by the rules of :mod:`otp_agent.throttle`; replays and wrong passwords are not counted.
+Before a token is used, its binding tag (owner and parameters, under the key backend) is checked.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -18,10 +19,11 @@ from typing import Any
 
 from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.config import PolicyConfig
-from otp_agent.errors import KeyBackendError, NotFound, StoreError, UsageError
+from otp_agent.errors import KeyBackendError, NotFound, SealedSecretInvalid, StoreError, UsageError
 from otp_agent.keystore import KeyBackend
 from otp_agent.oath import TokenType, codes_for, match_code, time_step
 from otp_agent.store import Token, TokenStore
+from otp_agent.throttle import FailureOutcome, failure_outcome, is_locked, success_changes
 
 _log = logging.getLogger(__name__)
 _CODE = re.compile(r"[0-9]{6}|[0-9]{8}")
@@ -71,14 +73,14 @@ class Validator:
 
     def validate(self, user: str, code: str, context: RequestContext) -> Decision:
         """Validate ``code`` for ``user`` and commit the outcome; audit it."""
-        decision = self._guarded(lambda: self._validate_code(user, code))
+        decision = self._guarded(lambda: self._validate_code(user, code, context))
         self.audit.record("validate", context, user=user, serial=decision.serial,
                           result="accept" if decision.accepted else "reject", reason=decision.reason)
         return decision
 
     def validate_password_and_code(self, user: str, answer: str, context: RequestContext) -> Decision:
         """Validate a password immediately followed by a code; never tell which part failed."""
-        decision = self._guarded(lambda: self._password_and_code(user, answer))
+        decision = self._guarded(lambda: self._password_and_code(user, answer, context))
         self.audit.record("validate", context, user=user, serial=decision.serial, mode="password+code",
                           result="accept" if decision.accepted else "reject", reason=decision.reason)
         return decision
@@ -103,6 +105,7 @@ class Validator:
             for token in self._usable(user):
                 if token.digits != len(code1) or len(code1) != len(code2):
                     continue
+                self.check_binding(token)
                 changes = self._resync_changes(token, code1, code2)
                 if changes is None:
                     continue
@@ -131,7 +134,7 @@ class Validator:
                 if t.enabled and (t.not_before is None or t.not_before <= now)
                 and (t.not_after is None or now < t.not_after)]
 
-    def _validate_code(self, user: str, code: str, *, commit_success: bool = True) -> Decision:
+    def _validate_code(self, user: str, code: str, context: RequestContext) -> Decision:
         if not is_valid_code(code):
             return Decision(False, "malformed")
         for _attempt in range(_CAS_ATTEMPTS):
@@ -144,24 +147,41 @@ class Validator:
             if not usable:
                 return Decision(False, "disabled")
             now = self.clock()
-            unlocked = [t for t in usable if t.locked_until <= now]
+            unlocked = [t for t in usable if not is_locked(t, now)]
             if not unlocked:
                 return Decision(False, "locked", usable[0].serial)
-            matches = [(t, self._match(t, code, now)) for t in unlocked if t.digits == len(code)]
+            candidates = [t for t in unlocked if t.digits == len(code)]
+            for token in candidates:
+                self.check_binding(token)
+            matches = [(t, self._match(t, code, now)) for t in candidates]
             hit = next(((t, m) for t, m in matches if m.factor is not None), None)
-            if hit is not None and commit_success:
+            if hit is not None:
                 token, match = hit
                 if self.store.compare_and_set(token.serial, token.version,
                                               self._success_changes(token, match)):
                     return Decision(True, "accepted", token.serial)
                 continue  # Someone else changed the token: decide again on fresh state.
-            replayed = any(m.replay for _t, m in matches)
-            self._record_failures(unlocked)
+            # A replay tells a guesser nothing and is not counted (parallel logins with one
+            # code must not lock their user); every other token of the user counts a failure.
+            replayed = [t for t, m in matches if m.replay]
+            self._record_failures([t for t in unlocked if t not in replayed], context)
             return Decision(False, "replay" if replayed else "bad_code",
                             unlocked[0].serial if len(unlocked) == 1 else None)
         raise StoreError("too many concurrent changes to this user's tokens")
 
-    def _password_and_code(self, user: str, answer: str) -> Decision:
+    def check_binding(self, token: Token) -> None:
+        """Refuse a token whose owner or parameters do not match the key backend's tag.
+
+        :raises SealedSecretInvalid: the row was changed (or created) by someone who can write
+            the store but does not hold the key backend.
+        """
+        expected = self.keys.binding_tag(token.binding_message())
+        if token.binding is None or not hmac.compare_digest(expected, token.binding):
+            raise SealedSecretInvalid(
+                f"token {token.serial} failed its binding check: its owner or parameters were "
+                "changed outside otp-agent; refusing it (see docs/security.md)")
+
+    def _password_and_code(self, user: str, answer: str, context: RequestContext) -> Decision:
         if self.password_checker is None:
             raise UsageError("password-and-code mode is not available on this agent")
         tokens = self._usable(user)
@@ -171,21 +191,29 @@ class Validator:
             if not password or not is_valid_code(code):
                 continue
             if self.password_checker(user, password):
-                decision = self._validate_code(user, code)
+                decision = self._validate_code(user, code, context)
                 if decision.accepted:
                     return decision
                 # No serial: a wrong password has none, and the refusals must not differ.
                 return Decision(False, "bad_password_or_code")
-        self._record_failures([t for t in tokens if t.locked_until <= self.clock()])
+        # A wrong password never touches the tokens: password guessing is pam_unix's and
+        # pam_faillock's business, and counting it here would let any local user lock anyone
+        # out (su VICTIM with junk).  The stacks' pam_faildelay evens out the timing.
         return Decision(False, "bad_password_or_code")
 
     def _match(self, token: Token, code: str, now: float) -> _Match:
-        """Find the moving factor of ``code`` within the token's window (no writes)."""
+        """Find the moving factor of ``code`` within the token's window (no writes).
+
+        A code equal to one already used (the last accepted counter or step, or any step at or
+        before it in the window) is a replay even when it also matches a later factor: two
+        submissions of one code must never give two acceptances.
+        """
         hmacs = lambda messages: self.keys.compute_hmacs(token.identity, token.sealed, messages)
         if token.token_type is TokenType.HOTP:
             first = max(token.counter - 1, 0)
             factors = list(range(first, token.counter + self.policy.hotp_lookahead + 1))
             fresh = [f for f in factors if f >= token.counter]
+            current = 0
         else:
             if now < token.t0:
                 return _Match()
@@ -193,17 +221,21 @@ class Validator:
             centre = current + token.drift
             window = self.policy.totp_window
             factors = [s for s in range(centre - window, centre + window + 1) if s >= 0]
+            if token.last_step is not None and token.last_step not in factors:
+                factors.insert(0, token.last_step)
             fresh = [s for s in factors if token.last_step is None or s > token.last_step]
         codes = dict(zip(factors, codes_for(hmacs, factors, token.digits)))
-        found = match_code(code, [(f, codes[f]) for f in fresh])
-        if found is not None:
-            return _Match(factor=found, time_step=0 if token.token_type is TokenType.HOTP else current)
         stale = [(f, codes[f]) for f in factors if f not in fresh]
-        return _Match(replay=match_code(code, stale) is not None)
+        found = match_code(code, [(f, codes[f]) for f in fresh])
+        if match_code(code, stale) is not None:
+            return _Match(replay=True)
+        if found is not None:
+            return _Match(factor=found, time_step=current)
+        return _Match()
 
     def _success_changes(self, token: Token, match: _Match) -> dict[str, Any]:
         assert match.factor is not None
-        changes: dict[str, Any] = {"failures": 0, "lock_count": 0, "locked_until": 0.0}
+        changes: dict[str, Any] = success_changes(token, self.policy)
         if token.token_type is TokenType.HOTP:
             changes["counter"] = match.factor + 1
         else:
@@ -213,26 +245,30 @@ class Validator:
             changes["drift"] = offset if abs(offset) <= bound else token.drift
         return changes
 
-    def _failure_changes(self, token: Token, now: float) -> dict[str, Any]:
-        failures = token.failures + 1
-        if failures < self.policy.lock_threshold:
-            return {"failures": failures}
-        lock_count = token.lock_count + 1
-        duration = min(self.policy.lock_base_seconds * 2 ** min(lock_count - 1, 30),
-                       self.policy.lock_max_seconds)
-        _log.warning("token %s locked for %d s after %d failures", token.serial, duration, failures)
-        return {"failures": 0, "lock_count": lock_count, "locked_until": now + duration}
-
-    def _record_failures(self, tokens: Sequence[Token]) -> None:
+    def _record_failures(self, tokens: Sequence[Token], context: RequestContext) -> None:
         for token in tokens:
             current: Token | None = token
             for _attempt in range(_CAS_ATTEMPTS):
                 if current is None:
                     break
-                if self.store.compare_and_set(current.serial, current.version,
-                                              self._failure_changes(current, self.clock())):
+                outcome = failure_outcome(current, self.policy, self.clock())
+                if self.store.compare_and_set(current.serial, current.version, outcome.changes):
+                    self._report_lock(current, outcome, context)
                     break
                 current = self.store.get(current.serial)
+
+    def _report_lock(self, token: Token, outcome: FailureOutcome, context: RequestContext) -> None:
+        if outcome.event == "locked":
+            _log.warning("token %s locked for %d s (lock level %d)", token.serial,
+                         outcome.lock_seconds, outcome.level)
+            self.audit.record("lock", context, user=token.user, serial=token.serial,
+                              result="locked", reason="too_many_failures",
+                              seconds=outcome.lock_seconds, level=outcome.level)
+        elif outcome.event == "disabled":
+            _log.warning("token %s disabled after %d locks: an administrator must re-enable it "
+                         "(otpctl enable)", token.serial, outcome.level)
+            self.audit.record("disable", context, user=token.user, serial=token.serial,
+                              result="disabled", reason="repeated_locks", level=outcome.level)
 
     def _resync_changes(self, token: Token, code1: str, code2: str) -> dict[str, Any] | None:
         hmacs = lambda messages: self.keys.compute_hmacs(token.identity, token.sealed, messages)
@@ -250,7 +286,10 @@ class Validator:
         found = match_code(code1 + code2, pairs)
         if found is None:
             return None
-        reset: dict[str, Any] = {"failures": 0, "lock_count": 0, "locked_until": 0.0}
+        # Two consecutive codes prove the token: its failures and any running lock end (the lock
+        # level decays as usual).
+        reset: dict[str, Any] = {"failures": 0, "failures_at": now,
+                                 "locked_until": min(token.locked_until, now)}
         if token.token_type is TokenType.HOTP:
             return {**reset, "counter": found + 2}
         return {**reset, "last_step": found + 1, "drift": found + 1 - current}

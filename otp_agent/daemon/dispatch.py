@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from otp_agent import __version__, wire
+from otp_agent.accounts import canonical_user
 from otp_agent.administration import Administration, check_name
 from otp_agent.audit import RequestContext
-from otp_agent.errors import OtpAgentError, PermissionDenied, PskcError, UsageError
+from otp_agent.errors import AccountLookupError, OtpAgentError, PermissionDenied, PskcError, UsageError
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType
 from otp_agent.validation import Validator
 
@@ -42,19 +43,6 @@ def _string(request: dict[str, Any], key: str, *, required: bool = True) -> str:
     if not isinstance(value, str):
         raise UsageError(f"field {key!r} must be a string")
     return value
-
-
-def canonical_user(name: str) -> str:
-    """The account's own spelling of ``name`` when the system knows it, else ``name`` unchanged.
-
-    With case-insensitive account lookups (e.g. sssd ``case_sensitive = false``) sshd and login
-    pass the name as the user typed it; ``ALICE`` must find alice's tokens rather than none (which
-    the roll-out policy would treat as "not enrolled").
-    """
-    try:
-        return pwd.getpwnam(name).pw_name
-    except (KeyError, ValueError, OSError):
-        return name
 
 
 def _optional_context(request: dict[str, Any], key: str) -> str | None:
@@ -106,7 +94,7 @@ class Dispatcher:
         if peer.uid != 0:
             try:
                 own = pwd.getpwuid(peer.uid).pw_name
-            except KeyError:
+            except (KeyError, OSError):
                 own = None
             if own != user:
                 raise PermissionDenied("a non-root peer may only validate its own user")
@@ -117,8 +105,20 @@ class Dispatcher:
     def op_ping(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         return {"version": __version__}
 
+    def _refuse_lookup(self, name: str, op: str, exc: AccountLookupError,
+                       context: RequestContext) -> dict[str, Any]:
+        _log.error("%s for %r refused: %s", op, name[:64], exc)
+        self.validator.audit.record(op, context, user=name, result="reject",
+                                    reason=AccountLookupError.code)
+        return {"result": "reject", "reason": AccountLookupError.code, "serial": None}
+
     def op_validate(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
-        user = self._check_user_for_peer(_string(request, "user"), peer)
+        name = _string(request, "user")
+        try:
+            user = self._check_user_for_peer(name, peer)
+        except AccountLookupError as exc:
+            # Fail closed: a lookup error must never look like "no such user" (not enrolled).
+            return self._refuse_lookup(name, "validate", exc, context)
         if "password_and_code" in request:
             answer = _string(request, "password_and_code")
             return self.validator.validate_password_and_code(user, answer, context).reply()

@@ -55,6 +55,16 @@ class KeyBackend(Protocol):
     def fingerprint(self, secret: Secret) -> bytes:
         """Return a keyed, non-reversible fingerprint of a secret, used to keep secrets unique."""
 
+    def binding_tag(self, message: bytes) -> bytes:
+        """Return a MAC over a token's owner and parameters under a key only this backend holds.
+
+        Checked before every use of the token, so whoever can write the store but does not hold
+        the key backend cannot move a token to another user or change its parameters.  Computed
+        on the host (no HSM round trip per validation).
+
+        :raises KeyBackendError: the backend cannot compute it (e.g. no fingerprint key yet).
+        """
+
     def health(self) -> dict[str, object]:
         """Return a JSON-able health report; must include ``"ok": bool``."""
 

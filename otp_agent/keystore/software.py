@@ -1,8 +1,8 @@
 """The software key backend: secrets sealed with AES-256-GCM under a root-only master key file.
 
 The master key file holds exactly 32 random bytes and must not be readable by group or others.
-Two sub-keys are derived from it with HKDF-SHA256: one seals secrets, one keys the fingerprints
-that keep secrets unique.  A sealed blob is ``version || nonce || ciphertext+tag`` with the token
+Three sub-keys are derived from it with HKDF-SHA256: one seals secrets, one keys the fingerprints
+that keep secrets unique, one keys the binding tags over each token's owner and parameters.  A sealed blob is ``version || nonce || ciphertext+tag`` with the token
 identity as associated data, so a blob copied to another token's row fails to open.  HMACs are
 computed in-process; the clear secret lives only for the duration of one batch.
 """
@@ -105,6 +105,7 @@ class SoftwareKeyBackend:
         with read_master_key(master_key_file) as master:
             self._seal_key = _derive(master, b"seal/v1")
             self._fingerprint_key = _derive(master, b"fingerprint/v1")
+            self._binding_key = _derive(master, b"binding/v1")
         self._aead = AESGCM(self._seal_key.reveal())
 
     def __repr__(self) -> str:
@@ -143,6 +144,10 @@ class SoftwareKeyBackend:
         """Return HMAC-SHA256 of the secret under the fingerprint sub-key."""
         return hmac.new(self._fingerprint_key.reveal(), secret.reveal(), hashlib.sha256).digest()
 
+    def binding_tag(self, message: bytes) -> bytes:
+        """Return HMAC-SHA256 of a token's binding message under the binding sub-key."""
+        return hmac.digest(self._binding_key.reveal(), message, "sha256")
+
     def health(self) -> dict[str, object]:
         """Report the backend as healthy once the master key was loaded."""
         return {"ok": True, "backend": self.name, "master_key_file": str(self._path)}
@@ -151,3 +156,4 @@ class SoftwareKeyBackend:
         """Forget the derived keys."""
         self._seal_key.wipe()
         self._fingerprint_key.wipe()
+        self._binding_key.wipe()

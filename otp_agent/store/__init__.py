@@ -48,13 +48,16 @@ class TokenStore(Protocol):
         """
 
     def update_admin_fields(self, serial: str, changes: Mapping[str, Any]) -> Token:
-        """Change ADMIN_FIELDS (owner, enabled) or clear throttling; return the new token.
+        """Change ADMIN_FIELDS (owner, enabled, binding tag); return the new token.
 
         :raises NotFound: no such token.
         """
 
-    def reset_throttling(self, serial: str) -> None:
-        """Clear the failure counter and any lock of a token."""
+    def reset_throttling(self, serial: str, now: float) -> None:
+        """Clear the failure counter and end a running lock at ``now`` (the lock level stays).
+
+        :raises NotFound: no such token.
+        """
 
     def remove(self, serial: str) -> None:
         """Delete a token.  :raises NotFound: no such token."""

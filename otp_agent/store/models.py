@@ -8,10 +8,12 @@ from typing import Any
 from otp_agent.keystore import TokenIdentity
 from otp_agent.oath.params import HashAlgorithm, OathParams, TokenType
 
-#: Token fields that only the validation engine changes, under compare-and-set.
-STATE_FIELDS = frozenset({"counter", "last_step", "drift", "failures", "lock_count", "locked_until"})
-#: Token fields an administrator may change.
-ADMIN_FIELDS = frozenset({"user", "enabled"})
+#: Token fields that only the validation engine changes, under compare-and-set (``enabled``
+#: too: the engine disables a token after ``policy.disable_after_locks`` locks).
+STATE_FIELDS = frozenset({"counter", "last_step", "drift", "failures", "failures_at", "lock_count",
+                          "locked_until", "enabled"})
+#: Token fields an administrator may change (a new owner comes with its new binding tag).
+ADMIN_FIELDS = frozenset({"user", "enabled", "binding"})
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,9 @@ class Token:
     """One token: parameters, owner, moving factor, throttling state and the sealed secret.
 
     ``sealed`` and ``fingerprint`` are opaque (the secret is never here in clear) but are still
-    kept out of ``repr`` and out of :meth:`public`.
+    kept out of ``repr`` and out of :meth:`public`.  ``binding`` is the key backend's tag over
+    :meth:`binding_message` (owner and parameters): a row whose owner or parameters were changed
+    by someone who can write the store but does not hold the key backend fails its check.
     """
 
     serial: str
@@ -43,6 +47,8 @@ class Token:
     not_after: float | None = None
     created: float = 0.0
     version: int = 0
+    binding: bytes | None = field(default=None, repr=False)
+    failures_at: float = 0.0
 
     @property
     def params(self) -> OathParams:
@@ -54,10 +60,17 @@ class Token:
         """What the sealed secret is bound to."""
         return TokenIdentity(self.serial, self.algorithm)
 
+    def binding_message(self) -> bytes:
+        """Canonical bytes of what the binding tag covers: serial, owner and OATH parameters."""
+        owner = "" if self.user is None else self.user
+        return "\x1f".join(("otp-agent/binding/v1", self.serial, str(len(owner)), owner,
+                             self.token_type.value, self.algorithm.value, str(self.digits),
+                             str(self.period), str(self.t0))).encode()
+
     def public(self) -> dict[str, Any]:
         """A JSON-able view for clients: everything but the sealed secret and fingerprint."""
         view = asdict(self)
-        for hidden in ("sealed", "fingerprint", "version"):
+        for hidden in ("sealed", "fingerprint", "version", "binding", "failures_at"):
             view.pop(hidden)
         view["type"] = view.pop("token_type").value
         view["algorithm"] = self.algorithm.value

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
-from otp_agent.store.rows import COLUMN_OF, COLUMNS, SELECT, migration_script, row_to_token, token_to_row
+from otp_agent.store.rows import (
+    COLUMN_OF, COLUMNS, RESET_THROTTLING, SELECT, migration_script, row_to_token, token_to_row,
+)
 from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Key of the advisory lock taken while the schema is checked and migrated ("otp-agen").
 MIGRATION_LOCK = 0x6F74702D6167656E
 _INSERT = (f"INSERT INTO tokens ({', '.join(COLUMNS)}) "
@@ -459,10 +461,8 @@ class PostgreSQLStore:
             raise NotFound(f"no token with serial {serial}")
         return token
 
-    def reset_throttling(self, serial: str) -> None:
-        updated = self._write(f"unlocking token {serial}",
-                              "UPDATE tokens SET failures = 0, locked_until = 0, version = version + 1 "
-                              "WHERE serial = %s", (serial,))
+    def reset_throttling(self, serial: str, now: float) -> None:
+        updated = self._write(f"unlocking token {serial}", RESET_THROTTLING, (now, now, now, serial))
         if updated != 1:
             raise NotFound(f"no token with serial {serial}")
 

@@ -13,10 +13,17 @@ from otp_agent.store.models import Token
 
 COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
            "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
-           "locked_until", "issuer", "not_before", "not_after", "created", "version")
+           "locked_until", "issuer", "not_before", "not_after", "created", "version", "binding",
+           "failures_at")
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tokens"
 #: Token attribute names that differ from their column names.
 COLUMN_OF = {"user": "user_name"}
+#: ``otpctl unlock``: clear the failure count and end a running lock, keeping the lock level
+#: (it decays with time), so unlocking an attacked account gives the attacker no fresh ladder.
+#: Parameters: now, now, now, serial.
+RESET_THROTTLING = ("UPDATE tokens SET failures = 0, failures_at = %s, "
+                    "locked_until = CASE WHEN locked_until > %s THEN %s ELSE locked_until END, "
+                    "version = version + 1 WHERE serial = %s")
 
 
 def migration_script(backend: str, version: int) -> str:
@@ -42,6 +49,8 @@ def row_to_token(row: Sequence[Any]) -> Token:
         lock_count=values["lock_count"], locked_until=values["locked_until"],
         issuer=values["issuer"], not_before=values["not_before"], not_after=values["not_after"],
         created=values["created"], version=values["version"],
+        binding=None if values["binding"] is None else bytes(values["binding"]),
+        failures_at=values["failures_at"],
     )
 
 
@@ -51,4 +60,5 @@ def token_to_row(token: Token, now: float | None = None) -> tuple[Any, ...]:
             token.period, token.t0, token.sealed, token.fingerprint, token.counter,
             token.last_step, token.drift, bool(token.enabled), token.failures, token.lock_count,
             float(token.locked_until), token.issuer, token.not_before, token.not_after,
-            token.created or (time.time() if now is None else now), token.version)
+            token.created or (time.time() if now is None else now), token.version, token.binding,
+            float(token.failures_at))

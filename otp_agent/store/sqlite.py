@@ -18,13 +18,13 @@ from typing import Any
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.store.groupcommit import GroupCommitter
-from otp_agent.store.rows import COLUMN_OF, COLUMNS, SELECT, migration_script, row_to_token, token_to_row
+from otp_agent.store.rows import (
+    COLUMN_OF, COLUMNS, RESET_THROTTLING, SELECT, migration_script, row_to_token, token_to_row,
+)
 from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
 
-SCHEMA_VERSION = 1
-
-
-
+SCHEMA_VERSION = 2
+_RESET_THROTTLING_SQLITE = RESET_THROTTLING.replace("%s", "?")
 
 
 class SQLiteStore:
@@ -192,11 +192,9 @@ class SQLiteStore:
         assert token is not None
         return token
 
-    def reset_throttling(self, serial: str) -> None:
+    def reset_throttling(self, serial: str, now: float) -> None:
         def update(connection: sqlite3.Connection) -> int:
-            return connection.execute(
-                "UPDATE tokens SET failures = 0, locked_until = 0, version = version + 1 "
-                "WHERE serial = ?", (serial,)).rowcount
+            return connection.execute(_RESET_THROTTLING_SQLITE, (now, now, now, serial)).rowcount
 
         if self._write(f"unlocking token {serial}", update) != 1:
             raise NotFound(f"no token with serial {serial}")

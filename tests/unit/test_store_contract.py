@@ -140,17 +140,17 @@ def test_absent_store_is_a_clear_error(backend: Backend) -> None:
 
 def test_schema_version_recorded_and_reopen_is_idempotent(backend: Backend) -> None:
     """The schema version is recorded; opening again, even with create, changes nothing."""
-    assert backend.store.get_meta("schema_version") == "1"
+    assert backend.store.get_meta("schema_version") == "2"
     backend.open().close()
     backend.open(create=True).close()
     health = backend.store.health()
     assert health["ok"] is True and health["backend"] == backend.name
-    assert health["schema_version"] == 1 and health["tokens"] == 0
+    assert health["schema_version"] == 2 and health["tokens"] == 0
 
 
 def test_newer_schema_is_refused(backend: Backend) -> None:
     """A store written by a newer otp-agent is refused with a message saying so."""
-    backend.store.set_meta("schema_version", "2")
+    backend.store.set_meta("schema_version", "3")
     with pytest.raises(StoreUnavailable, match="newer"):
         backend.open()
 
@@ -213,7 +213,7 @@ def test_compare_and_set_writes_every_state_field(backend: Backend) -> None:
     store = backend.store
     store.add_tokens([token("A")])
     changes = {"counter": 5, "last_step": 99, "drift": -1, "failures": 2, "lock_count": 3,
-               "locked_until": 123.5}
+               "locked_until": 123.5, "failures_at": 77.25, "enabled": False}
     assert store.compare_and_set("A", 0, changes)
     after = store.get("A")
     assert after is not None
@@ -257,25 +257,31 @@ def test_admin_changes_and_not_found(backend: Backend) -> None:
     store.add_tokens([token("A", user=None)])
     assert store.update_admin_fields("A", {"user": "bob"}).user == "bob"
     assert store.update_admin_fields("A", {"enabled": False}).enabled is False
+    assert store.update_admin_fields("A", {"binding": b"tag" * 8}).binding == b"tag" * 8
     with pytest.raises(NotFound):
         store.update_admin_fields("Z", {"enabled": True})
     with pytest.raises(NotFound):
         store.remove("Z")
     with pytest.raises(NotFound):
-        store.reset_throttling("Z")
+        store.reset_throttling("Z", 1.0)
     store.remove("A")
     assert store.get("A") is None
 
 
 def test_reset_throttling(backend: Backend) -> None:
-    """Unlocking clears failures and the lock but keeps the lock count, and moves the version."""
+    """Unlocking clears failures and ends a running lock at "now" but keeps the lock level (it
+    decays from the lock's end), and moves the version; an ended lock keeps its end time."""
     store = backend.store
-    store.add_tokens([token("A")])
+    store.add_tokens([token("A"), token("B")])
     assert store.compare_and_set("A", 0, {"failures": 4, "lock_count": 2, "locked_until": 9e9})
-    store.reset_throttling("A")
+    store.reset_throttling("A", 1000.0)
     after = store.get("A")
-    assert after is not None and (after.failures, after.locked_until, after.lock_count) == (0, 0, 2)
+    assert after is not None
+    assert (after.failures, after.failures_at, after.locked_until, after.lock_count) == (0, 1000, 1000, 2)
     assert after.version == 2
+    assert store.compare_and_set("B", 0, {"failures": 1, "lock_count": 1, "locked_until": 500.0})
+    store.reset_throttling("B", 1000.0)
+    assert store.get("B").locked_until == 500.0  # type: ignore[union-attr]
 
 
 def test_failed_write_is_a_store_error_and_writes_nothing(backend: Backend) -> None:

@@ -5,6 +5,7 @@ Runs unchanged against the software backend and the payShield backend (over the 
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ def add_token(store: SQLiteStore, keys: KeyBackend, serial: str, user: str | Non
     token = Token(serial=serial, token_type=token_type, algorithm=algorithm, digits=digits,
                   period=30, t0=0, sealed=keys.seal_secret(identity, Secret(secret)),
                   fingerprint=keys.fingerprint(Secret(secret)), user=user, created=1.0, **fields)
+    token = dataclasses.replace(token, binding=keys.binding_tag(token.binding_message()))
     store.add_tokens([token])
     return token
 
@@ -140,9 +142,11 @@ def test_disabled_and_expired_tokens(setup, store, key_backend, clock) -> None: 
     assert setup().validate("bob", code(step(clock), b"b" * 20), CONTEXT).reason == "disabled"
 
 
-def test_throttling_locks_with_growing_duration_and_success_resets(setup, store, key_backend, clock) -> None:  # type: ignore[no-untyped-def]
+def test_throttling_locks_with_growing_duration_and_success_resets_in_the_old_mode(setup, store, key_backend, clock) -> None:  # type: ignore[no-untyped-def]
+    """failure_decay_seconds = 0 keeps the first release's rule: success resets everything."""
     add_token(store, key_backend, "T1")
-    validator = setup(lock_threshold=3, lock_base_seconds=60, lock_max_seconds=1000)
+    validator = setup(lock_threshold=3, lock_base_seconds=60, lock_max_seconds=1000,
+                      failure_decay_seconds=0, disable_after_locks=0)
     for _ in range(3):
         assert validator.validate("alice", "000000", CONTEXT).reason == "bad_code"
     locked = store.get("T1")

@@ -9,13 +9,19 @@ Owns the mapping of the KeyBackend Protocol onto host commands:
 * ``compute_hmacs``: one LQ per message, all pipelined on one connection; LQ returns an HMAC,
   never a key, and no code path here asks the HSM for a clear key.
 * ``fingerprint``: an HMAC computed by the HSM under a dedicated fingerprint key block.
+* ``binding_tag``: HMAC-SHA-256 on the host under a binding key that the HSM derives once per
+  process (one LQ under the fingerprint key with a fixed label) and that lives only in memory;
+  it never reaches the store, so a store writer cannot forge a tag, and a validation costs no
+  extra HSM round trip.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +42,7 @@ from otp_agent.sensitive import Secret
 logger = logging.getLogger(__name__)
 
 _FINGERPRINT_LABEL = b"otp-agent payshield fingerprint v1\x00"
+_BINDING_LABEL = b"otp-agent payshield row binding key v1\x00"
 _MODE_OF_USE = "G"
 _EXPORTABILITY = "N"
 
@@ -70,6 +77,8 @@ class PayShieldKeyBackend:
         """
         self.config = config
         self._fingerprint_key: str | None = None
+        self._binding_key: Secret | None = None
+        self._binding_lock = threading.Lock()
         if config.fingerprint_key_file is not None and config.fingerprint_key_file.exists():
             self._fingerprint_key = _key_block_file(config.fingerprint_key_file, "fingerprint key")
         self._transport = Transport(config)
@@ -166,13 +175,24 @@ class PayShieldKeyBackend:
 
         :raises KeyBackendError: no fingerprint key (run ``otp-agent init``).
         """
+        return self._fingerprint_hmac(hashlib.sha256(_FINGERPRINT_LABEL + secret.reveal()).digest())
+
+    def _fingerprint_hmac(self, message: bytes) -> bytes:
         if self._fingerprint_key is None:
             raise KeyBackendError("payShield fingerprint key missing: set keystore.payshield."
                                   "fingerprint_key_file and run otp-agent init")
-        digest = hashlib.sha256(_FINGERPRINT_LABEL + secret.reveal()).digest()
         key = HmacKey.key_block(self._fingerprint_key[1:])
-        (response,) = self._transport.exchange([codec.encode_lq("FF", 32, key, digest)])
+        (response,) = self._transport.exchange([codec.encode_lq("FF", 32, key, message)])
         return codec.parse_lr(response, 32)
+
+    def binding_tag(self, message: bytes) -> bytes:
+        """Return HMAC-SHA-256 of a token's binding message under the HSM-derived binding key."""
+        with self._binding_lock:
+            if self._binding_key is None:
+                self._binding_key = Secret(self._fingerprint_hmac(
+                    hashlib.sha256(_BINDING_LABEL).digest()))
+            key = self._binding_key.reveal()
+        return hmac.digest(key, message, "sha256")
 
     # -- status --------------------------------------------------------------------------------
 
@@ -191,8 +211,12 @@ class PayShieldKeyBackend:
         return report
 
     def close(self) -> None:
-        """Close the connections and stop the transport thread."""
+        """Close the connections and stop the transport thread; forget the binding key."""
         self._transport.close()
+        with self._binding_lock:
+            if self._binding_key is not None:
+                self._binding_key.wipe()
+                self._binding_key = None
 
 
 def initialise_payshield(config: PayShieldConfig) -> list[str]:
