@@ -2,7 +2,8 @@
 
 ``otp-agent --config FILE`` runs in the foreground; ``--check-config`` checks the file and the
 backends and exits; ``otp-agent init --config FILE`` creates what the config names and is
-missing (master key with mode 0600, database) and never overwrites anything.
+missing (master key with mode 0600, database) and never overwrites anything; that lives in
+:mod:`otp_agent.daemon.initialise`.
 Exit codes: 0 clean stop, 2 configuration error, 4 key backend or store unavailable.
 """
 
@@ -65,53 +66,6 @@ def bind_backend_to_store(keys: KeyBackend, store: TokenStore) -> None:
         raise KeyBackendUnavailable(
             "the key backend does not match the one this database was created with "
             "(wrong master key file or HSM key); refusing to start")
-
-
-def _give_to_directory_owner(database: Path) -> None:
-    """Make a new database mode 0600 and, when run as root, owned by its directory's owner.
-
-    So that ``otp-agent init`` run by root (package scripts) leaves a database the daemon's
-    dedicated user (owner of the state directory) can write, and nobody else can read.
-    """
-    directory = database.parent.stat()
-    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
-        if path.exists():
-            os.chmod(path, 0o600)
-            if os.geteuid() == 0:
-                os.chown(path, directory.st_uid, directory.st_gid)
-
-
-def initialise(config: Config) -> list[str]:
-    """Create the master key and database if missing; return what was done."""
-    done: list[str] = []
-    if config.keystore.backend == "software":
-        from otp_agent.keystore.software import create_master_key
-        path = config.keystore.master_key_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if create_master_key(path):
-            done.append(f"created master key {path} (mode 0600)")
-        else:
-            done.append(f"kept existing master key {path}")
-    else:
-        from otp_agent.keystore.payshield.backend import initialise_payshield
-        done += initialise_payshield(config.keystore.payshield)
-    if config.store.backend == "sqlite":
-        config.store.path.parent.mkdir(parents=True, exist_ok=True)
-        existed = config.store.path.exists()
-        store = open_store(config, create=True)
-        if not existed:
-            _give_to_directory_owner(config.store.path)
-        done.append(f"{'kept existing' if existed else 'created'} database {config.store.path}")
-    else:
-        store = open_store(config, create=True)
-        done.append("PostgreSQL schema ready")
-    keys = open_key_backend(config)
-    try:
-        bind_backend_to_store(keys, store)
-    finally:
-        keys.close()
-        store.close()
-    return done
 
 
 class Agent:
@@ -213,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(arguments.config)
         if arguments.command == "init":
+            # Imported here: the init module builds on this composition root's factories.
+            from otp_agent.daemon.initialise import initialise
             for line in initialise(config):
                 print(line)
             return 0

@@ -159,6 +159,8 @@ def test_rpm_has_the_deb_layout_and_scripts(packages: dict[str, Path]) -> None:
     scripts = contents.split("== scripts")[1]
     assert "useradd -r -g otp-agent" in scripts
     assert "otp-agent init --config /etc/otp-agent/agent.toml" in scripts
+    # init creates the database as its directory's owner: no script chowns it (through a link).
+    assert not re.search(r"chown\b.*tokens\.db", scripts), scripts
     assert "OTP_AGENT_PURGE_SECRETS" in scripts
     assert "/etc/pam.d/" not in scripts and "sshd_config" not in scripts
     # The wrapper must import pam_helper from where the rpm puts it.
@@ -226,6 +228,8 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
     assert Path("/etc/otp-agent").stat().st_uid == 0
     assert stat.S_IMODE(Path("/etc/otp-agent").stat().st_mode) == 0o755
 
+    postinst = Path("/var/lib/dpkg/info/otp-agent.postinst").read_text(encoding="utf-8")
+    assert "otp-agent init" in postinst and not re.search(r"chown\b.*tokens\.db", postinst)
     conffiles = Path("/var/lib/dpkg/info/otp-agent.conffiles").read_text().split()
     assert {"/etc/otp-agent/agent.toml", "/etc/pam.d/otp-agent-password",
             "/etc/logrotate.d/otp-agent"} <= set(conffiles)
