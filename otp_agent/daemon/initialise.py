@@ -35,6 +35,7 @@ from otp_agent.config import Config
 from otp_agent.daemon.main import bind_backend_to_store, open_key_backend, open_store
 from otp_agent.errors import ERRORS_BY_CODE, KeyBackendUnavailable, OtpAgentError, StoreUnavailable
 from otp_agent.keystore import KeyBackend
+from otp_agent.rowbinding import bind_existing_rows
 from otp_agent.store import TokenStore
 from otp_agent.store.rows import migration_script
 from otp_agent.store.sqlite import SQLiteStore
@@ -254,9 +255,9 @@ def _initialise_keys(config: Config) -> list[str]:
 
 
 def _prepare_store(keys: KeyBackend, store: TokenStore) -> list[str]:
-    """Tie the store to this key backend; return what was done beyond that."""
+    """Tie the store to this key backend and bind the rows that predate row binding."""
     bind_backend_to_store(keys, store)
-    return []
+    return bind_existing_rows(store, keys)
 
 
 def _create_sqlite(config: Config, owner: tuple[int, int] | None) -> tuple[bool, list[str]]:

@@ -145,7 +145,10 @@ def test_init_creates_the_database_as_the_directory_owner_and_keeps_it_on_rerun(
     inode = layout.database.stat().st_ino
     with sqlite3.connect(layout.database) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
     assert {"meta", "tokens"} <= tables
+    # The child that created it also tied it to the key backend and wrote the row-binding marker.
+    assert {"key_backend_check_value", "row_binding"} <= set(meta), meta
 
     again = layout.init()
     assert again.returncode == 0, again.stderr
