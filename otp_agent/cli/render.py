@@ -49,12 +49,14 @@ def print_decision(reply: dict[str, Any], out: TextIO) -> None:
 
 
 def print_status(reply: dict[str, Any], out: TextIO) -> None:
-    """Print the health report."""
+    """Print the health report; a section's ``warning`` gets a WARNING line of its own."""
     for part in ("agent", "store", "keystore"):
         section = reply.get(part, {})
         details = ", ".join(f"{k}={v}" for k, v in section.items()
-                            if k != "ok" and not isinstance(v, (list, dict)))
+                            if k not in ("ok", "warning") and not isinstance(v, (list, dict)))
         print(f"{part:<9} {'ok' if section.get('ok') else 'FAILING'}  {details}", file=out)
+        if section.get("warning"):
+            print(f"  WARNING: {section['warning']}", file=out)
         for host in section.get("hosts", []) if isinstance(section.get("hosts"), list) else []:
             state = "up" if host.get("up") else "DOWN"
             extra = ", ".join(f"{k}={v}" for k, v in host.items()

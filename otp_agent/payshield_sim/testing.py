@@ -1,8 +1,10 @@
 """Run the simulator inside a test: ``with running_simulator() as hsm: ...``.
 
 Owns a background thread with its own event loop serving one simulated HSM on 127.0.0.1 (a free
-port), a temporary directory with its LMK file and the key-ceremony files (ZMK in clear and as a
-key block), and helpers to change faults at run time and build a PayShieldConfig for it.
+port), a temporary directory with its LMK file, the key-ceremony files (ZMK in clear and as a
+key block) and its self-signed TLS certificate, and helpers to change faults at run time and
+build a PayShieldConfig for it.  Like the backend, the simulator serves TLS unless told
+otherwise; a plain-TCP simulator gets a config with ``insecure_plaintext = true``.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ class RunningSimulator:
     """Handle on a simulator running in a background thread."""
 
     def __init__(self, directory: Path, lmk_file: Path, header_length: int, knobs: Knobs,
-                 tls: bool = False) -> None:
+                 tls: bool = True) -> None:
         self.host = "127.0.0.1"
         self.tls_cert: Path | None = None
         self._tls: ssl.SSLContext | None = None
         if tls:
-            self.tls_cert, key = make_self_signed(directory)
-            self._tls = server_context(self.tls_cert, key)
+            # A second simulator in the same directory (a second HSM) shares the certificate.
+            cert, key = directory / "sim-cert.pem", directory / "sim-key.pem"
+            if not (cert.exists() and key.exists()):
+                cert, key = make_self_signed(directory)
+            self.tls_cert, self._tls = cert, server_context(cert, key)
         self.directory = directory
         self.lmk_file = lmk_file
         self.lmk = Lmk.load_or_create(lmk_file)
@@ -100,7 +105,13 @@ class RunningSimulator:
         return self.server.requests[command]
 
     def config(self, **overrides: object) -> PayShieldConfig:
-        """A PayShieldConfig for this simulator, with ZMK and fingerprint key files ready."""
+        """A PayShieldConfig for this simulator, with ZMK and fingerprint key files ready.
+
+        TLS trusting the simulator's certificate, or plain TCP with ``insecure_plaintext``.
+        """
+        link: dict[str, Any] = (
+            {"tls_ca_file": self.tls_cert, "tls_server_name": "localhost"}
+            if self.tls_cert is not None else {"tls": False, "insecure_plaintext": True})
         base = PayShieldConfig(
             hosts=(HsmAddress(self.host, self.port),),
             lmk_check_value=self.lmk_check_value[:6],
@@ -109,9 +120,8 @@ class RunningSimulator:
             retry_initial=0.05, retry_max=0.5,
             zmk_file=self.zmk_file, zmk_key_block_file=self.zmk_key_block_file,
             fingerprint_key_file=self.fingerprint_key_file,
+            **link,
         )
-        if self.tls_cert is not None:
-            base = replace(base, tls=True, tls_ca_file=self.tls_cert, tls_server_name="localhost")
         return replace(base, **overrides)  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -132,14 +142,15 @@ def config_for(*simulators: RunningSimulator, **overrides: object) -> PayShieldC
 
 @contextmanager
 def running_simulator(*, header_length: int = 4, lmk_file: Path | None = None,
-                      directory: Path | None = None, tls: bool = False,
+                      directory: Path | None = None, tls: bool = True,
                       **knobs: Any) -> Iterator[RunningSimulator]:
     """Run a simulator on 127.0.0.1 for the duration of the ``with`` block.
 
-    ``knobs`` are :class:`Knobs` fields (latency, calls_per_second, fault, ...); ``tls`` serves
-    TLS with a fresh self-signed certificate (trusted by :meth:`RunningSimulator.config`).  Pass the
-    ``lmk_file`` and ``directory`` of another simulator to simulate a second HSM with the
-    same LMK and key-ceremony files.
+    ``knobs`` are :class:`Knobs` fields (latency, calls_per_second, fault, ...).  The simulator
+    serves TLS with a self-signed certificate (trusted by :meth:`RunningSimulator.config`);
+    ``tls=False`` serves plain TCP (for raw-socket tests, and configs that opt in to
+    ``insecure_plaintext``).  Pass the ``lmk_file`` and ``directory`` of another simulator to
+    simulate a second HSM with the same LMK, key-ceremony files and certificate.
     """
     with tempfile.TemporaryDirectory(prefix="payshield-sim-") as temporary:
         where = directory or Path(temporary)

@@ -1,9 +1,10 @@
-"""The real daemon on the payShield key backend, over TCP to the simulator.
+"""The real daemon on the payShield key backend, over TLS (or opted-in plain TCP) to the simulator.
 
 Covers the composition the unit suites do not: the ``[keystore.payshield]`` TOML table,
 ``otp-agent init`` creating the fingerprint key inside the HSM, enrollment through LU,
-validation through pipelined LQ, ``otpctl status`` showing the HSM, failing closed when the HSM
-goes silent, and no secret in the database.
+validation through pipelined LQ, ``otpctl status`` showing the HSM and how the link is
+protected, the start-up warning of ``insecure_plaintext``, failing closed when the HSM goes
+silent, and no secret in the database.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -23,21 +25,32 @@ from tests.integration.agentclient import request
 simulator_testing = pytest.importorskip("otp_agent.payshield_sim.testing")
 
 
+def _payshield_table(simulator: Any, agent_directory: Path) -> dict[str, object]:
+    """The ``[keystore.payshield]`` table for ``simulator``: TLS trusting its certificate by
+    default (no ``tls`` key needed), or plain TCP with the explicit opt-in."""
+    config = simulator.config()
+    payshield: dict[str, object] = {
+        "hosts": [f"{simulator.host}:{simulator.port}"],
+        "lmk_check_value": config.lmk_check_value,
+        "header_length": config.header_length,
+        "request_timeout": 2.0,
+        "retry_initial": 0.1,
+        "retry_max": 0.5,
+        "zmk_file": str(config.zmk_file),
+        "zmk_key_block_file": str(config.zmk_key_block_file),
+        "fingerprint_key_file": str(agent_directory / "fingerprint.kb"),
+    }
+    if simulator.tls_cert is not None:
+        payshield.update(tls_ca_file=str(simulator.tls_cert), tls_server_name="localhost")
+    else:
+        payshield["insecure_plaintext"] = True
+    return payshield
+
+
 @pytest.fixture
 def hsm_agent(agent_directory: Path) -> Iterator[tuple[RunningAgent, object]]:
     with simulator_testing.running_simulator() as simulator:
-        config = simulator.config()
-        payshield = {
-            "hosts": [f"{simulator.host}:{simulator.port}"],
-            "lmk_check_value": config.lmk_check_value,
-            "header_length": config.header_length,
-            "request_timeout": 2.0,
-            "retry_initial": 0.1,
-            "retry_max": 0.5,
-            "zmk_file": str(config.zmk_file),
-            "zmk_key_block_file": str(config.zmk_key_block_file),
-            "fingerprint_key_file": str(agent_directory / "fingerprint.kb"),
-        }
+        payshield = _payshield_table(simulator, agent_directory)
         sections = {"keystore": {"backend": "payshield", "payshield": payshield}}
         with running_agent(agent_directory, sections=sections) as agent:
             yield agent, simulator
@@ -55,6 +68,8 @@ def test_enroll_validate_replay_status_through_the_hsm(hsm_agent: tuple[RunningA
     assert status["keystore"]["backend"] == "payshield" and status["keystore"]["ok"]
     text = agent.otpctl("status").stdout
     assert "hsm 127.0.0.1:" in text and ": up" in text
+    assert status["keystore"]["transport"] == "tls" and "warning" not in status["keystore"]
+    assert "transport=tls" in text and "WARNING" not in text
     agent.stop()
     secret_text = parse_qs(urlparse(uri).query)["secret"][0]
     raw = base64.b32decode(secret_text + "=" * (-len(secret_text) % 8))
@@ -90,3 +105,25 @@ def test_export_is_refused_on_the_hsm_backend(hsm_agent: tuple[RunningAgent, obj
                           "--password-file", str(tmp_path / "password"))
     assert result.returncode == 4 and "HSM" in result.stderr
     assert not (tmp_path / "out.pskc").exists()
+
+
+def test_plaintext_opt_in_is_logged_and_shown_by_status(agent_directory: Path) -> None:
+    """insecure_plaintext = true works, but the daemon logs a WARNING when it connects to the
+    HSM and ``otpctl status`` shows the link as insecure with the warning on its own line."""
+    with simulator_testing.running_simulator(tls=False) as simulator:
+        payshield = _payshield_table(simulator, agent_directory)
+        assert payshield["insecure_plaintext"] is True and "tls" not in payshield
+        sections = {"keystore": {"backend": "payshield", "payshield": payshield}}
+        with running_agent(agent_directory, sections=sections) as agent:
+            _serial, uri = agent.enroll("dave")
+            reply = request(agent.socket_path, "validate", user="dave", code=agent.code_for(uri))
+            assert reply["result"] == "accept"
+            status = json.loads(agent.otpctl("status", "--json").stdout)["keystore"]
+            assert status["transport"] == "plaintext (insecure)"
+            assert "insecure_plaintext = true" in status["warning"]
+            text = agent.otpctl("status").stdout
+            assert "transport=plaintext (insecure)" in text
+            assert "\n  WARNING: keystore.payshield.insecure_plaintext = true" in text
+            log = agent.log()
+    warnings = [line for line in log.splitlines() if "insecure_plaintext = true" in line]
+    assert warnings and all("WARNING" in line for line in warnings), log[-2000:]

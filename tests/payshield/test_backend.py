@@ -221,7 +221,8 @@ def test_health_reports_hosts(backend: PayShieldKeyBackend, sim: RunningSimulato
 
 
 def test_tls_connection() -> None:
-    """With tls = true the backend talks to a TLS simulator and verifies its certificate."""
+    """With TLS (the default) the backend talks to a TLS simulator and verifies its
+    certificate; plain TCP to a TLS port does not work."""
     from otp_agent.payshield_sim.testing import running_simulator
     with running_simulator(tls=True) as tls_sim:
         keys = PayShieldKeyBackend(tls_sim.config())
@@ -231,8 +232,8 @@ def test_tls_connection() -> None:
             assert format_code(mac, 6) == "755224"
         finally:
             keys.close()
-        plain = tls_sim.config(tls=False, tls_ca_file=None, tls_server_name=None, connect_timeout=0.5,
-                               request_timeout=0.5)
+        plain = tls_sim.config(tls=False, insecure_plaintext=True, tls_ca_file=None,
+                               tls_server_name=None, connect_timeout=0.5, request_timeout=0.5)
         with pytest.raises(KeyBackendError):
             PayShieldKeyBackend(plain)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from otp_agent.errors import ConfigError
-from otp_agent.keystore.payshield.config import HsmAddress, parse_payshield_config
+from otp_agent.keystore.payshield.config import HsmAddress, PayShieldConfig, parse_payshield_config
 
 MINIMAL: dict[str, object] = {"hosts": ["hsm1:1500"], "lmk_check_value": "5d6727"}
 
@@ -63,7 +63,7 @@ def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:
     ({"hosts": ["a:1"]}, "lmk_check_value"),
     ({"lmk_check_value": "ABCDEF"}, "hosts"),
     ({**MINIMAL, "zmk_file": "/z"}, "zmk_key_block_file"),
-    ({**MINIMAL, "tls_ca_file": "/ca"}, "tls_ca_file"),
+    ({**MINIMAL, "insecure_plaintext": True, "tls_ca_file": "/ca"}, "tls_ca_file"),
     ({**MINIMAL, "tls": True, "tls_cert_file": "/c"}, "tls_key_file"),
     ({**MINIMAL, "retry_initial": 5, "retry_max": 1}, "retry_max"),
     ({**MINIMAL, "header_length": 0, "max_in_flight": 8}, "max_in_flight"),
@@ -72,3 +72,51 @@ def test_inconsistent_tables_name_the_key(table: dict[str, object], key: str) ->
     """Missing or inconsistent keys are reported by name."""
     with pytest.raises(ConfigError, match=f"^keystore.payshield.{key}: "):
         parse_payshield_config(table)
+
+
+def test_tls_with_verification_is_the_default() -> None:
+    """Without any TLS key the link is TLS (the CA from the system store), in the table and in
+    a PayShieldConfig built in code alike."""
+    config = parse_payshield_config(dict(MINIMAL))
+    assert config.tls is True and config.insecure_plaintext is False
+    assert config.transport_label == "tls"
+    built = PayShieldConfig(hosts=(HsmAddress("hsm1", 1500),), lmk_check_value="5D6727")
+    assert built.tls is True and built.insecure_plaintext is False
+
+
+def test_tls_false_without_the_opt_in_is_refused() -> None:
+    """tls = false alone is an error that names the key and the opt-in."""
+    with pytest.raises(ConfigError) as caught:
+        parse_payshield_config({**MINIMAL, "tls": False})
+    message = str(caught.value)
+    assert message.startswith("keystore.payshield.tls: ")
+    assert "set insecure_plaintext = true if plain TCP is really wanted" in message
+    with pytest.raises(ConfigError, match="^keystore.payshield.tls: "):
+        parse_payshield_config({**MINIMAL, "tls": False, "insecure_plaintext": False})
+    with pytest.raises(ConfigError, match="insecure_plaintext = true"):
+        PayShieldConfig(hosts=(HsmAddress("hsm1", 1500),), lmk_check_value="5D6727", tls=False)
+
+
+@pytest.mark.parametrize("extra", [{}, {"tls": False}])
+def test_insecure_plaintext_opt_in(extra: dict[str, object]) -> None:
+    """insecure_plaintext = true (with or without tls = false) selects plain TCP."""
+    config = parse_payshield_config({**MINIMAL, **extra, "insecure_plaintext": True})
+    assert config.tls is False and config.insecure_plaintext is True
+    assert config.transport_label == "plaintext (insecure)"
+
+
+@pytest.mark.parametrize("extra,key", [
+    ({"tls": True}, "insecure_plaintext"),
+    ({"tls_ca_file": "/etc/ca.pem"}, "tls_ca_file"),
+    ({"tls_cert_file": "/etc/c.pem", "tls_key_file": "/etc/k.pem"}, "tls_cert_file"),
+    ({"tls_server_name": "hsm1.example"}, "tls_server_name"),
+])
+def test_insecure_plaintext_with_tls_keys_is_refused(extra: dict[str, object], key: str) -> None:
+    """The opt-in together with TLS settings is contradictory, and said so by key."""
+    with pytest.raises(ConfigError, match=f"^keystore.payshield.{key}: .*remove one of them"):
+        parse_payshield_config({**MINIMAL, "insecure_plaintext": True, **extra})
+
+
+def test_insecure_plaintext_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError, match="^keystore.payshield.insecure_plaintext: must be true"):
+        parse_payshield_config({**MINIMAL, "insecure_plaintext": "yes"})

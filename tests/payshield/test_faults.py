@@ -78,7 +78,9 @@ def test_lmk_check_value_mismatch(sim: RunningSimulator) -> None:
 
 def test_second_hsm_with_another_lmk_refuses_start_up(sim: RunningSimulator) -> None:
     """Every reachable HSM must hold the configured LMK."""
-    with running_simulator() as stranger:
+    # Same directory, so the same (trusted) TLS certificate, but an LMK of its own.
+    other_lmk = sim.directory / "other-lmk.hex"
+    with running_simulator(lmk_file=other_lmk, directory=sim.directory) as stranger:
         assert stranger.lmk_check_value != sim.lmk_check_value
         with pytest.raises(LmkMismatch):
             PayShieldKeyBackend(config_for(sim, stranger))

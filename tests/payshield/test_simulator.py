@@ -7,6 +7,7 @@ import hmac
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,13 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@pytest.fixture
+def sim() -> Iterator[RunningSimulator]:
+    """A plain-TCP simulator: these tests read its frames from a bare socket."""
+    with running_simulator(tls=False) as simulator:
+        yield simulator
 
 
 @pytest.fixture
@@ -194,7 +202,7 @@ def test_several_clients(sim: RunningSimulator) -> None:
 @pytest.mark.parametrize("header_length", [0, 1, 8])
 def test_configurable_header_length(header_length: int) -> None:
     """The header of the configured length is echoed and the command found after it."""
-    with running_simulator(header_length=header_length) as sim:
+    with running_simulator(header_length=header_length, tls=False) as sim:
         raw = RawClient(sim)
         header = b"7" * header_length
         response = raw.ask(header + codec.encode_nc())

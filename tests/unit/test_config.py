@@ -78,3 +78,19 @@ def test_dsn_password_is_not_in_the_repr() -> None:
     assert config.store.dsn == "postgresql://otp:s3cr3t-pw@db1/otp"
     for shown in (repr(config), repr(config.store), str(config)):
         assert "s3cr3t-pw" not in shown
+
+
+def test_payshield_link_is_tls_unless_plain_tcp_is_opted_in(tmp_path: Path) -> None:
+    """Through the whole file: the payShield table defaults to TLS; tls = false is refused
+    until insecure_plaintext = true says plain TCP is really wanted."""
+    path = tmp_path / "agent.toml"
+    table = '[keystore]\nbackend = "payshield"\n[keystore.payshield]\nhosts = ["hsm1:1500"]\n' \
+            'lmk_check_value = "5D6727"\n'
+    path.write_text(table)
+    assert load_config(path).keystore.payshield.tls is True
+    path.write_text(table + "tls = false\n")
+    with pytest.raises(ConfigError, match=": keystore.payshield.tls: .*insecure_plaintext = true"):
+        load_config(path)
+    path.write_text(table + "insecure_plaintext = true\n")
+    payshield = load_config(path).keystore.payshield
+    assert (payshield.tls, payshield.insecure_plaintext) == (False, True)

@@ -3,6 +3,10 @@
 Owns every key of the table (documented in docs/hsm.md) and turns the TOML dictionary into a
 frozen :class:`PayShieldConfig`.  Any unknown key, wrong type or bad value raises ConfigError
 naming the full key.  No key material is ever inline: ZMK and fingerprint key are file paths.
+
+The link to the HSM carries the HMACs the codes are made of, so it is TLS with certificate
+verification unless ``insecure_plaintext = true`` says otherwise; the dataclass itself refuses a
+plain-TCP configuration without that opt-in, however it was built.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TypeVar
 from otp_agent.errors import ConfigError
 
 PREFIX = "keystore.payshield"
+_TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
 _T = TypeVar("_T")
 
 
@@ -51,11 +56,33 @@ class PayShieldConfig:
     zmk_file: Path | None = None
     zmk_key_block_file: Path | None = None
     fingerprint_key_file: Path | None = Path("/etc/otp-agent/payshield-fingerprint.kb")
-    tls: bool = False
+    tls: bool = True
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_server_name: str | None = None
+    insecure_plaintext: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse plain TCP without the opt-in, and the opt-in together with TLS settings."""
+        if not self.tls and not self.insecure_plaintext:
+            raise ConfigError(
+                f"{PREFIX}.tls: false would send the HMACs the codes are made of in clear and "
+                "let anyone on the path forge them; set insecure_plaintext = true if plain TCP "
+                "is really wanted (see docs/hsm.md)")
+        if self.tls and self.insecure_plaintext:
+            raise ConfigError(f"{PREFIX}.insecure_plaintext: true contradicts tls = true; "
+                              "remove one of them")
+        if self.insecure_plaintext:
+            for name in _TLS_KEYS:
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{PREFIX}.{name}: is a TLS key, but insecure_plaintext "
+                                      "= true turns TLS off; remove one of them")
+
+    @property
+    def transport_label(self) -> str:
+        """How the link is protected, as shown by ``otpctl status``."""
+        return "tls" if self.tls else "plaintext (insecure)"
 
 
 def _address(key: str, value: str) -> HsmAddress:
@@ -150,7 +177,14 @@ _KEYS: dict[str, Callable[[str, object], object]] = {
     "tls_cert_file": _path,
     "tls_key_file": _path,
     "tls_server_name": _string,
+    "insecure_plaintext": _boolean,
 }
+
+#: Logged at start-up and shown by ``otpctl status`` when the link is plain TCP.
+PLAINTEXT_WARNING = (
+    f"{PREFIX}.insecure_plaintext = true: the HSM link is plain TCP; anyone on the path reads "
+    "the HMACs of every login (the codes of the window) and can forge answers that accept any "
+    "code")
 
 
 def parse_payshield_config(table: dict[str, object]) -> PayShieldConfig:
@@ -170,6 +204,7 @@ def parse_payshield_config(table: dict[str, object]) -> PayShieldConfig:
     for required in ("hosts", "lmk_check_value"):
         if required not in values:
             raise ConfigError(f"{PREFIX}.{required}: missing (required)")
+    _check_transport(values)
     config = PayShieldConfig(**values)  # type: ignore[arg-type]
     if config.header_length == 0 and config.max_in_flight > 1 and "max_in_flight" in values:
         raise ConfigError(f"{PREFIX}.max_in_flight: must be 1 when header_length is 0 "
@@ -182,8 +217,10 @@ def parse_payshield_config(table: dict[str, object]) -> PayShieldConfig:
     if (config.tls_cert_file is None) != (config.tls_key_file is None):
         name = "tls_key_file" if config.tls_key_file is None else "tls_cert_file"
         raise ConfigError(f"{PREFIX}.{name}: tls_cert_file and tls_key_file go together")
-    if not config.tls:
-        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name"):
-            if name in values:
-                raise ConfigError(f"{PREFIX}.{name}: needs tls = true")
     return config
+
+
+def _check_transport(values: dict[str, object]) -> None:
+    """``insecure_plaintext = true`` alone turns TLS off; PayShieldConfig checks the rest."""
+    if values.get("insecure_plaintext") is True and "tls" not in values:
+        values["tls"] = False

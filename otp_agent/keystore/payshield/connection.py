@@ -1,10 +1,10 @@
-"""One TCP (or TLS) connection to one HSM, with many requests in flight.
+"""One TLS (or, if explicitly allowed, plain TCP) connection to one HSM, many requests in flight.
 
-Owns the socket, the framing and the matching of responses to requests by a unique header:
-requests are written as soon as they are submitted (pipelining) and a reader task resolves the
-future whose header the response echoes.  Any response that cannot be matched, or whose response
-code does not belong to its request, breaks the connection: every request still in flight on it
-fails closed.  With a header length of 0 only one request may be in flight.
+Owns the socket, the TLS handshake, the framing and the matching of responses to requests by a
+unique header: requests are written as soon as they are submitted (pipelining) and a reader task
+resolves the future whose header the response echoes.  Any response that cannot be matched, or
+whose response code does not belong to its request, breaks the connection: every request still
+in flight on it fails closed.  With a header length of 0 only one request may be in flight.
 """
 
 from __future__ import annotations
@@ -20,6 +20,17 @@ from otp_agent.keystore.payshield.config import HsmAddress
 from otp_agent.keystore.payshield.errors import PayShieldProtocolError, PayShieldUnavailable
 
 logger = logging.getLogger(__name__)
+
+
+def _tls_failure(exc: BaseException) -> str:
+    """Why a TLS handshake failed, in words an operator can act on (no key material)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS certificate not accepted ({exc.verify_message}); check keystore.payshield."
+                "tls_ca_file and tls_server_name")
+    if isinstance(exc, asyncio.TimeoutError):
+        return ("TLS handshake timed out (is this the HSM's TLS port? plain TCP needs "
+                "keystore.payshield.insecure_plaintext = true)")
+    return f"TLS handshake failed: {type(exc).__name__}"
 
 
 class HsmConnection:
@@ -42,17 +53,33 @@ class HsmConnection:
     async def open(cls, address: HsmAddress, header_length: int, max_in_flight: int,
                    timeout: float, tls: ssl.SSLContext | None,
                    server_name: str | None) -> HsmConnection:
-        """Connect within ``timeout`` seconds, with TCP_NODELAY (and TLS if given)."""
+        """Connect with TCP_NODELAY and, if given, TLS; TCP and handshake within ``timeout`` s.
+
+        The TLS context verifies the certificate; it is checked against ``server_name``, or
+        the host of ``address``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                address.host, address.port, ssl=tls,
-                server_hostname=(server_name or address.host) if tls else None), timeout)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address.host, address.port), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
             raise PayShieldUnavailable(f"cannot connect to payShield {address}: {reason}") from None
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                await asyncio.wait_for(
+                    writer.start_tls(tls, server_hostname=server_name or address.host),
+                    max(0.0, deadline - loop.time()))
+            except BaseException as exc:
+                writer.transport.abort()
+                if isinstance(exc, (OSError, asyncio.TimeoutError)):  # ssl.SSLError is an OSError.
+                    raise PayShieldUnavailable(
+                        f"cannot connect to payShield {address}: {_tls_failure(exc)}") from None
+                raise
         return cls(address, reader, writer, header_length, max_in_flight)
 
     @property

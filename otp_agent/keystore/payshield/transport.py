@@ -7,6 +7,11 @@ exponential back-off, by the next request or by the periodic health check, and t
 traffic back once it answers.  Every new connection starts with NC and is refused if the LMK
 check value differs from the configured one.  A request that fails is never retried: the
 caller fails closed and the next request goes to the next HSM.
+
+Also owns the TLS client context: certificate and host name always verified (CA from
+``tls_ca_file`` or the system store), optional client certificate.  The check value NC returns
+is public, so only TLS tells the real HSM from anyone on the path; plain TCP
+(``insecure_plaintext``) is logged as a warning when the transport starts.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from otp_agent.errors import KeyBackendError
+from otp_agent.errors import KeyBackendError, KeyBackendUnavailable
 from otp_agent.keystore.payshield import codec
-from otp_agent.keystore.payshield.config import HsmAddress, PayShieldConfig
+from otp_agent.keystore.payshield.config import (
+    PLAINTEXT_WARNING, PREFIX, HsmAddress, PayShieldConfig,
+)
 from otp_agent.keystore.payshield.connection import HsmConnection
 from otp_agent.keystore.payshield.errors import LmkMismatch, PayShieldBusy, PayShieldUnavailable
 
@@ -79,12 +86,28 @@ class Transport:
 
     @staticmethod
     def _tls_context(config: PayShieldConfig) -> ssl.SSLContext | None:
+        """The client context: TLS 1.2 or later, certificate and host name always checked.
+
+        :raises KeyBackendUnavailable: a CA, certificate or key file cannot be loaded.
+        """
         if not config.tls:
             return None
-        context = ssl.create_default_context(
-            cafile=str(config.tls_ca_file) if config.tls_ca_file else None)
+        try:
+            context = ssl.create_default_context(
+                cafile=str(config.tls_ca_file) if config.tls_ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise KeyBackendUnavailable(f"{PREFIX}.tls_ca_file: cannot load {config.tls_ca_file}: "
+                                        f"{type(exc).__name__}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.check_hostname = True
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         if config.tls_cert_file and config.tls_key_file:
-            context.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
+            try:
+                context.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise KeyBackendUnavailable(
+                    f"{PREFIX}.tls_cert_file, tls_key_file: cannot load {config.tls_cert_file} "
+                    f"with {config.tls_key_file}: {type(exc).__name__}") from None
         return context
 
     # -- the synchronous bridge ----------------------------------------------------------------
@@ -103,6 +126,8 @@ class Transport:
         :raises LmkMismatch: an HSM reports another LMK check value.
         :raises PayShieldUnavailable: no HSM could be reached.
         """
+        if self.config.insecure_plaintext:
+            logger.warning("%s", PLAINTEXT_WARNING)
         self._call(self._start(), self.config.connect_timeout + self.config.request_timeout)
         if self.config.health_interval > 0:
             self._loop.call_soon_threadsafe(self._start_health_loop)
@@ -119,8 +144,20 @@ class Transport:
         return self._call(self._exchange(list(payloads), pipelined), budget)
 
     def health(self) -> dict[str, object]:
-        """Probe every HSM now (NO, or a reconnection if due) and report."""
-        return self._call(self._health(), self.config.connect_timeout + self.config.request_timeout)
+        """Probe every HSM now (NO, or a reconnection if due) and report.
+
+        The report always says how the link is protected (``transport``: ``tls`` or
+        ``plaintext (insecure)``), with a ``warning`` for plain TCP, even if the probe fails.
+        """
+        link: dict[str, object] = {"transport": self.config.transport_label}
+        if self.config.insecure_plaintext:
+            link["warning"] = PLAINTEXT_WARNING
+        try:
+            probed = self._call(self._health(),
+                                self.config.connect_timeout + self.config.request_timeout)
+        except KeyBackendError as exc:
+            return {**link, "ok": False, "error": str(exc)}
+        return {**link, **probed}
 
     def close(self) -> None:
         """Close every connection and stop the loop thread."""
