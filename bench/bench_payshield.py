@@ -4,9 +4,11 @@ Prints validations/s and p50/p99 latency with the simulator at 0, 1 and 5 ms per
 windows ±1 and ±3, pipelined versus one command at a time, and one run under a licence limit.
 A validation is what the agent does for a TOTP code: 2w+1 LQ commands (one batch), dynamic
 truncation and constant-time comparison on the host.  The simulator runs as a separate process
-(``payshield-sim``), so it does not share the interpreter lock with the client.
+(``payshield-sim``), so it does not share the interpreter lock with the client.  The link is TLS
+with a throw-away self-signed certificate, as the backend's default; ``--insecure-plaintext``
+measures plain TCP for comparison.
 
-Run: ``.venv/bin/python bench/bench_payshield.py [--seconds S] [--threads N]``
+Run: ``.venv/bin/python bench/bench_payshield.py [--seconds S] [--threads N] [--insecure-plaintext]``
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from otp_agent.keystore.payshield.backend import PayShieldKeyBackend
 from otp_agent.keystore.payshield.config import HsmAddress, PayShieldConfig
 from otp_agent.oath.hotp import codes_for, match_code
 from otp_agent.oath.params import HashAlgorithm
+from otp_agent.payshield_sim.tlscert import make_self_signed
 from otp_agent.sensitive import Secret
 
 IDENTITY = TokenIdentity("BENCH0001", HashAlgorithm.SHA1)
@@ -44,16 +47,24 @@ def _free_port() -> int:
 
 
 @contextmanager
-def simulator(directory: Path, latency_ms: float, cps: float = 0) -> Iterator[PayShieldConfig]:
-    """Start payshield-sim in a subprocess and yield a config for it."""
+def simulator(directory: Path, latency_ms: float, cps: float = 0,
+              plaintext: bool = False) -> Iterator[PayShieldConfig]:
+    """Start payshield-sim in a subprocess (TLS unless ``plaintext``) and yield a config for it."""
     lmk = directory / "lmk.hex"
     if not (directory / "zmk.kb").exists():
         subprocess.run([sys.executable, "-m", "otp_agent.payshield_sim.main", "--lmk-file", str(lmk),
                         "--make-zmk", str(directory)], check=True, capture_output=True, timeout=30)
+    cert, key = directory / "sim-cert.pem", directory / "sim-key.pem"
+    if not plaintext and not cert.exists():
+        cert, key = make_self_signed(directory)
+    tls_arguments = [] if plaintext else ["--tls-cert", str(cert), "--tls-key", str(key)]
+    link: dict[str, object] = (
+        {"tls": False, "insecure_plaintext": True} if plaintext else {"tls_ca_file": cert})
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "otp_agent.payshield_sim.main", "--listen", f"127.0.0.1:{port}",
-         "--lmk-file", str(lmk), "--latency-ms", str(latency_ms), "--calls-per-second", str(cps)],
+         "--lmk-file", str(lmk), "--latency-ms", str(latency_ms), "--calls-per-second", str(cps),
+         *tls_arguments],
         stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -63,7 +74,7 @@ def simulator(directory: Path, latency_ms: float, cps: float = 0) -> Iterator[Pa
             hosts=(HsmAddress("127.0.0.1", port),), lmk_check_value=check[:6],
             request_timeout=10.0, health_interval=0, pool_size=4, max_in_flight=256,
             zmk_file=directory / "zmk.hex", zmk_key_block_file=directory / "zmk.kb",
-            fingerprint_key_file=directory / "fingerprint.kb")
+            fingerprint_key_file=directory / "fingerprint.kb", **link)  # type: ignore[arg-type]
     finally:
         process.terminate()
         process.wait(10)
@@ -130,8 +141,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=16, help="concurrent validations")
     parser.add_argument("--licence-cps", type=float, default=1000.0,
                         help="licence limit (commands/s) for the last run")
+    parser.add_argument("--insecure-plaintext", action="store_true",
+                        help="plain TCP to the simulator instead of TLS (for comparison)")
     args = parser.parse_args()
-    print(f"payShield backend benchmark: {args.threads} threads for throughput, "
+    link = "plain TCP (insecure)" if args.insecure_plaintext else "TLS"
+    print(f"payShield backend benchmark over {link}: {args.threads} threads for throughput, "
           f"{args.seconds:g}s per measurement, CPUs: {os.cpu_count()}, Python {sys.version.split()[0]}")
     header = (f"{'sim ms/cmd':>10} {'window':>6} {'mode':>10} {'licence':>8} {'RTT p50':>8} "
               f"{'p50 ms':>8} {'p99 ms':>8} {'p50/RTT':>8} {'valid/s':>9}")
@@ -143,7 +157,7 @@ def main() -> int:
     runs.append((1.0, 1, True, args.licence_cps))
     with tempfile.TemporaryDirectory(prefix="bench-payshield-") as temporary:
         for latency, window, pipelined, cps in runs:
-            with simulator(Path(temporary), latency, cps) as config:
+            with simulator(Path(temporary), latency, cps, args.insecure_plaintext) as config:
                 result = measure(config, window, pipelined, args.seconds, args.threads)
             print(f"{latency:>10g} {'±' + str(window):>6} {'pipelined' if pipelined else 'one-by-one':>10} "
                   f"{(f'{cps:g}/s' if cps else '-'):>8} {result['rtt_p50']:>8.2f} {result['p50']:>8.2f} "
