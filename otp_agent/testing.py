@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,12 +115,17 @@ class RunningAgent:
 
 
 def start_agent(directory: Path, config_path: Path, socket_path: Path, *, timeout: float = 20.0,
-                environment: dict[str, str] | None = None) -> RunningAgent:
-    """Start the daemon on an existing configuration and wait until it answers."""
+                environment: dict[str, str] | None = None,
+                wrapper: Sequence[str] = ()) -> RunningAgent:
+    """Start the daemon on an existing configuration and wait until it answers.
+
+    ``wrapper`` is a command that runs the daemon's command line (e.g. in a private mount
+    namespace, as the fault tests do).
+    """
     log_path = directory / "agent.log"
     env = dict(environment or os.environ)
     log = open(log_path, "ab")
-    process = subprocess.Popen([sys.executable, "-m", "otp_agent.daemon", "--config", str(config_path)],
+    process = subprocess.Popen([*wrapper, sys.executable, "-m", "otp_agent.daemon", "--config", str(config_path)],
                                stdout=log, stderr=log, env=env, start_new_session=True)
     log.close()
     agent = RunningAgent(directory, config_path, socket_path, process, log_path, env)
