@@ -28,6 +28,7 @@ from otp_agent.daemon.server import AgentServer
 from otp_agent.daemon.systemd import Notifier, bind_socket, inherited_socket
 from otp_agent.errors import KeyBackendUnavailable, OtpAgentError, StoreError
 from otp_agent.keystore import KeyBackend
+from otp_agent.rowbinding import require_row_binding
 from otp_agent.sensitive import Secret
 from otp_agent.store import TokenStore
 from otp_agent.validation import Validator
@@ -78,6 +79,7 @@ class Agent:
         try:
             self.store = open_store(config)
             bind_backend_to_store(self.keys, self.store)
+            require_row_binding(self.store, self.keys)
         except BaseException:
             self.keys.close()
             raise
