@@ -17,18 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from otp_agent.errors import KeyBackendError, OtpAgentError, PskcError
+from otp_agent.errors import KeyBackendError, OtpAgentError, PskcError, UsageError
 from otp_agent.pskc import (
     MAX_FILE_SIZE, ExportedToken, ImportedToken, PskcImportError, parse_pskc_report,
     record_from_token, token_from_record, write_pskc,
 )
 from otp_agent.pskc import crypto
 from otp_agent.pskc.model import printable
+from otp_agent.pskc.writer import DEFAULT_EXPORT_ITERATIONS, EXPORT_PASSWORD_MIN, check_export_password
 from otp_agent.pskc.xmlsafe import refuse
 
 #: Files with more keys than this show progress on a terminal.
 PROGRESS_THRESHOLD = 1000
-DEFAULT_EXPORT_ITERATIONS = 100_000
 
 
 class AdminClient(Protocol):
@@ -42,10 +42,11 @@ class _Usage(Exception):
     """A command-line problem: reported on stderr, exit status 2."""
 
 
-def _add_protection(parser: argparse.ArgumentParser, *, required: bool) -> None:
+def _add_protection(parser: argparse.ArgumentParser, *, required: bool, password_min: int) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--password-file", type=Path, metavar="F",
-                       help="file holding the PBE password as text (5 to 64 characters)")
+                       help=f"file holding the PBE password as text ({password_min} to "
+                            f"{crypto.PASSWORD_MAX} characters)")
     group.add_argument("--key-file", type=Path, metavar="F",
                        help="file holding the pre-shared AES key in hex (16, 24 or 32 bytes)")
 
@@ -53,7 +54,7 @@ def _add_protection(parser: argparse.ArgumentParser, *, required: bool) -> None:
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``otpctl import`` (``--json`` comes from the common options)."""
     parser.add_argument("file", type=Path, metavar="FILE", help="PSKC file (RFC 6030)")
-    _add_protection(parser, required=False)
+    _add_protection(parser, required=False, password_min=crypto.PASSWORD_MIN)
     parser.add_argument("--dry-run", action="store_true",
                         help="check everything, against the store too, and write nothing")
     parser.add_argument("--any-id", action="store_true",
@@ -65,9 +66,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``otpctl export``: a protection is required, clear export impossible."""
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="FILE",
                         help="PSKC file to create (mode 0600; an existing file is never overwritten)")
-    _add_protection(parser, required=True)
+    _add_protection(parser, required=True, password_min=EXPORT_PASSWORD_MIN)
     parser.add_argument("--iterations", type=int, default=DEFAULT_EXPORT_ITERATIONS,
-                        help="PBKDF2 iterations for a password-protected export")
+                        help="PBKDF2 iterations for a password-protected export (at least and "
+                             f"by default {DEFAULT_EXPORT_ITERATIONS})")
 
 
 def _read_password(path: Path) -> str:
@@ -246,12 +248,9 @@ def _create_private(path: Path, data: bytes) -> None:
 def _check_export_password(password: str, iterations: int) -> None:
     """Refuse a bad password or iteration count before any secret is fetched."""
     try:
-        crypto.check_password(password)
-    except crypto.CryptoProblem as exc:
+        check_export_password(password, iterations)
+    except UsageError as exc:
         raise _Usage(str(exc)) from None
-    if not crypto.PBKDF2_MIN_ITERATIONS <= iterations <= crypto.PBKDF2_MAX_ITERATIONS:
-        raise _Usage(f"--iterations must be from {crypto.PBKDF2_MIN_ITERATIONS} to "
-                     f"{crypto.PBKDF2_MAX_ITERATIONS}")
 
 
 def run_export(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:

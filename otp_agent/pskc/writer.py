@@ -5,6 +5,11 @@ PBKDF2-HMAC-SHA256 derived key, or AES-128/192/256 to match a pre-shared key) un
 and carries a ValueMAC made with a random MAC key that is itself encrypted in ``MACMethod``
 (§6.1.1).  A clear export is impossible: a password or a key is required.  The output is read
 by our own importer and by python-pskc.
+
+It also owns the export policy, stricter than what import accepts from other writers (RFC 6030's
+5 to 64 character passwords): :func:`check_export_password` wants a password of at least
+:data:`EXPORT_PASSWORD_MIN` characters and at least :data:`EXPORT_MIN_ITERATIONS` PBKDF2
+iterations (the default), so a stolen export resists offline guessing.
 """
 
 from __future__ import annotations
@@ -35,6 +40,28 @@ _ALGORITHM_URI = {
 _CBC_BY_SIZE = {16: "aes128-cbc", 24: "aes192-cbc", 32: "aes256-cbc"}
 _MAC_URIS = {"sha1": crypto.XMLDSIG + "hmac-sha1", "sha256": crypto.XMLDSIG_MORE + "hmac-sha256"}
 _MAC_KEY_SIZES = {"sha1": 20, "sha256": 32}
+
+#: Shortest password ``otpctl export`` accepts (import accepts crypto.PASSWORD_MIN).
+EXPORT_PASSWORD_MIN = 12
+#: Fewest PBKDF2-HMAC-SHA256 iterations ``otpctl export`` writes, and its default.
+EXPORT_MIN_ITERATIONS = 600_000
+DEFAULT_EXPORT_ITERATIONS = EXPORT_MIN_ITERATIONS
+
+
+def check_export_password(password: str, iterations: int) -> None:
+    """Refuse an export password or iteration count below the export policy (never the password).
+
+    :raises UsageError: the password has fewer than 12 or more than 64 characters, or
+        ``iterations`` is outside 600,000 to 10,000,000.
+    """
+    if not EXPORT_PASSWORD_MIN <= len(password) <= crypto.PASSWORD_MAX:
+        raise UsageError(
+            f"the export password must have {EXPORT_PASSWORD_MIN} to {crypto.PASSWORD_MAX} "
+            f"characters, this one has {len(password)} (import still accepts "
+            f"{crypto.PASSWORD_MIN} to {crypto.PASSWORD_MAX} for files from elsewhere)")
+    if not EXPORT_MIN_ITERATIONS <= iterations <= crypto.PBKDF2_MAX_ITERATIONS:
+        raise UsageError(f"--iterations must be from {EXPORT_MIN_ITERATIONS} to "
+                         f"{crypto.PBKDF2_MAX_ITERATIONS} for an export, not {iterations}")
 
 
 def _p(name: str) -> str:
@@ -142,10 +169,13 @@ def write_pskc(
     *,
     password: str | None = None,
     psk: bytes | None = None,
-    pbkdf2_iterations: int = 100_000,
+    pbkdf2_iterations: int = DEFAULT_EXPORT_ITERATIONS,
     mac_algorithm: str = "sha256",
 ) -> bytes:
     """Return a PSKC 1.0 document holding ``tokens``, encrypted under ``password`` or ``psk``.
+
+    Checks only the RFC's bounds (so tests and interoperability checks may use small counts);
+    ``otpctl export`` applies :func:`check_export_password` first.
 
     :param password: PBE password (5 to 64 characters): PBKDF2-HMAC-SHA256, AES-256-CBC.
     :param psk: pre-shared AES key of 16, 24 or 32 bytes: AES-128/192/256-CBC.

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lxml import etree
 
 from otp_agent.cli import pskc_commands
 from otp_agent.errors import KeyBackendError, PskcError
-from otp_agent.pskc import parse_pskc
+from otp_agent.pskc import parse_pskc, token_from_record, write_pskc
 from tests.pskc.conftest import FIGURE6_PSK, FIGURE7_PASSWORD, INVALID, RFC
 from tests.pskc.test_invalid_corpus import CORPUS
 
@@ -194,14 +195,23 @@ def run_export(argv: list[str], client: FakeClient) -> tuple[int, str]:
     return status, out.getvalue()
 
 
+def _iteration_count(data: bytes) -> int:
+    counts = [element.text for element in etree.fromstring(data).iter() if isinstance(element.tag, str)
+              and etree.QName(element).localname == "IterationCount"]
+    assert len(counts) == 1, counts
+    return int(counts[0] or 0)
+
+
 def test_export_pbe_round_trip(tmp_path: Path) -> None:
-    """export writes a 0600 PBE file that our import reads back with every value."""
+    """export writes a 0600 PBE file (PBKDF2 with 600,000 iterations by default) that our import
+    reads back with every value."""
     (tmp_path / "pw").write_text("export password\n")
     target = tmp_path / "backup.pskc"
-    status, text = run_export(["--output", str(target), "--password-file", str(tmp_path / "pw"),
-                               "--iterations", "2000"], FakeClient(export_tokens=EXPORTED))
+    status, text = run_export(["--output", str(target), "--password-file", str(tmp_path / "pw")],
+                              FakeClient(export_tokens=EXPORTED))
     assert status == 0 and "2 token(s) exported" in text
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert _iteration_count(target.read_bytes()) >= 600_000
     first, second = parse_pskc(target.read_bytes(), password="export password")
     assert first.serial == "OATO00000001" and first.secret.reveal() == bytes(range(32))
     assert first.drift == 1 and first.user == "alice" and first.not_after is not None
@@ -245,7 +255,11 @@ def test_export_payshield_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.parametrize("password,iterations,message", [
-    ("abcd", "2000", "5 to 64 characters"), ("long enough", "10", "--iterations must be from"),
+    ("abcd", "600000", "12 to 64 characters"),
+    ("eleven char", "600000", "export password must have 12 to 64 characters, this one has 11"),
+    ("x" * 65, "600000", "12 to 64 characters"),
+    ("twelve chars", "599999", "--iterations must be from 600000 to 10000000"),
+    ("twelve chars", "2000", "--iterations must be from 600000"),
 ])
 def test_export_checks_password_before_asking(tmp_path: Path, password: str, iterations: str,
                                               message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -256,3 +270,24 @@ def test_export_checks_password_before_asking(tmp_path: Path, password: str, ite
                             str(tmp_path / "pw"), "--iterations", iterations], client)
     assert status == 2 and client.requests == [] and not (tmp_path / "out.pskc").exists()
     assert message in capsys.readouterr().err
+
+
+def test_export_accepts_a_twelve_character_password(tmp_path: Path) -> None:
+    """12 characters is the shortest export password; the file opens with it."""
+    (tmp_path / "pw").write_text("twelve chars")
+    target = tmp_path / "out.pskc"
+    status, _ = run_export(["--output", str(target), "--password-file", str(tmp_path / "pw"),
+                            "--iterations", "600000"], FakeClient(export_tokens=EXPORTED))
+    assert status == 0 and _iteration_count(target.read_bytes()) == 600_000
+    assert len(parse_pskc(target.read_bytes(), password="twelve chars")) == 2
+
+
+def test_import_still_accepts_a_five_character_password(tmp_path: Path) -> None:
+    """Files from elsewhere keep the RFC's range: a 5-character password imports."""
+    tokens = [token_from_record(record) for record in EXPORTED]
+    data = write_pskc(tokens, password="five5", pbkdf2_iterations=2000)
+    (tmp_path / "in.pskc").write_bytes(data)
+    (tmp_path / "pw").write_text("five5\n")
+    status, text = run_import([str(tmp_path / "in.pskc"), "--password-file", str(tmp_path / "pw")],
+                              FakeClient())
+    assert status == 0, text
