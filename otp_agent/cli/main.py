@@ -1,12 +1,16 @@
 """``otpctl``: argument parsing and the one funnel from errors to exit codes.
 
 Exit codes (SPEC.md): 0 success, 1 rejected or not found, 2 usage or configuration error,
-3 agent unreachable, 4 key backend or store unavailable.  Secrets never come from argv.
+3 agent unreachable, 4 key backend or store unavailable.  Secrets never come from argv.  The
+one-time codes of ``check`` and ``resync`` are asked for (no echo) on a terminal, or read from
+standard input one per line; on the command line they are still accepted (SPEC) but visible to
+every user through ps.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -17,7 +21,7 @@ from otp_agent import __version__
 from otp_agent.cli.client import AgentClient
 from otp_agent.cli.render import print_decision, print_status, print_tokens, show_qr
 from otp_agent.config import load_config
-from otp_agent.errors import OtpAgentError, PskcError
+from otp_agent.errors import OtpAgentError, PskcError, UsageError
 
 Command = Callable[[argparse.Namespace, AgentClient, TextIO], int]
 
@@ -73,13 +77,49 @@ def _simple(op: str, fields: tuple[str, ...], message: str) -> Command:
     return command
 
 
+def read_codes(prompts: list[str]) -> list[str]:
+    """Ask for one code per prompt without echo on a terminal, else read lines of stdin.
+
+    :raises UsageError: standard input ended early, or a code is empty.
+    """
+    codes: list[str] = []
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    for prompt in prompts:
+        try:
+            line = getpass.getpass(prompt) if interactive else sys.stdin.readline()
+        except EOFError:
+            line = ""
+        code = line.strip()
+        if not code:
+            if interactive:
+                raise UsageError("no code entered")
+            raise UsageError(f"expected {len(prompts)} code{'s' if len(prompts) > 1 else ''} on "
+                             f"standard input, one per line; got {len(codes)}")
+        codes.append(code)
+    return codes
+
+
 def cmd_check(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
-    reply = client.request("check", user=arguments.user, code=arguments.code, service="otpctl")
+    code = arguments.code
+    if code is None:
+        (code,) = read_codes([f"Code for {arguments.user}: "])
+    reply = client.request("check", user=arguments.user, code=code, service="otpctl")
     if arguments.json:
         _emit(arguments, out, reply, "")
     else:
         print_decision(reply, out)
     return 0 if reply.get("result") == "accept" else 1
+
+
+def cmd_resync(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    codes = list(arguments.codes)
+    if len(codes) not in (0, 2):
+        raise UsageError("resync needs two codes (CODE1 CODE2), or none to be asked for them")
+    if not codes:
+        codes = read_codes([f"First code for {arguments.user}: ", "Next code: "])
+    reply = client.request("resync", user=arguments.user, code1=codes[0], code2=codes[1])
+    _emit(arguments, out, reply, f"Token {reply.get('serial')} resynchronised.")
+    return 0
 
 
 def cmd_status(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
@@ -144,18 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("disable", "disabled"), ("enable", "enabled"), ("remove", "removed")):
         sub = verb(name, _simple(name, ("serial",), f"Token {{serial}} {text}."), f"{name} a token")
         sub.add_argument("serial")
-    resync = verb("resync", _simple("resync", ("user", "code1", "code2"),
-                                    "Token {serial} resynchronised."),
-                  "resynchronise a token of USER from two consecutive codes")
+    on_argv = "visible to other users in ps: leave out to be asked for it (no echo) or to " \
+              "give it on standard input"
+    resync = verb("resync", cmd_resync, "resynchronise a token of USER from two consecutive codes")
     resync.add_argument("user")
-    resync.add_argument("code1")
-    resync.add_argument("code2")
+    resync.add_argument("codes", nargs="*", metavar="CODE1 CODE2",
+                        help=f"two consecutive codes; {on_argv.replace('it', 'them')}, one per line")
     unlock = verb("unlock", _simple("unlock", ("target",), "{unlocked} token(s) unlocked."),
                   "clear the throttling lock of a serial or a user's tokens")
     unlock.add_argument("target", metavar="USER|SERIAL")
     check = verb("check", cmd_check, "validate USER's CODE exactly as a login would (consumes it)")
     check.add_argument("user")
-    check.add_argument("code")
+    check.add_argument("code", nargs="?", help=f"the code; {on_argv}")
     verb("status", cmd_status, "agent, store and key backend health")
     return parser
 

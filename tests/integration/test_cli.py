@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,54 @@ def test_agent_unreachable_exits_3(agent: RunningAgent) -> None:
     agent.stop()
     result = agent.otpctl("list")
     assert result.returncode == 3 and "not running" in result.stderr
+
+
+def test_check_reads_the_code_from_standard_input(agent: RunningAgent) -> None:
+    """No CODE on the command line (argv is visible in ps): one line of stdin is the code; the
+    same code again from stdin is a replay."""
+    _serial, uri = agent.enroll("gwen", "--type", "hotp")
+    code = code_for_uri(uri, counter=0)
+    accepted = agent.otpctl("check", "gwen", input=code + "\n")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert code not in accepted.stdout + accepted.stderr
+    replayed = agent.otpctl("check", "gwen", "--json", input=code + "\n")
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert json.loads(replayed.stdout)["result"] == "reject"
+
+
+def test_resync_reads_two_codes_from_standard_input(agent: RunningAgent) -> None:
+    _serial, uri = agent.enroll("hank", "--type", "hotp")
+    codes = f"{code_for_uri(uri, counter=30)}\n{code_for_uri(uri, counter=31)}\n"
+    result = agent.otpctl("resync", "hank", input=codes)
+    assert result.returncode == 0 and "resynchronised" in result.stdout, result.stdout + result.stderr
+    assert agent.otpctl("check", "hank", input=code_for_uri(uri, counter=32)).returncode == 0
+
+
+def test_missing_codes_on_standard_input_are_a_usage_error(agent: RunningAgent) -> None:
+    _serial, uri = agent.enroll("ivan", "--type", "hotp")
+    empty = agent.otpctl("check", "ivan", input="")
+    assert empty.returncode == 2 and "standard input" in empty.stderr, empty.stderr
+    one = agent.otpctl("resync", "ivan", input=code_for_uri(uri, counter=5) + "\n")
+    assert one.returncode == 2 and "2 codes" in one.stderr, one.stderr
+    three = agent.otpctl("resync", "ivan", "123456")
+    assert three.returncode == 2 and "two codes" in three.stderr, three.stderr
+    # Nothing was consumed: the first code still works.
+    assert agent.otpctl("check", "ivan", code_for_uri(uri, counter=0)).returncode == 0
+
+
+def test_check_prompts_without_echo_on_a_terminal(agent: RunningAgent) -> None:
+    """On a terminal the code is asked for with echo off and never shown."""
+    from tests.e2e.ptyproc import PtyProcess
+    _serial, uri = agent.enroll("jane", "--type", "hotp")
+    code = code_for_uri(uri, counter=0)
+    env = dict(agent.environment or {})
+    env.setdefault("PATH", "/usr/bin:/bin")
+    process = PtyProcess([sys.executable, "-m", "otp_agent.cli", "--config", str(agent.config_path),
+                          "check", "jane"], env=env)
+    try:
+        process.expect(b"Code for jane: ")
+        process.send(code.encode() + b"\n")
+        assert os.waitstatus_to_exitcode(process.wait()) == 0, process.output
+        assert b"accept" in process.output and code.encode() not in process.output
+    finally:
+        process.close()
