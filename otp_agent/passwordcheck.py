@@ -13,14 +13,20 @@ otherwise it runs unix_chkpwd, which checks only the calling user's own password
 must therefore run as root or in group ``shadow`` for this mode.
 
 The PAM transaction runs in a worker thread so that a stuck module cannot hold the caller past
-``timeout``: the caller then gets ``False`` and the thread is abandoned (daemon thread).
+``timeout``: the caller then gets ``False`` and the thread is abandoned (daemon thread).  At most
+:data:`MAX_TRANSACTIONS` transactions, running or abandoned, exist at once: when every slot is
+held (stuck modules), further checks fail closed at once, returning ``False`` without starting a
+thread, and a warning naming the service (never a password) is logged at most every
+:data:`_WARNING_INTERVAL` seconds.  A slot is freed when its transaction really ends.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import threading
+import time
 from typing import Any
 
 __all__ = ["check_password", "PasswordCheckUnavailable"]
@@ -39,6 +45,12 @@ PAM_RHOST = 4
 PAM_FAIL_DELAY = 10
 
 _MAX_FIELD = 512
+
+#: PAM transactions (running, or abandoned after their time-out) that may exist at once.
+MAX_TRANSACTIONS = 16
+_WARNING_INTERVAL = 10.0
+_slots = threading.BoundedSemaphore(MAX_TRANSACTIONS)
+_log = logging.getLogger("otp_agent.passwordcheck")
 
 
 class PasswordCheckUnavailable(Exception):
@@ -184,7 +196,8 @@ def check_password(
     """Return True only if PAM service ``service`` authenticates ``user`` with ``password``.
 
     Every failure (wrong password, unknown user, missing service, libpam missing, time-out, bad
-    argument) gives ``False``; nothing is raised and nothing is logged here.  ``confdir`` uses
+    argument, every transaction slot held) gives ``False``; nothing is raised, and nothing is
+    logged here but the (rate-limited, password-free) warning that every slot is held.  ``confdir`` uses
     ``pam_start_confdir`` (libpam >= 1.4) with a private directory of service files instead of
     /etc/pam.d, for tests.  ``check_account`` also runs the service's account stack.
     """
@@ -203,6 +216,9 @@ def check_password(
         return False
     if not arguments[2] or b"\0" in arguments[2] or len(arguments[2]) > _MAX_FIELD:
         return False
+    if not _slots.acquire(blocking=False):
+        _refused(service)
+        return False
     outcome: list[bool] = []
 
     def work() -> None:
@@ -210,8 +226,36 @@ def check_password(
             outcome.append(_transaction(*arguments))  # type: ignore[arg-type]
         except Exception:
             outcome.append(False)
+        finally:
+            _slots.release()
 
     worker = threading.Thread(target=work, name="pam-password-check", daemon=True)
-    worker.start()
+    try:
+        worker.start()
+    except RuntimeError:  # No thread can be started: the slot is not used.
+        _slots.release()
+        return False
     worker.join(timeout)
     return bool(outcome and outcome[0])
+
+
+class _Refusals:
+    """Counts checks refused for want of a slot; logs them, at most every _WARNING_INTERVAL s."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._logged_at = float("-inf")
+
+    def __call__(self, service: str) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if now - self._logged_at < _WARNING_INTERVAL:
+                return
+            count, self._count, self._logged_at = self._count, 0, now
+        _log.warning("PAM service %s: %d password checks still running (a module is stuck?); "
+                     "%d check(s) refused without asking PAM", service, MAX_TRANSACTIONS, count)
+
+
+_refused = _Refusals()

@@ -6,12 +6,16 @@ Runs against contrib/pam.d/otp-agent-password in a private PAM configuration dir
 
 from __future__ import annotations
 
+import logging
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from otp_agent import passwordcheck
 from otp_agent.passwordcheck import check_password
 from tests.pam.support import CONTRIB, LocalUser, local_user, require_root
 
@@ -98,3 +102,50 @@ def test_unprivileged_daemon_needs_group_shadow(user: LocalUser, open_dir: Path,
                                  SYSTEM_PYTHON, "-c", script, str(public), user.name, name],
                                 input=user.password, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == str(in_shadow_group), result.stderr
+
+
+def _alive_checks() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name == "pam-password-check")
+
+
+def _wait_for_no_checks(seconds: float) -> int:
+    """Wait until no PAM check thread is left (those of a stuck stack end with its sleep)."""
+    deadline = time.monotonic() + seconds
+    while _alive_checks() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _alive_checks()
+
+
+def test_stuck_modules_hold_a_bounded_number_of_threads(user: LocalUser, confdir: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Many checks against a stack that hangs: at most MAX_TRANSACTIONS threads are left behind,
+    the checks beyond them fail at once (logged, without the password), and once the stuck
+    transactions end the checks work again."""
+    assert _wait_for_no_checks(20) == 0, "threads of an earlier test are still running"
+    limit = passwordcheck.MAX_TRANSACTIONS
+    callers = 3 * limit
+    barrier = threading.Barrier(callers)
+    results: list[bool] = []
+
+    def call() -> None:
+        barrier.wait()
+        results.append(check_password(user.name, user.password, service="hangs",
+                                      confdir=str(confdir), timeout=1.0))
+
+    with caplog.at_level(logging.WARNING, logger="otp_agent.passwordcheck"):
+        threads = [threading.Thread(target=call) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert results == [False] * callers
+        assert 0 < _alive_checks() <= limit
+        started = time.monotonic()
+        assert check_password(user.name, user.password, confdir=str(confdir)) is False
+        assert time.monotonic() - started < 0.5, "a check with every slot busy must fail at once"
+        assert _alive_checks() <= limit
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert warnings and "still running" in warnings[0], warnings
+    assert not any(user.password in message for message in warnings)
+    assert _wait_for_no_checks(20) == 0
+    assert check_password(user.name, user.password, confdir=str(confdir)) is True
