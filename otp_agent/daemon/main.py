@@ -26,7 +26,7 @@ from otp_agent.config import Config, load_config
 from otp_agent.daemon.dispatch import Dispatcher
 from otp_agent.daemon.server import AgentServer
 from otp_agent.daemon.systemd import Notifier, bind_socket, inherited_socket
-from otp_agent.errors import KeyBackendUnavailable, OtpAgentError, StoreError
+from otp_agent.errors import KeyBackendUnavailable, OtpAgentError, StoreError, StoreUnavailable
 from otp_agent.keystore import KeyBackend
 from otp_agent.rowbinding import require_row_binding
 from otp_agent.sensitive import Secret
@@ -57,10 +57,30 @@ def open_store(config: Config, *, create: bool = False) -> TokenStore:
     return SQLiteStore(config.store.path, create=create)
 
 
-def bind_backend_to_store(keys: KeyBackend, store: TokenStore) -> None:
-    """Refuse a key backend other than the one the store was created with (wrong master key/LMK)."""
+def _check_value(keys: KeyBackend) -> str:
     with Secret(_CHECK_INPUT) as probe:
-        value = keys.fingerprint(probe).hex()[:16]
+        return keys.fingerprint(probe).hex()[:16]
+
+
+def require_backend_binding(keys: KeyBackend, store: TokenStore) -> None:
+    """Refuse a store that ``otp-agent init`` never bound, or that another key backend did.
+
+    :raises StoreUnavailable: no key backend check value (the store was not made by init).
+    :raises KeyBackendUnavailable: the check value is another key backend's.
+    """
+    stored = store.get_meta(_CHECK_VALUE_KEY)
+    if stored is None:
+        raise StoreUnavailable("the token store is not bound to a key backend (it was not "
+                               "created by otp-agent init); refusing to start")
+    if stored != _check_value(keys):
+        raise KeyBackendUnavailable(
+            "the key backend does not match the one this database was created with "
+            "(wrong master key file or HSM key); refusing to start")
+
+
+def bind_backend_to_store(keys: KeyBackend, store: TokenStore) -> None:
+    """Record the key backend in a new store; refuse another one than recorded (init only)."""
+    value = _check_value(keys)
     # Atomic set-if-absent: of several hosts starting together on an empty shared store, all with
     # different keys, exactly one value wins and the others are refused.
     if store.claim_meta(_CHECK_VALUE_KEY, value) != value:
@@ -78,7 +98,7 @@ class Agent:
         self.keys = open_key_backend(config)
         try:
             self.store = open_store(config)
-            bind_backend_to_store(self.keys, self.store)
+            require_backend_binding(self.keys, self.store)
             require_row_binding(self.store, self.keys)
         except BaseException:
             self.keys.close()

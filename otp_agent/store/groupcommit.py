@@ -29,8 +29,11 @@ class _Pending:
 class GroupCommitter:
     """Owns the one writing connection of a SQLite store and batches its transactions."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str = "sqlite-writer") -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str = "sqlite-writer", *,
+                 check: Callable[[], None] | None = None) -> None:
+        """``check`` runs before each batch; an exception from it fails the whole batch."""
         self._connect = connect
+        self._check = check
         self._connection: sqlite3.Connection | None = None
         self._queue: list[_Pending] = []
         self._condition = threading.Condition()
@@ -72,6 +75,8 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
+            if self._check is not None:
+                self._check()
             if self._connection is None:
                 self._connection = self._connect()
             connection = self._connection

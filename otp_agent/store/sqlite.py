@@ -9,6 +9,8 @@ one conditional ``UPDATE ... WHERE serial = ? AND version = ?`` (compare-and-set
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,6 +26,7 @@ from otp_agent.store.rows import (
 from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
 
 SCHEMA_VERSION = 2
+_log = logging.getLogger(__name__)
 _RESET_THROTTLING_SQLITE = RESET_THROTTLING.replace("%s", "?")
 
 
@@ -37,13 +40,65 @@ class SQLiteStore:
         if not create and not path.exists():
             raise StoreUnavailable(f"database {path} does not exist (create it with: otp-agent init)")
         self._local = threading.local()
+        self._file_lost = False
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._migrate()
-        self._writer = GroupCommitter(self._open_connection)
+        if not create:
+            self._require_schema()
+        self._migrate(create=create)
+        self._identity = self._file_identity()
+        self._writer = GroupCommitter(self._open_connection, check=self.check_file)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+    # -- the file itself --------------------------------------------------------------------
+
+    def _require_schema(self) -> None:
+        """Refuse, without writing a byte, a file that holds no otp-agent schema.
+
+        Opened read-only first: configuring the WAL journal on an empty file would already write
+        a header into it.
+        """
+        try:
+            probe = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+            try:
+                found = probe.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                      "AND name = 'meta'").fetchone()
+            finally:
+                probe.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from None
+        if found is None:
+            # An empty file (or one holding something else) must never become an empty store:
+            # with unenrolled = "allow" that would let every enrolled user in.
+            raise StoreUnavailable(
+                f"database {self.path} has no otp-agent schema (empty, or not made by otp-agent); "
+                "refusing to create one: only otp-agent init does that")
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def check_file(self) -> None:
+        """Refuse to go on when the path no longer names the database file the store opened.
+
+        A database unlinked (or replaced) while the agent runs would otherwise keep taking
+        acceptances into a file that is gone at the next start.  Checked before every write
+        batch and by :meth:`health`.
+
+        :raises StoreUnavailable: the file was deleted or replaced.
+        """
+        if self._file_identity() != self._identity:
+            if not self._file_lost:
+                self._file_lost = True
+                _log.critical("database %s was deleted or replaced while the agent had it open: "
+                              "every write is refused until the agent is restarted on a database", self.path)
+            raise StoreUnavailable(f"database {self.path} was deleted or replaced while the agent "
+                                   "had it open; refusing to write (restore it and restart the agent)")
 
     # -- connections -----------------------------------------------------------------------
 
@@ -88,7 +143,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path}: read failed: {exc}") from None
 
-    def _migrate(self) -> None:
+    def _migrate(self, *, create: bool) -> None:
         try:
             with self._transaction() as connection:
                 has_meta = connection.execute(
@@ -98,6 +153,9 @@ class SQLiteStore:
                     row = connection.execute(
                         "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                     current = int(row[0]) if row else 0
+                elif not create:
+                    raise StoreUnavailable(f"database {self.path} has no otp-agent schema; "
+                                           "only otp-agent init creates one")
                 if current > SCHEMA_VERSION:
                     raise StoreUnavailable(
                         f"database {self.path} has schema {current}, newer than this otp-agent "
@@ -219,6 +277,7 @@ class SQLiteStore:
 
     def health(self) -> dict[str, object]:
         try:
+            self.check_file()
             count = self._read("SELECT count(*) FROM tokens")[0][0]
             self._read("PRAGMA quick_check(1)")
         except StoreError as exc:

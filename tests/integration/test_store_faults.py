@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from otp_agent.testing import RunningAgent, running_agent
+from otp_agent.testing import RunningAgent, code_for_uri, running_agent
 from tests.conftest import require
 from tests.integration.agentclient import request
 
@@ -70,3 +71,49 @@ def test_full_disk_at_commit(agent_on_small_fs: RunningAgent, small_filesystem: 
     reply = request(agent.socket_path, "validate", user="alice", code=submitted)
     assert reply["result"] == "accept"
     assert request(agent.socket_path, "validate", user="alice", code=submitted)["reason"] == "replay"
+
+
+def test_a_deleted_database_fails_closed_and_status_says_so(tmp_path: Path) -> None:
+    """tokens.db unlinked while the agent runs: no acceptance goes into the vanished file, the
+    status fails and the log says why (before: thousands of acceptances, all lost at restart)."""
+    with running_agent(tmp_path / "agent", policy={"hotp_lookahead": 20}) as agent:
+        _serial, uri = agent.enroll("alice", "--type", "hotp")
+        assert request(agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=0))["result"] == "accept"
+        database = tmp_path / "agent" / "tokens.db"
+        for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+            path.unlink(missing_ok=True)
+        reply = request(agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=1))
+        assert (reply["result"], reply["reason"]) == ("reject", "store_unavailable")
+        status = request(agent.socket_path, "status")
+        assert status["store"]["ok"] is False and "deleted or replaced" in status["store"]["error"]
+        assert agent.otpctl("status").returncode == 4
+        assert "deleted or replaced" in agent.log()
+
+
+def test_an_empty_database_file_never_becomes_an_empty_store(tmp_path: Path) -> None:
+    """A 0-byte tokens.db (no WAL): the daemon and --check-config refuse it and leave it empty;
+    with unenrolled = "allow" a fresh schema would have let every enrolled user in."""
+    directory = tmp_path / "agent"
+    with running_agent(directory, policy={"unenrolled": "allow"}) as agent:
+        agent.enroll("alice")
+        config = agent.config_path
+    database = directory / "tokens.db"
+    database.write_bytes(b"")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    for command in (["--check-config"], []):
+        result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--config", str(config), *command],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 4, result.stderr
+        assert "no otp-agent schema" in result.stderr
+        assert database.stat().st_size == 0
+    # A database made by someone else's sqlite3 (a schema, but not bound by init) is refused too.
+    database.unlink()
+    import sqlite3
+    from otp_agent.store.rows import migration_script
+    with sqlite3.connect(database) as connection:
+        connection.executescript(migration_script("sqlite", 1))
+        connection.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--config", str(config), "--check-config"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 4 and "not bound to a key backend" in result.stderr, result.stderr
