@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--calls-per-second", type=float, default=0.0,
                         help="licence limit; commands beyond it queue (0 = unlimited)")
     parser.add_argument("--fault", choices=FAULTS, default="none",
-                        help="misbehave on every request (for tests)")
+                        help="misbehave on every request (for tests); wrong_hmac answers LQ "
+                        "with a wrong HMAC, the other commands normally")
     parser.add_argument("--fault-error-code", default="41", help="error code for --fault error")
     parser.add_argument("--max-connections", type=int, default=64)
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate")

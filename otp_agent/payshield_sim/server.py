@@ -22,7 +22,10 @@ from otp_agent.payshield_sim.commands import CommandProcessor
 
 logger = logging.getLogger(__name__)
 
-FAULTS = ("none", "drop", "garbage", "silent", "error", "wrong_header", "wrong_response")
+FAULTS = ("none", "drop", "garbage", "silent", "error", "wrong_header", "wrong_response",
+          "wrong_hmac")
+#: Faults that apply to some commands only (others are answered normally and not counted).
+_FAULT_SCOPE = {"wrong_hmac": frozenset({"LQ"})}
 
 
 @dataclass
@@ -34,7 +37,9 @@ class Knobs:
     (None = all) whose command is in ``fault_commands`` (empty = every command):
     ``drop`` closes the connection, ``garbage`` answers random bytes, ``silent`` never answers,
     ``error`` answers ``fault_error_code``, ``wrong_header`` and ``wrong_response`` corrupt the
-    echoed header or the response code.
+    echoed header or the response code, ``wrong_hmac`` answers LQ with a well-formed but wrong
+    HMAC (every byte XOR ``5A``: the same wrong answer each time, like a faulty or lying HSM;
+    other commands are answered normally and do not count towards ``fault_count``).
     """
 
     latency: float = 0.0
@@ -61,6 +66,8 @@ class Knobs:
         """Return the fault to apply to this request (``none`` if none) and count it."""
         with self._lock:
             if self.fault == "none" or (self.fault_commands and command not in self.fault_commands):
+                return "none"
+            if command not in _FAULT_SCOPE.get(self.fault, frozenset({command})):
                 return "none"
             fault = self.fault
             if self.fault_count is not None:
@@ -166,6 +173,8 @@ class SimulatorServer:
             response = b"ZZ" + response[2:]
         elif fault == "wrong_header":
             header = bytes((b + 1 - 10 if b == 0x39 else b + 1) for b in header) or b"?"
+        elif fault == "wrong_hmac" and response[2:4] == b"00":
+            response = response[:8] + bytes(b ^ 0x5A for b in response[8:])
         elif fault == "garbage":
             header, response = b"", os.urandom(max(4, len(header) + 6))
         async with lock:

@@ -93,7 +93,10 @@ class RunningSimulator:
         self._run(self.server.drop_connections())
 
     def set(self, **knobs: object) -> None:
-        """Change run-time knobs: latency, calls_per_second, fault, fault_error_code, ..."""
+        """Change run-time knobs: latency, calls_per_second, fault, fault_error_code, ...
+
+        ``set(fault="wrong_hmac")`` makes the simulator lie: every LQ answer holds a wrong HMAC.
+        """
         self.knobs.set(**knobs)
 
     def clear_faults(self) -> None:

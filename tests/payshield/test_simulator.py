@@ -286,3 +286,47 @@ def test_real_key_block_from_another_lmk_is_refused(client: RawClient) -> None:
     """The captured LQ (a key block under the real HSM's LMK) gets A4 from the simulator."""
     entry = CAPTURES["lq-generate-hmac"]
     assert client.ask(b"0000" + expand(entry["request"], variables_of(entry))) == b"0000LRA4"
+
+
+def test_wrong_hmac_fault_lies_in_lq_answers_only(client: RawClient, sim: RunningSimulator) -> None:
+    """wrong_hmac: LQ answers are well formed but hold a wrong HMAC (LS, honest, refuses it);
+    other commands are answered normally and do not use up ``fault_count``."""
+    key = HmacKey.key_block(_l0(client))
+    honest = codec.parse_lr(client.ask(b"0000" + codec.encode_lq("FF", 32, key, b"0123456789"))[4:], 32)
+    sim.set(fault="wrong_hmac", fault_count=1)
+    assert client.ask(b"0001NC")[:8] == b"0001ND00"
+    response = client.ask(b"0002" + codec.encode_lq("FF", 32, key, b"0123456789"))[4:]
+    assert response.startswith(b"LR000032") and len(response) == 40
+    lie = codec.parse_lr(response, 32)
+    assert lie != honest
+    assert client.ask(b"0003" + codec.encode_ls("FF", lie, key, b"0123456789")) == b"0003LT01"
+    again = client.ask(b"0004" + codec.encode_lq("FF", 32, key, b"0123456789"))[4:]
+    assert codec.parse_lr(again, 32) == honest  # fault_count=1 was used by the one LQ
+
+
+def test_cli_wrong_hmac_fault(tmp_path: Path) -> None:
+    """payshield-sim --fault wrong_hmac answers LQ with an HMAC that its own LS refuses."""
+    process = subprocess.Popen([sys.executable, "-m", "otp_agent.payshield_sim.main", "--listen",
+                                "127.0.0.1:0", "--lmk-file", str(tmp_path / "lmk.hex"),
+                                "--fault", "wrong_hmac"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        port = int(line.split(" on ")[1].split(",")[0].rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            frames = FrameReader()
+
+            def ask(body: bytes) -> bytes:
+                sock.sendall(codec.frame(body))
+                while True:
+                    got = frames.feed(sock.recv(65536))
+                    if got:
+                        return got[0]
+
+            l0 = ask(b"0000" + codec.encode_l0(32, attributes("63", "H0", "C", "E")))
+            key = codec.parse_key_response("L0", l0[4:])
+            mac = codec.parse_lr(ask(b"0001" + codec.encode_lq("FF", 32, key, b"abcdefgh"))[4:], 32)
+            assert ask(b"0002" + codec.encode_ls("FF", mac, key, b"abcdefgh")) == b"0002LT01"
+    finally:
+        process.terminate()
+        process.wait(10)
