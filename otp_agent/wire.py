@@ -92,6 +92,21 @@ def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(encode_frame(message))
 
 
+def exchange(sock: socket.socket, message: dict[str, Any], *, max_frame: int = MAX_ADMIN_FRAME,
+             deadline: float | None = None) -> dict[str, Any] | None:
+    """Send one request and read its reply.
+
+    An agent that refuses a connection (busy) answers and closes before reading the request; the
+    write may then fail with EPIPE although the refusal is waiting to be read: it is read, so the
+    caller sees "busy" rather than a broken pipe.
+    """
+    try:
+        send_frame(sock, message)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return recv_frame(sock, max_frame=max_frame, deadline=deadline)
+
+
 def error_reply(code: str, message: str) -> dict[str, Any]:
     """Build the reply for a failed request."""
     return {"v": VERSION, "ok": False, "error": {"code": code, "message": message}}

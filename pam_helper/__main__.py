@@ -38,6 +38,8 @@ MAX_TIMEOUT = 60.0
 #: pam_exec copies the answer into a PAM_MAX_RESP_SIZE (512) buffer: at most 511 bytes arrive.
 MAX_ANSWER = 511
 MAX_REPLY = 65536
+#: Seconds between connection attempts while the agent's listen backlog is full.
+_BACKLOG_RETRY = 0.005
 CODE_DIGITS = (6, 8)
 
 EXIT_ACCEPT = 0
@@ -443,7 +445,14 @@ def exchange(socket_path: str, frame: bytes, deadline: float, timeout: float) ->
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(_remaining(deadline))
-        sock.connect(socket_path)
+        while True:
+            try:
+                sock.connect(socket_path)
+                break
+            except BlockingIOError:  # EAGAIN: the agent's backlog is full; it is busy, not gone.
+                if _remaining(deadline) <= _BACKLOG_RETRY:
+                    raise TimeoutError from None
+                time.sleep(_BACKLOG_RETRY)
         sock.settimeout(_remaining(deadline))
         sock.sendall(frame)
         length = int.from_bytes(_recv_exact(sock, 4, deadline), "big")

@@ -39,9 +39,8 @@ class AgentClient:
         connection = self._connect()
         try:
             connection.settimeout(self.timeout)
-            wire.send_frame(connection, {"v": wire.VERSION, "op": op, **fields})
-            reply = wire.recv_frame(connection, max_frame=wire.MAX_ADMIN_FRAME,
-                                    deadline=time.monotonic() + self.timeout)
+            reply = wire.exchange(connection, {"v": wire.VERSION, "op": op, **fields},
+                                  deadline=time.monotonic() + self.timeout)
         except TimeoutError:
             self.close()
             raise AgentUnreachable(f"the agent did not answer within {self.timeout:g} s") from None

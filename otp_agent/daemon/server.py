@@ -25,6 +25,29 @@ from otp_agent.errors import ProtocolError
 _log = logging.getLogger(__name__)
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _UCRED = struct.Struct("3i")
+#: Requests and seconds one connection of a non-root peer may use (the PAM helper needs one or two).
+NON_ROOT_MAX_REQUESTS = 64
+NON_ROOT_LIFETIME = 30.0
+_BUSY = wire.encode_frame(wire.error_reply("unreachable", "agent busy, try again"))
+
+
+class _RateLimitedWarning:
+    """Logs a repeated warning at most once per interval, with how often it happened."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._count = 0
+
+    def note(self, what: str) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return
+            count, self._count, self._last = self._count, 0, now
+        _log.warning("refusing connections: %s (%d refused since the last report)", what, count)
 
 
 def peer_credentials(connection: socket.socket) -> Peer:
@@ -60,6 +83,7 @@ class AgentServer:
         self._by_uid: dict[int, int] = {}
         self._uid_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_clients, thread_name_prefix="client")
+        self._refusals = _RateLimitedWarning()
 
     def serve_forever(self, tick: Callable[[], None] | None = None) -> None:
         """Accept connections until :meth:`shutdown`; call ``tick`` about every half second."""
@@ -76,7 +100,11 @@ class AgentServer:
         self._pool.shutdown(wait=True)
 
     def _accept_pending(self) -> None:
-        """Accept every connection waiting in the backlog and hand each to a worker."""
+        """Accept every connection waiting in the backlog and hand each to a worker.
+
+        The peer's credentials are read here, and the per-uid cap applies *before* a global slot
+        is taken, so a flood from one uid can never take the slots root's logins need.
+        """
         while True:
             try:
                 connection, _ = self.listener.accept()
@@ -86,20 +114,32 @@ class AgentServer:
                 _log.error("accept failed: %s", exc)
                 time.sleep(0.05)
                 return
-            if not self._slots.acquire(blocking=False):
-                _log.warning("too many clients (%d); refusing a connection", self.max_clients)
+            try:
+                peer = peer_credentials(connection)
+            except OSError:
+                connection.close()
+                continue
+            if not self._admit(peer):
+                self._refusals.note(f"uid {peer.uid} holds too many connections")
                 self._refuse(connection)
                 continue
-            self._pool.submit(self._serve_connection, connection)
+            if not self._slots.acquire(blocking=False):
+                self._leave(peer)
+                self._refusals.note(f"too many clients ({self.max_clients})")
+                self._refuse(connection)
+                continue
+            self._pool.submit(self._serve_connection, connection, peer)
 
     def shutdown(self) -> None:
         """Stop accepting; in-flight requests finish (connections close after their reply)."""
         self._stopping.set()
 
-    def _refuse(self, connection: socket.socket) -> None:
+    @staticmethod
+    def _refuse(connection: socket.socket) -> None:
+        """Tell a refused client "busy" without ever blocking the accept loop."""
         try:
-            connection.settimeout(0.5)
-            wire.send_frame(connection, wire.error_reply("unreachable", "agent busy, try again"))
+            connection.setblocking(False)
+            connection.send(_BUSY)
         except OSError:
             pass
         finally:
@@ -124,18 +164,7 @@ class AgentServer:
             if not self._by_uid[peer.uid]:
                 del self._by_uid[peer.uid]
 
-    def _serve_connection(self, connection: socket.socket) -> None:
-        try:
-            peer = peer_credentials(connection)
-        except OSError:
-            connection.close()
-            self._slots.release()
-            return
-        if not self._admit(peer):
-            _log.warning("uid %d holds too many connections; refusing one", peer.uid)
-            self._slots.release()
-            self._refuse(connection)
-            return
+    def _serve_connection(self, connection: socket.socket, peer: Peer) -> None:
         try:
             self._serve_admitted(connection, peer)
         finally:
@@ -146,8 +175,18 @@ class AgentServer:
             with connection:
                 connection.setblocking(True)
                 max_frame = wire.MAX_ADMIN_FRAME if self._is_admin(peer) else wire.MAX_FRAME
+                # An unprivileged connection is bounded in requests and lifetime, so that slots
+                # cannot be held for ever with pings.
+                bounded = peer.uid != 0
+                ends = time.monotonic() + NON_ROOT_LIFETIME
+                served = 0
                 while not self._stopping.is_set():
+                    if bounded and (served >= NON_ROOT_MAX_REQUESTS or time.monotonic() >= ends):
+                        _log.info("closing a connection of uid %d after %d requests", peer.uid, served)
+                        return
                     deadline = time.monotonic() + self.client_timeout
+                    if bounded:
+                        deadline = min(deadline, ends)
                     try:
                         request = wire.recv_frame(connection, max_frame=max_frame, deadline=deadline)
                     except ProtocolError as exc:
@@ -159,6 +198,7 @@ class AgentServer:
                         return
                     if request is None:
                         return
+                    served += 1
                     reply = self._handle(request, peer)
                     connection.settimeout(self.client_timeout)
                     if not self._try_send(connection, reply):

@@ -7,6 +7,10 @@ import os
 import socket
 import time
 
+#: Connections waiting to be accepted (bursts of logins); the kernel caps it at
+#: net.core.somaxconn.  The systemd socket unit sets the same Backlog=.
+LISTEN_BACKLOG = 4096
+
 _log = logging.getLogger(__name__)
 SD_LISTEN_FDS_START = 3
 
@@ -88,5 +92,5 @@ def bind_socket(path: os.PathLike[str] | str, mode: int) -> socket.socket:
     finally:
         os.umask(old_umask)
     os.chmod(path, mode)
-    listener.listen(128)
+    listener.listen(LISTEN_BACKLOG)
     return listener

@@ -15,8 +15,7 @@ def request(socket_path: Path, op: str, timeout: float = 10.0, **fields: Any) ->
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.settimeout(timeout)
         connection.connect(str(socket_path))
-        wire.send_frame(connection, {"v": 1, "op": op, **fields})
-        reply = wire.recv_frame(connection)
+        reply = wire.exchange(connection, {"v": 1, "op": op, **fields}, max_frame=wire.MAX_FRAME)
         assert reply is not None
         return reply
 
