@@ -314,8 +314,9 @@ def test_no_secret_in_database_audit_log_or_errors(agent: RunningAgent) -> None:
                 assert form not in blob
 
 
-def test_init_creates_a_private_database_owned_by_the_state_directory_owner(tmp_path: Path) -> None:
+def test_init_creates_a_private_database_owned_by_the_state_directory_owner(agent_directory: Path) -> None:
     from otp_agent.testing import default_sections, write_config
+    tmp_path = agent_directory  # nobody must be able to reach the state directory
     require(os.geteuid() == 0, "chown needs root")
     nobody = pwd.getpwnam("nobody")
     state = tmp_path / "state"

@@ -52,8 +52,7 @@ def test_export_reads_back(agent, tmp_path: Path) -> None:  # type: ignore[no-un
     serial, _uri = agent.enroll("exporter")
     (tmp_path / "pw").write_text("backup password\n")
     target = tmp_path / "backup.pskc"
-    result = agent.otpctl("export", "--output", str(target), "--password-file", str(tmp_path / "pw"),
-                          "--iterations", "2000")
+    result = agent.otpctl("export", "--output", str(target), "--password-file", str(tmp_path / "pw"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert (target.stat().st_mode & 0o777) == 0o600
     tokens = {t.serial: t for t in parse_pskc(target.read_bytes(), password="backup password")}
