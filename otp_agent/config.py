@@ -72,7 +72,7 @@ class PolicyConfig:
     lock_base_seconds: int = 30
     lock_max_seconds: int = 3600
     failure_decay_seconds: int = 86400
-    lock_decay_seconds: int = 86400
+    lock_decay_seconds: int = 7 * 86400
     disable_after_locks: int = 10
     unenrolled: str = "deny"
     password_service: str = "otp-agent-password"
@@ -242,7 +242,7 @@ def parse_config(document: Mapping[str, object], *, base: Path = Path("."),
         lock_base_seconds=p.integer("lock_base_seconds", 30, 1, 86400),
         lock_max_seconds=p.integer("lock_max_seconds", 3600, 1, 30 * 86400),
         failure_decay_seconds=p.integer("failure_decay_seconds", 86400, 0, 365 * 86400),
-        lock_decay_seconds=p.integer("lock_decay_seconds", 86400, 0, 365 * 86400),
+        lock_decay_seconds=p.integer("lock_decay_seconds", 7 * 86400, 0, 365 * 86400),
         disable_after_locks=p.integer("disable_after_locks", 10, 0, 1000),
         unenrolled=p.choice("unenrolled", "deny", ("deny", "allow")),
         password_service=p.string("password_service", "otp-agent-password") or "otp-agent-password",

@@ -14,7 +14,7 @@ they return with the store's compare-and-set.  The rules (docs/security.md has t
   after the last lock ended; an administrator's unlock ends the lock, not the level.
 * At ``disable_after_locks`` levels the token is disabled: an administrator re-enables it (an
   alert in the audit log), and a re-enabled token still at that level is disabled again by its
-  next lock.
+  next failure.
 * ``failure_decay_seconds = 0`` restores the old rule (success resets failures and the level).
 """
 
@@ -71,9 +71,13 @@ def lock_seconds(level: int, policy: PolicyConfig) -> int:
 def failure_outcome(token: Token, policy: PolicyConfig, now: float) -> FailureOutcome:
     """Count one failure: maybe lock the token, maybe disable it."""
     failures = decayed_failures(token, policy, now) + 1
-    if failures < policy.lock_threshold:
+    current = decayed_lock_level(token, policy, now)
+    # A token re-enabled while still at the disabling level gets no new set of guesses: its
+    # first failure disables it again.
+    relapse = bool(policy.disable_after_locks) and current >= policy.disable_after_locks
+    if failures < policy.lock_threshold and not relapse:
         return FailureOutcome({"failures": failures, "failures_at": now}, "counted")
-    level = decayed_lock_level(token, policy, now) + 1
+    level = current + 1
     duration = lock_seconds(level, policy)
     changes: dict[str, Any] = {"failures": 0, "failures_at": now, "lock_count": level,
                                "locked_until": now + duration}

@@ -20,6 +20,7 @@ from typing import Any
 from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.config import PolicyConfig
 from otp_agent.errors import KeyBackendError, NotFound, SealedSecretInvalid, StoreError, UsageError
+from otp_agent.keyedlock import KeyedLocks
 from otp_agent.keystore import KeyBackend
 from otp_agent.oath import TokenType, codes_for, match_code, time_step
 from otp_agent.store import Token, TokenStore
@@ -28,6 +29,8 @@ from otp_agent.throttle import FailureOutcome, failure_outcome, is_locked, succe
 _log = logging.getLogger(__name__)
 _CODE = re.compile(r"[0-9]{6}|[0-9]{8}")
 _CAS_ATTEMPTS = 16
+#: How long an attempt waits for the same user's attempt in flight before it is refused (busy).
+USER_WAIT_SECONDS = 5.0
 
 #: Checks a user's password through PAM: (user, password) -> bool.
 PasswordChecker = Callable[[str, str], bool]
@@ -68,19 +71,20 @@ class Validator:
         self.store, self.keys, self.policy, self.audit = store, keys, policy, audit
         self.clock = clock
         self.password_checker = password_checker
+        self._user_locks = KeyedLocks()
 
     # -- public entry points ---------------------------------------------------------------
 
     def validate(self, user: str, code: str, context: RequestContext) -> Decision:
         """Validate ``code`` for ``user`` and commit the outcome; audit it."""
-        decision = self._guarded(lambda: self._validate_code(user, code, context))
+        decision = self._one_at_a_time(user, lambda: self._validate_code(user, code, context))
         self.audit.record("validate", context, user=user, serial=decision.serial,
                           result="accept" if decision.accepted else "reject", reason=decision.reason)
         return decision
 
     def validate_password_and_code(self, user: str, answer: str, context: RequestContext) -> Decision:
         """Validate a password immediately followed by a code; never tell which part failed."""
-        decision = self._guarded(lambda: self._password_and_code(user, answer, context))
+        decision = self._one_at_a_time(user, lambda: self._password_and_code(user, answer, context))
         self.audit.record("validate", context, user=user, serial=decision.serial, mode="password+code",
                           result="accept" if decision.accepted else "reject", reason=decision.reason)
         return decision
@@ -120,6 +124,14 @@ class Validator:
         raise StoreError("too many concurrent changes to this token; try again")
 
     # -- internals -------------------------------------------------------------------------
+
+    def _one_at_a_time(self, user: str, action: Callable[[], Decision]) -> Decision:
+        """Decide the user's attempts in turn, so parallel guesses cannot all pass the lock check."""
+        with self._user_locks.hold(user, USER_WAIT_SECONDS) as holding:
+            if not holding:
+                _log.warning("validation for %r refused: too many attempts in flight", user[:64])
+                return Decision(False, "busy")
+            return self._guarded(action)
 
     def _guarded(self, action: Callable[[], Decision]) -> Decision:
         try:
@@ -256,6 +268,9 @@ class Validator:
                     self._report_lock(current, outcome, context)
                     break
                 current = self.store.get(current.serial)
+            else:
+                _log.error("token %s: a failure could not be recorded after %d concurrent changes",
+                           token.serial, _CAS_ATTEMPTS)
 
     def _report_lock(self, token: Token, outcome: FailureOutcome, context: RequestContext) -> None:
         if outcome.event == "locked":

@@ -95,7 +95,7 @@ def test_lock_level_survives_success_and_unlock_and_decays(setup, store, key_bac
 def test_repeated_locks_disable_the_token_until_an_administrator_acts(setup, store, key_backend,  # type: ignore[no-untyped-def]
                                                                       clock, audit, tmp_path) -> None:
     """At disable_after_locks the token is disabled (audited); re-enabled, it is disabled again
-    by its next lock; only unlock-and-decay brings the level down."""
+    by its very next failure (no new set of guesses); only time brings the level down."""
     from otp_agent.administration import Administration
     add_token(store, key_backend, "T1")
     validator = setup(lock_threshold=2, lock_base_seconds=10, lock_max_seconds=100,
@@ -113,8 +113,7 @@ def test_repeated_locks_disable_the_token_until_an_administrator_acts(setup, sto
     assert (disable["serial"], disable["reason"], disable["level"]) == ("T1", "repeated_locks", 3)
     admin.set_fields("T1", {"enabled": True}, CONTEXT, "enable")
     assert validator.validate("alice", code(step(clock)), CONTEXT).accepted
-    for _ in range(2):
-        validator.validate("alice", "000000", CONTEXT)
+    validator.validate("alice", "000000", CONTEXT)
     assert store.get("T1").enabled is False
 
 
@@ -145,8 +144,29 @@ def test_a_code_equal_to_the_last_accepted_one_is_a_replay(setup, store, key_bac
     assert validator.validate("alice", code(2387), CONTEXT).accepted
 
 
-def test_defaults_forgive_a_day_and_disable_after_ten_locks() -> None:
+def test_defaults_the_security_figures_are_computed_from() -> None:
     """The shipped defaults that docs/security.md computes its figures from."""
     policy = PolicyConfig()
     assert (policy.lock_threshold, policy.failure_decay_seconds, policy.lock_decay_seconds,
-            policy.disable_after_locks, policy.lock_max_seconds) == (5, 86400, 86400, 10, 3600)
+            policy.disable_after_locks, policy.lock_max_seconds) == (5, 86400, 7 * 86400, 10, 3600)
+
+
+def test_parallel_guesses_cannot_outrun_the_lock(store, key_backend, audit, clock) -> None:  # type: ignore[no-untyped-def]
+    """Sixteen wrong codes at the same moment: only lock_threshold of them are compared (the
+    user's attempts are decided one at a time), the rest are refused as locked."""
+    import threading
+    add_token(store, key_backend, "T1")
+    validator = Validator(store, key_backend, PolicyConfig(lock_threshold=5), audit, clock=clock)
+    barrier = threading.Barrier(16)
+    reasons: list[str] = []
+
+    def guess(index: int) -> None:
+        barrier.wait()
+        reasons.append(validator.validate("alice", f"{index:06d}", CONTEXT).reason)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert reasons.count("bad_code") == 5 and reasons.count("locked") == 11, reasons
