@@ -23,6 +23,7 @@ from otp_agent.errors import KeyBackendError, NotFound, SealedSecretInvalid, Sto
 from otp_agent.keyedlock import KeyedLocks
 from otp_agent.keystore import KeyBackend
 from otp_agent.oath import TokenType, codes_for, match_code, time_step
+from otp_agent.oath.params import MAX_COUNTER
 from otp_agent.store import Token, TokenStore
 from otp_agent.throttle import FailureOutcome, failure_outcome, is_locked, success_changes
 
@@ -223,7 +224,12 @@ class Validator:
         hmacs = lambda messages: self.keys.compute_hmacs(token.identity, token.sealed, messages)
         if token.token_type is TokenType.HOTP:
             first = max(token.counter - 1, 0)
-            factors = list(range(first, token.counter + self.policy.hotp_lookahead + 1))
+            # An accepted counter c is stored as c + 1, which must still fit: a token at the end
+            # of its counter is refused, never wrapped.
+            last = min(token.counter + self.policy.hotp_lookahead, MAX_COUNTER - 1)
+            if token.counter > last:
+                _log.warning("token %s has exhausted its counter; it can accept no code", token.serial)
+            factors = list(range(first, last + 1))
             fresh = [f for f in factors if f >= token.counter]
             current = 0
         else:
@@ -289,7 +295,8 @@ class Validator:
         hmacs = lambda messages: self.keys.compute_hmacs(token.identity, token.sealed, messages)
         now = self.clock()
         if token.token_type is TokenType.HOTP:
-            factors = list(range(token.counter, token.counter + self.policy.hotp_resync_window + 2))
+            factors = list(range(token.counter, min(token.counter + self.policy.hotp_resync_window + 2,
+                                                    MAX_COUNTER - 2)))
         else:
             current = time_step(now, token.period, token.t0)
             reach = self.policy.totp_resync_window

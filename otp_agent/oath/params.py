@@ -35,6 +35,11 @@ class HashAlgorithm(str, enum.Enum):
 
 DEFAULT_PERIOD = 30
 MAX_SECRET_SIZE = 128
+#: Largest HOTP counter a token may hold: the stores keep signed 64-bit integers.  A counter at
+#: this value is exhausted (refused), never wrapped.
+MAX_COUNTER = 2**63 - 1
+#: Largest T0 (seconds since the epoch): the year 2242, well inside every store's integers.
+MAX_T0 = 2**33
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,13 @@ class OathParams:
     t0: int = 0
 
     def __post_init__(self) -> None:
-        if self.digits not in (6, 8):
+        if not isinstance(self.digits, int) or self.digits not in (6, 8):
             raise InvalidToken(f"digits must be 6 or 8, not {self.digits!r}")
         if not isinstance(self.period, int) or not 1 <= self.period <= 3600:
             raise InvalidToken(f"period must be an integer from 1 to 3600 seconds, not {self.period!r}")
-        if not isinstance(self.t0, int) or self.t0 < 0:
-            raise InvalidToken(f"T0 must be a non-negative integer, not {self.t0!r}")
+        if not isinstance(self.t0, int) or not 0 <= self.t0 <= MAX_T0:
+            raise InvalidToken(f"T0 must be an integer from 0 to {MAX_T0} (seconds since the "
+                               f"epoch), not {self.t0!r}")
 
 
 def check_key_size(algorithm: HashAlgorithm, size: int) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from otp_agent.errors import InvalidToken
-from otp_agent.oath.params import HashAlgorithm, OathParams, TokenType, check_key_size
+from otp_agent.oath.params import MAX_COUNTER, MAX_T0, HashAlgorithm, OathParams, TokenType, check_key_size
 from otp_agent.pskc.model import ImportedToken, Problem, RawKey, printable
 
 _PSKC = "urn:ietf:params:xml:ns:keyprov:pskc"
@@ -51,7 +51,6 @@ def suite_hash(suite: str) -> HashAlgorithm | None:
     return SUITES.get(re.sub(r"[-_\s]", "", suite).upper())
 #: Largest time-step drift accepted from a file, in steps either way.
 MAX_DRIFT = 1000
-MAX_COUNTER = 2**64 - 1
 EXPECTED_PERIOD = 30
 
 
@@ -219,8 +218,8 @@ class RuleChecker:
         period = raw.time_interval if raw.time_interval is not None else EXPECTED_PERIOD
         if raw.time is None and "Time" not in raw.bad_fields:
             problem("TOTP key has no Data/Time (T0, seconds since the epoch)")
-        elif t0 < 0:
-            problem(f"Time (T0) must be non-negative, not {t0}")
+        elif not 0 <= t0 <= MAX_T0:
+            problem(f"Time (T0) must be from 0 to {MAX_T0} seconds since the epoch, not {t0}")
         if raw.time_interval is None and "TimeInterval" not in raw.bad_fields:
             problem("TOTP key has no Data/TimeInterval (time step in seconds)")
         elif not 1 <= period <= 3600:
@@ -238,7 +237,7 @@ class RuleChecker:
         if token_type is not TokenType.HOTP or raw.counter is None:
             return 0
         if not 0 <= raw.counter <= MAX_COUNTER:
-            problem(f"Counter must be from 0 to 2^64-1, not {raw.counter}")
+            problem(f"Counter must be from 0 to 2^63-1, not {raw.counter}")
             return 0
         return raw.counter
 

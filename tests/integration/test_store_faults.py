@@ -117,3 +117,25 @@ def test_an_empty_database_file_never_becomes_an_empty_store(tmp_path: Path) -> 
     result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--config", str(config), "--check-config"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 4 and "not bound to a key backend" in result.stderr, result.stderr
+
+
+def test_out_of_range_integers_get_a_clear_error_and_a_counter_at_its_end_is_refused(tmp_path: Path) -> None:
+    """Before: importing t0 = 2**70, or validating a token imported at counter 2^63-1, closed the
+    connection unanswered (OverflowError).  Every integer is bounded at the edge."""
+    import base64
+    with running_agent(tmp_path / "agent") as agent:
+        secret = base64.b64encode(b"k" * 20).decode()
+        for field, value in (("t0", 2**70), ("counter", 2**64), ("period", 2**70), ("digits", 2**70),
+                             ("drift", -2**70), ("counter", -1)):
+            record = {"serial": "BIG1", "type": "totp" if field != "counter" else "hotp",
+                      "secret_b64": secret, "user": "alice", field: value}
+            reply = request(agent.socket_path, "import", tokens=[record])
+            assert reply["ok"] is False and reply["error"]["code"] == "pskc", (field, reply)
+        last = {"serial": "END1", "type": "hotp", "secret_b64": secret, "user": "alice", "counter": 2**63 - 1}
+        assert request(agent.socket_path, "import", tokens=[last])["ok"] is True
+        uri = f"otpauth://hotp/x?secret={base64.b32encode(b'k' * 20).decode()}&counter=0"
+        for counter in (2**63 - 2, 2**63 - 1):
+            reply = request(agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=counter))
+            assert (reply["ok"], reply["result"]) == (True, "reject"), reply
+        assert "exhausted its counter" in agent.log()
+        assert request(agent.socket_path, "ping")["ok"] is True

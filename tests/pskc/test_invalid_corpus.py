@@ -59,7 +59,7 @@ CORPUS: dict[str, tuple[dict[str, Any], str]] = {
     "totp-zero-interval.xml": ({}, "TimeInterval must be from 1 to 3600 seconds"),
     "drift-too-large.xml": ({}, "TimeDrift must be within 1000 time steps"),
     "counter-not-integer.xml": ({}, "Counter: value 'ten' is not an integer"),
-    "negative-counter.xml": ({}, "Counter must be from 0 to 2^64-1"),
+    "negative-counter.xml": ({}, "Counter must be from 0 to 2^63-1"),
     # Dates, user, policy.
     "bad-date.xml": ({}, "is not an ISO 8601 date and time"),
     "expiry-before-start.xml": ({}, "ExpiryDate is not after StartDate"),
