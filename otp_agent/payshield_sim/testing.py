@@ -2,8 +2,9 @@
 
 Owns a background thread with its own event loop serving one simulated HSM on 127.0.0.1 (a free
 port), a temporary directory with its LMK file, the key-ceremony files (ZMK in clear and as a
-key block) and its self-signed TLS certificate, and helpers to change faults at run time and
-build a PayShieldConfig for it.  Like the backend, the simulator serves TLS unless told
+key block), the fingerprint and self-test key files that ``otp-agent init`` would create and its
+self-signed TLS certificate, and helpers to change faults at run time and build a
+PayShieldConfig for it.  Like the backend, the simulator serves TLS unless told
 otherwise; a plain-TCP simulator gets a config with ``insecure_plaintext = true``.
 """
 
@@ -20,7 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from otp_agent.keystore.payshield.config import HsmAddress, PayShieldConfig
+from otp_agent.keystore.payshield.backend import (
+    SELF_TEST_KEY, SELF_TEST_PUBLIC, self_test_answer, write_self_test_file,
+)
+from otp_agent.keystore.payshield.config import SELF_TEST_FILE_NAME, HsmAddress, PayShieldConfig
 from otp_agent.keystore.payshield.keyblock import parse_header
 from otp_agent.payshield_sim.commands import CommandProcessor, make_zmk
 from otp_agent.payshield_sim.lmk import Lmk
@@ -63,6 +67,14 @@ class RunningSimulator:
             # What `otp-agent init` would have created: an HMAC-SHA-256 key block, usage 63.
             header = parse_header("1000063HG00N0000")
             self.fingerprint_key_file.write_text("S" + self.lmk.wrap(header, os.urandom(32)) + "\n")
+        self.self_test_key_file = directory / SELF_TEST_FILE_NAME
+        if not self.self_test_key_file.exists():
+            # What `otp-agent init` would have created with a ZMK: the public test key imported
+            # (here wrapped directly under the LMK) and its known answer.
+            header = parse_header("1000063HG00N0000")
+            write_self_test_file(self.self_test_key_file,
+                                 "S" + self.lmk.wrap(header, SELF_TEST_KEY),
+                                 self_test_answer(), SELF_TEST_PUBLIC)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="payshield-sim",
                                         daemon=True)
@@ -108,7 +120,7 @@ class RunningSimulator:
         return self.server.requests[command]
 
     def config(self, **overrides: object) -> PayShieldConfig:
-        """A PayShieldConfig for this simulator, with ZMK and fingerprint key files ready.
+        """A PayShieldConfig for this simulator, with ZMK, fingerprint and self-test files ready.
 
         TLS trusting the simulator's certificate, or plain TCP with ``insecure_plaintext``.
         """
@@ -123,6 +135,7 @@ class RunningSimulator:
             retry_initial=0.05, retry_max=0.5,
             zmk_file=self.zmk_file, zmk_key_block_file=self.zmk_key_block_file,
             fingerprint_key_file=self.fingerprint_key_file,
+            self_test_key_file=self.self_test_key_file,
             **link,
         )
         return replace(base, **overrides)  # type: ignore[arg-type]

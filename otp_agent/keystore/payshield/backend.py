@@ -36,7 +36,7 @@ from otp_agent.keystore.payshield.keyblock import (
     split_key_block,
 )
 from otp_agent.keystore.payshield.transit import wrap_for_import
-from otp_agent.keystore.payshield.transport import Transport
+from otp_agent.keystore.payshield.transport import SelfTest, Transport
 from otp_agent.sensitive import Secret
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,63 @@ def _read_text(path: Path, what: str) -> str:
         return path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyBackendUnavailable(f"cannot read the {what} {path}: {type(exc).__name__}") from None
+
+
+# -- the known-answer self-test file -----------------------------------------------------------
+
+#: The public test key of the self-test imported with LU: not a secret, anyone may compute with it.
+SELF_TEST_KEY = hashlib.sha256(b"otp-agent payshield public self-test key v1").digest()
+#: The fixed message whose HMAC-SHA-256 every HSM connection is asked for.
+SELF_TEST_MESSAGE = hashlib.sha256(b"otp-agent payshield self-test message v1").digest()
+#: ``source`` of a self-test file: the public key above (answer computed on the host), or a key
+#: generated in the HSM with L0 (answer recorded from the HSMs at init).
+SELF_TEST_PUBLIC = "public-test-key-v1"
+SELF_TEST_GENERATED = "generated-in-hsm"
+_SELF_TEST_HEADER = ("# otp-agent payShield known-answer self-test, written by otp-agent init.\n"
+                     "# Not secret: the key block is under the LMK, the answer is public.\n")
+
+
+def self_test_answer(key: bytes = SELF_TEST_KEY) -> bytes:
+    """The known answer: HMAC-SHA-256 of :data:`SELF_TEST_MESSAGE` under ``key``, on the host."""
+    return hmac.digest(key, SELF_TEST_MESSAGE, "sha256")
+
+
+def write_self_test_file(path: Path, key_block: str, expected: bytes, source: str) -> None:
+    """Create the self-test file (mode 0600, never overwriting): ``S`` + key block, answer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write(f"{_SELF_TEST_HEADER}key_block = {key_block}\n"
+                     f"hmac_sha256 = {expected.hex()}\nsource = {source}\n")
+
+
+def load_self_test_file(path: Path) -> SelfTest:
+    """Read a self-test file into a :class:`SelfTest`.
+
+    :raises KeyBackendUnavailable: unreadable, malformed, not an HMAC-SHA-256 key block, or a
+        public-key file whose answer is not the public key's.
+    """
+    text = _read_text(path, "self-test key file")
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        name, equals, value = line.partition("=")
+        if equals and not line.lstrip().startswith("#"):
+            values[name.strip()] = value.strip()
+    block, answer, source = (values.get(name, "") for name in ("key_block", "hmac_sha256", "source"))
+    try:
+        header, _body = split_key_block(block[1:])
+        expected = bytes.fromhex(answer)
+    except (KeyBlockFormatError, ValueError):
+        raise KeyBackendUnavailable(f"{path} is not a payShield self-test file (key_block, "
+                                    "hmac_sha256, source): run otp-agent init") from None
+    if (not block.startswith("S") or header.usage != "63" or header.algorithm != "H"
+            or len(expected) != 32 or source not in (SELF_TEST_PUBLIC, SELF_TEST_GENERATED)):
+        raise KeyBackendUnavailable(f"{path} is not a payShield self-test file (an HMAC-SHA-256 "
+                                    "key block, its 32-byte answer and its source)")
+    if source == SELF_TEST_PUBLIC and not hmac.compare_digest(expected, self_test_answer()):
+        raise KeyBackendUnavailable(f"{path}: hmac_sha256 is not the answer of the public "
+                                    "self-test key; the file was changed")
+    return SelfTest(HmacKey.key_block(block[1:]), SELF_TEST_MESSAGE, expected)
 
 
 def _key_block_file(path: Path, what: str) -> str:
@@ -81,7 +138,7 @@ class PayShieldKeyBackend:
         self._binding_lock = threading.Lock()
         if config.fingerprint_key_file is not None and config.fingerprint_key_file.exists():
             self._fingerprint_key = _key_block_file(config.fingerprint_key_file, "fingerprint key")
-        self._transport = Transport(config)
+        self._transport = Transport(config, _self_test(config))
         try:
             self._transport.start()
         except BaseException:
@@ -219,27 +276,105 @@ class PayShieldKeyBackend:
                 self._binding_key = None
 
 
-def initialise_payshield(config: PayShieldConfig) -> list[str]:
-    """Create what the configuration names and is missing: the fingerprint key block file.
+def _self_test(config: PayShieldConfig) -> SelfTest | None:
+    """The known answer from the self-test file, or None (with a WARNING) if there is none."""
+    path = config.self_test_path
+    if path is not None and path.exists():
+        return load_self_test_file(path)
+    logger.warning(
+        "payShield self-test not configured (%s): an HSM answering wrong HMACs would not be "
+        "detected, and every login would fail as a wrong code and count towards its token's "
+        "lock; run otp-agent init to create the self-test key (see docs/hsm.md)",
+        f"no file {path}" if path is not None else "no self_test_key_file")
+    return None
 
-    The key is generated inside the HSM with L0 (HMAC-SHA-256, generate only, not exportable)
-    and only its key block is written, with mode 0600.  Existing files are never overwritten.
+
+def initialise_payshield(config: PayShieldConfig) -> list[str]:
+    """Create what the configuration names and is missing: the fingerprint and self-test files.
+
+    The fingerprint key is generated inside the HSM with L0 (HMAC-SHA-256, generate only, not
+    exportable) and only its key block is written, with mode 0600.  The self-test file is
+    described at :func:`_create_self_test`.  Existing files are never overwritten.
+
+    :raises KeyBackendUnavailable: no HSM, or the HSM got the public test key's answer wrong.
     """
+    messages: list[str] = []
     path = config.fingerprint_key_file
+    self_test_path = config.self_test_path
+    make_fingerprint = path is not None and not path.exists()
+    make_self_test = self_test_path is not None and not self_test_path.exists()
     if path is None:
-        return ["payShield: no fingerprint_key_file configured, nothing to create"]
-    if path.exists():
-        return [f"payShield: fingerprint key {path} exists, kept"]
+        messages.append("payShield: no fingerprint_key_file configured, nothing to create")
+    elif not make_fingerprint:
+        messages.append(f"payShield: fingerprint key {path} exists, kept")
+    if self_test_path is not None and not make_self_test:
+        messages.append(f"payShield: self-test key {self_test_path} exists, kept")
+    if not (make_fingerprint or make_self_test):
+        return messages
+    key: HmacKey | None = None
+    self_test: tuple[str, bytes, str] | None = None
     transport = Transport(config)
     try:
         transport.start()
-        request = codec.encode_l0(32, attributes("63", "H0", _MODE_OF_USE, _EXPORTABILITY))
-        (response,) = transport.exchange([request])
-        key = codec.parse_key_response("L0", response)
+        if make_fingerprint:
+            request = codec.encode_l0(32, attributes("63", "H0", _MODE_OF_USE, _EXPORTABILITY))
+            (response,) = transport.exchange([request])
+            key = codec.parse_key_response("L0", response)
+        if make_self_test:
+            self_test = _create_self_test(config, transport)
     finally:
         transport.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-        handle.write("S" + key.value.decode("ascii") + "\n")
-    return [f"payShield: created fingerprint key block {path} (HMAC-SHA-256 generated in the HSM)"]
+    if key is not None and path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write("S" + key.value.decode("ascii") + "\n")
+        messages.insert(0, f"payShield: created fingerprint key block {path} "
+                           "(HMAC-SHA-256 generated in the HSM)")
+    if self_test is not None and self_test_path is not None:
+        key_block, expected, source = self_test
+        write_self_test_file(self_test_path, key_block, expected, source)
+        how = ("the public test key imported with LU, answer checked against the host's"
+               if source == SELF_TEST_PUBLIC else "a key generated in the HSM with L0, answer "
+               "recorded from the HSM")
+        messages.append(f"payShield: created self-test key {self_test_path} ({how})")
+    return messages
+
+
+def _create_self_test(config: PayShieldConfig, transport: Transport) -> tuple[str, bytes, str]:
+    """Make the self-test key block and its known answer: ``(S + key block, answer, source)``.
+
+    With a ZMK, the public :data:`SELF_TEST_KEY` is imported with LU and the HSM's HMAC of
+    :data:`SELF_TEST_MESSAGE` must equal the one computed on the host, so the answer owes
+    nothing to the HSM.  Without one, a key is generated with L0 and the answer of the HSM
+    init talks to is recorded (every HSM must then agree with it).
+
+    :raises KeyBackendUnavailable: the HSM's answer for the public key is wrong.
+    """
+    tail = attributes("63", "H0", _MODE_OF_USE, _EXPORTABILITY)
+    expected: bytes | None = None
+    if config.zmk_file is not None and config.zmk_key_block_file is not None:
+        zmk_key_block = _key_block_file(config.zmk_key_block_file, "ZMK key block")
+        try:
+            clear_zmk = bytes.fromhex(_read_text(config.zmk_file, "ZMK file"))
+        except ValueError:
+            clear_zmk = b""
+        if len(clear_zmk) not in (16, 24, 32):
+            raise KeyBackendUnavailable(f"{config.zmk_file} does not hold an AES ZMK in hex")
+        with Secret(clear_zmk) as zmk:
+            del clear_zmk
+            wrapped = wrap_for_import(zmk.reveal(), SELF_TEST_KEY)
+        request = codec.encode_lu(zmk_key_block, wrapped, codec.KEY_BLOCK_FORMAT, tail)
+        command, source, expected = "LU", SELF_TEST_PUBLIC, self_test_answer()
+    else:
+        request, command, source = codec.encode_l0(32, tail), "L0", SELF_TEST_GENERATED
+    (response,) = transport.exchange([request])
+    key = codec.parse_key_response(command, response)
+    (response,) = transport.exchange([codec.encode_lq("FF", 32, key, SELF_TEST_MESSAGE)])
+    answer = codec.parse_lr(response, 32)
+    if expected is not None and not hmac.compare_digest(answer, expected):
+        raise KeyBackendUnavailable(
+            "payShield answered the public self-test key's HMAC wrong (a faulty, misconfigured "
+            "or impersonated HSM): no self-test file written; check the HSM and run otp-agent "
+            "init again")
+    return "S" + key.value.decode("ascii"), answer, source

@@ -2,7 +2,8 @@
 
 Owns every key of the table (documented in docs/hsm.md) and turns the TOML dictionary into a
 frozen :class:`PayShieldConfig`.  Any unknown key, wrong type or bad value raises ConfigError
-naming the full key.  No key material is ever inline: ZMK and fingerprint key are file paths.
+naming the full key.  No key material is ever inline: ZMK, fingerprint and self-test keys are
+file paths.
 
 The link to the HSM carries the HMACs the codes are made of, so it is TLS with certificate
 verification unless ``insecure_plaintext = true`` says otherwise; the dataclass itself refuses a
@@ -22,6 +23,8 @@ from otp_agent.errors import ConfigError
 PREFIX = "keystore.payshield"
 _TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
 _T = TypeVar("_T")
+#: Default name of the self-test file, in the directory of the fingerprint key.
+SELF_TEST_FILE_NAME = "payshield-self-test.kb"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class PayShieldConfig:
     zmk_file: Path | None = None
     zmk_key_block_file: Path | None = None
     fingerprint_key_file: Path | None = Path("/etc/otp-agent/payshield-fingerprint.kb")
+    self_test_key_file: Path | None = None
     tls: bool = True
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
@@ -78,6 +82,15 @@ class PayShieldConfig:
                 if getattr(self, name) is not None:
                     raise ConfigError(f"{PREFIX}.{name}: is a TLS key, but insecure_plaintext "
                                       "= true turns TLS off; remove one of them")
+
+    @property
+    def self_test_path(self) -> Path | None:
+        """The known-answer self-test file: as configured, or beside the fingerprint key."""
+        if self.self_test_key_file is not None:
+            return self.self_test_key_file
+        if self.fingerprint_key_file is None:
+            return None
+        return self.fingerprint_key_file.with_name(SELF_TEST_FILE_NAME)
 
     @property
     def transport_label(self) -> str:
@@ -172,6 +185,7 @@ _KEYS: dict[str, Callable[[str, object], object]] = {
     "zmk_file": _path,
     "zmk_key_block_file": _path,
     "fingerprint_key_file": _path,
+    "self_test_key_file": _path,
     "tls": _boolean,
     "tls_ca_file": _path,
     "tls_cert_file": _path,

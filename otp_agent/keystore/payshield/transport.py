@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
 import logging
 import ssl
 import threading
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 from otp_agent.errors import KeyBackendError, KeyBackendUnavailable
 from otp_agent.keystore.payshield import codec
+from otp_agent.keystore.payshield.codec import HmacKey
 from otp_agent.keystore.payshield.config import (
     PLAINTEXT_WARNING, PREFIX, HsmAddress, PayShieldConfig,
 )
@@ -36,6 +38,20 @@ from otp_agent.keystore.payshield.errors import LmkMismatch, PayShieldBusy, PayS
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    """A known answer: the HSM must give ``expected`` as the HMAC-SHA-256 of ``message`` under
+    the key block ``key`` (created by ``otp-agent init``; nothing in it is secret)."""
+
+    key: HmacKey
+    message: bytes
+    expected: bytes
+
+
+class SelfTestFailed(PayShieldUnavailable):
+    """An HSM got the known answer wrong (or refused the self-test): it is not used."""
 
 
 @dataclass
@@ -50,15 +66,20 @@ class HostState:
     lmk_check_value: str = ""
     firmware: str = ""
     status: dict[str, object] = field(default_factory=dict)
+    self_test: str = ""
     connections: list[HsmConnection] = field(default_factory=list)
     opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def report(self) -> dict[str, object]:
         """JSON-able view for ``otpctl status``."""
-        return {"address": str(self.address), "up": self.up, "lmk_check_value": self.lmk_check_value,
-                "firmware": self.firmware, "connections": len(self.connections),
-                "in_flight": sum(c.in_flight for c in self.connections),
-                "failures": self.failures, "last_error": self.last_error, **self.status}
+        report: dict[str, object] = {
+            "address": str(self.address), "up": self.up, "lmk_check_value": self.lmk_check_value,
+            "firmware": self.firmware, "connections": len(self.connections),
+            "in_flight": sum(c.in_flight for c in self.connections),
+            "failures": self.failures, "last_error": self.last_error, **self.status}
+        if self.self_test:
+            report["self_test"] = self.self_test
+        return report
 
 
 def lmk_matches(configured: str, reported: str) -> bool:
@@ -69,8 +90,9 @@ def lmk_matches(configured: str, reported: str) -> bool:
 class Transport:
     """Synchronous facade over pipelined connections to one or more HSMs."""
 
-    def __init__(self, config: PayShieldConfig) -> None:
+    def __init__(self, config: PayShieldConfig, self_test: SelfTest | None = None) -> None:
         self.config = config
+        self._self_test = self_test
         self._tls = self._tls_context(config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="payshield-transport",
@@ -82,7 +104,8 @@ class Transport:
         self._closed = False
 
     async def _make_hosts(self) -> list[HostState]:
-        return [HostState(address) for address in self.config.hosts]
+        state = "not run" if self._self_test is not None else ""
+        return [HostState(address, self_test=state) for address in self.config.hosts]
 
     @staticmethod
     def _tls_context(config: PayShieldConfig) -> ssl.SSLContext | None:
@@ -218,6 +241,11 @@ class Transport:
                 await connection.close()
                 raise LmkMismatch(f"payShield {host.address} has LMK check value {check[:6]}, "
                                   f"configured {config.lmk_check_value[:6]}: refusing to use it")
+            try:
+                await self._run_self_test(host, connection)
+            except BaseException:
+                await connection.close()
+                raise
         except KeyBackendError as exc:
             self._mark_down(host, exc)
             raise
@@ -227,6 +255,40 @@ class Transport:
         host.up, host.failures, host.last_error = True, 0, ""
         host.connections.append(connection)
         return connection
+
+    async def _run_self_test(self, host: HostState, connection: HsmConnection) -> None:
+        """Ask for the known answer on ``connection``; a wrong one (or a refusal) is fatal.
+
+        :raises SelfTestFailed: the HMAC differs from the known answer, or the HSM refused it.
+        :raises PayShieldUnavailable: no answer within ``request_timeout``, or the link failed.
+        """
+        test = self._self_test
+        if test is None:
+            return
+        request = codec.encode_lq("FF", len(test.expected), test.key, test.message)
+        future = await connection.submit(request)
+        try:
+            answer = codec.parse_lr(await asyncio.wait_for(future, self.config.request_timeout),
+                                    len(test.expected))
+        except asyncio.TimeoutError:
+            raise PayShieldUnavailable(
+                f"payShield {host.address} did not answer the self-test LQ") from None
+        except PayShieldUnavailable:
+            raise
+        except KeyBackendError as exc:  # An error code: the HSM cannot compute the test HMAC.
+            host.self_test = f"failed: LQ refused ({exc})"
+            raise SelfTestFailed(f"payShield {host.address} failed its known-answer self-test: "
+                                 f"LQ refused ({exc}); not used") from None
+        if not hmac.compare_digest(answer, test.expected):
+            if host.self_test != "failed: wrong HMAC":
+                logger.error("payShield %s answered the known-answer self-test with a wrong HMAC: "
+                             "not used until it answers right", host.address)
+            host.self_test = "failed: wrong HMAC"
+            raise SelfTestFailed(
+                f"payShield {host.address} failed its known-answer self-test: wrong HMAC for the "
+                "self-test key, so its answers cannot be trusted (a faulty, misconfigured or "
+                "impersonated HSM); not used")
+        host.self_test = "passed"
 
     async def _connection(self) -> HsmConnection:
         """Return a connection to the first usable HSM, reconnecting where the back-off allows."""
@@ -310,6 +372,7 @@ class Transport:
                 future = await connection.submit(codec.encode_no())
                 host.status = codec.parse_np(
                     await asyncio.wait_for(future, self.config.request_timeout))
+                await self._run_self_test(host, connection)
             except asyncio.TimeoutError:
                 self._mark_down(host, PayShieldUnavailable(f"payShield {host.address} did not answer NO"))
             except KeyBackendError as exc:
@@ -325,6 +388,7 @@ class Transport:
         await asyncio.gather(*(self._probe(host) for host in self._hosts))
         active = next((str(h.address) for h in self._hosts if h.up), None)
         return {"ok": active is not None, "active": active,
+                "self_test": "enabled" if self._self_test is not None else "not configured",
                 "hosts": [host.report() for host in self._hosts]}
 
     def _start_health_loop(self) -> None:
