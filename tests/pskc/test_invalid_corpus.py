@@ -54,7 +54,7 @@ CORPUS: dict[str, tuple[dict[str, Any], str]] = {
     "duplicate-secret.xml": ({}, "secrets must be unique"),
     # TOTP time, HOTP counter, drift.
     "totp-missing-time.xml": ({}, "TOTP key has no Data/Time (T0"),
-    "totp-negative-time.xml": ({}, "Time (T0) must be non-negative"),
+    "totp-negative-time.xml": ({}, "Time (T0) must be from 0 to"),
     "totp-missing-interval.xml": ({}, "TOTP key has no Data/TimeInterval"),
     "totp-zero-interval.xml": ({}, "TimeInterval must be from 1 to 3600 seconds"),
     "drift-too-large.xml": ({}, "TimeDrift must be within 1000 time steps"),
