@@ -13,6 +13,7 @@ lose at most the audit lines of the last interval.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ from typing import Any
 _log = logging.getLogger(__name__)
 _MAX_FIELD = 256
 FLUSH_INTERVAL = 0.05
+#: Lines kept in memory while the file cannot be written; older ones are counted as lost.
+MAX_PENDING = 100_000
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,16 @@ def _clean(value: object) -> object:
 class AuditLog:
     """Writes decision events; thread-safe."""
 
-    def __init__(self, path: Path | None, *, use_syslog: bool = False) -> None:
+    def __init__(self, path: Path | None, *, use_syslog: bool = False,
+                 on_failure: str = "continue", max_pending: int = MAX_PENDING) -> None:
         self._path = path
         self._syslog = use_syslog
+        #: "continue" (decide on, keep lines for later, alert) or "reject" (refuse decisions
+        #: while lines cannot be written).
+        self.on_failure = on_failure
+        self._max_pending = max_pending
+        self._failure: str | None = None
+        self.lost = 0
         self._condition = threading.Condition()
         self._write_lock = threading.Lock()
         self._pending: list[str] = []
@@ -94,8 +104,9 @@ class AuditLog:
                 time.sleep(FLUSH_INTERVAL)  # Gather the lines of one interval into one write.
             try:
                 self.flush()
-            except OSError as exc:
-                _log.error("audit log %s cannot be written: %s", self._path, exc.strerror)
+            except OSError:
+                if not closing:
+                    time.sleep(FLUSH_INTERVAL * 10)  # Kept pending; try again shortly.
             if closing:
                 return
 
@@ -113,12 +124,76 @@ class AuditLog:
                 os.close(old)
 
     def flush(self) -> None:
-        """Write every pending line now (used at shutdown and by tests)."""
+        """Write every pending line now (used at shutdown and by tests).
+
+        Never leaves a partial line: a write that fails or comes up short is cut back to where
+        it started, and its lines stay pending for the next attempt (the oldest beyond
+        ``max_pending`` are dropped and counted in :attr:`lost`).
+
+        :raises OSError: the lines could not be written (they are kept).
+        """
         with self._write_lock:
             with self._condition:
                 lines, self._pending = self._pending, []
-            if lines and self._descriptor is not None:
-                os.write(self._descriptor, "".join(lines).encode("utf-8"))
+            if not lines or self._descriptor is None:
+                return
+            data = "".join(lines).encode("utf-8")
+            start: int | None = None
+            try:
+                start = os.fstat(self._descriptor).st_size
+                written = os.write(self._descriptor, data)
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, "short write (no space left on device?)")
+            except OSError as exc:
+                if start is not None:
+                    try:
+                        os.ftruncate(self._descriptor, start)
+                    except OSError:
+                        pass
+                self._keep(lines, exc)
+                raise
+            if self._failure is not None:
+                _log.warning("audit log %s is writable again (%d lines lost meanwhile)",
+                             self._path, self.lost)
+                self._failure = None
+
+    def _keep(self, lines: list[str], exc: OSError) -> None:
+        with self._condition:
+            self._pending = lines + self._pending
+            overflow = len(self._pending) - self._max_pending
+            if overflow > 0:
+                del self._pending[:overflow]
+                self.lost += overflow
+        if self._failure is None:
+            reason = exc.strerror or str(exc)
+            self._failure = reason
+            message = (f"audit log {self._path} cannot be written ({reason}): decisions are "
+                       + ("refused until it can" if self.on_failure == "reject"
+                          else "still made and their lines kept in memory"))
+            _log.critical(message)
+            try:
+                syslog.syslog(syslog.LOG_AUTHPRIV | syslog.LOG_CRIT, message)
+            except OSError:
+                pass
+
+    @property
+    def failing(self) -> bool:
+        """True while the last attempt to write the file failed."""
+        return self._failure is not None
+
+    def health(self) -> dict[str, object]:
+        """A JSON-able report: ``ok`` is False while lines cannot be written or were lost."""
+        with self._condition:
+            pending = len(self._pending)
+        report: dict[str, object] = {"ok": self._failure is None and self.lost == 0,
+                                     "path": str(self._path) if self._path else None,
+                                     "on_failure": self.on_failure, "pending": pending,
+                                     "lost": self.lost}
+        if self._failure is not None:
+            report["error"] = f"cannot be written: {self._failure}"
+        elif self.lost:
+            report["error"] = f"{self.lost} audit lines were lost"
+        return report
 
     def close(self) -> None:
         """Write what is pending and close the audit file."""
@@ -127,7 +202,13 @@ class AuditLog:
             self._condition.notify()
         if self._writer is not None:
             self._writer.join(timeout=5)
-        self.flush()
+        try:
+            self.flush()
+        except OSError:
+            with self._condition:
+                self.lost += len(self._pending)
+                self._pending = []
+            _log.critical("audit log %s: %d lines lost at shutdown", self._path, self.lost)
         with self._write_lock:
             if self._descriptor is not None:
                 os.close(self._descriptor)

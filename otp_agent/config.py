@@ -84,6 +84,9 @@ class AuditConfig:
 
     path: Path | None = Path("/var/log/otp-agent/audit.log")
     syslog: bool = False
+    #: When the file cannot be written: "continue" (decide on, keep the lines in memory, raise
+    #: a critical journal message and fail the status) or "reject" (refuse every decision).
+    on_failure: str = "continue"
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,7 @@ def parse_config(document: Mapping[str, object], *, base: Path = Path("."),
         audit_path = None
     else:
         audit_path = au.path("path", AuditConfig.path)  # type: ignore[arg-type]
-    audit = AuditConfig(path=audit_path, syslog=au.boolean("syslog", False))
+    audit = AuditConfig(path=audit_path, syslog=au.boolean("syslog", False),
+                        on_failure=au.choice("on_failure", "continue", ("continue", "reject")))
     au.finish()
     return Config(agent=agent, store=store, keystore=keystore, policy=policy, audit=audit, source=source)

@@ -135,6 +135,8 @@ class Validator:
             return self._guarded(action)
 
     def _guarded(self, action: Callable[[], Decision]) -> Decision:
+        if self.audit.on_failure == "reject" and self.audit.failing:
+            return Decision(False, "audit_unavailable")
         try:
             return action()
         except (KeyBackendError, StoreError) as exc:

@@ -128,7 +128,8 @@ def cmd_status(arguments: argparse.Namespace, client: AgentClient, out: TextIO) 
         _emit(arguments, out, reply, "")
     else:
         print_status(reply, out)
-    healthy = all(reply.get(part, {}).get("ok") for part in ("agent", "store", "keystore"))
+    healthy = all(reply.get(part, {}).get("ok") for part in ("agent", "store", "keystore")) \
+        and reply.get("audit", {}).get("ok", True)
     return 0 if healthy else 4
 
 

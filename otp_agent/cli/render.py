@@ -50,7 +50,9 @@ def print_decision(reply: dict[str, Any], out: TextIO) -> None:
 
 def print_status(reply: dict[str, Any], out: TextIO) -> None:
     """Print the health report; a section's ``warning`` gets a WARNING line of its own."""
-    for part in ("agent", "store", "keystore"):
+    for part in ("agent", "store", "keystore", "audit"):
+        if part not in reply:
+            continue
         section = reply.get(part, {})
         details = ", ".join(f"{k}={v}" for k, v in section.items()
                             if k not in ("ok", "warning") and not isinstance(v, (list, dict)))

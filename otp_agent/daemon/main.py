@@ -103,7 +103,8 @@ class Agent:
         except BaseException:
             self.keys.close()
             raise
-        self.audit = AuditLog(config.audit.path, use_syslog=config.audit.syslog)
+        self.audit = AuditLog(config.audit.path, use_syslog=config.audit.syslog,
+                              on_failure=config.audit.on_failure)
         checker = None
         if config.policy.password_service:
             service = config.policy.password_service
@@ -121,7 +122,8 @@ class Agent:
         """Health of the agent, the store and the key backend."""
         return {"agent": {"ok": True, "version": __version__, "pid": os.getpid(),
                           "uptime": round(time.time() - self.started, 1)},
-                "store": self.store.health(), "keystore": self.keys.health()}
+                "store": self.store.health(), "keystore": self.keys.health(),
+                "audit": self.audit.health()}
 
     def close(self) -> None:
         """Release every resource."""
