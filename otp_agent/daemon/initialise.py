@@ -147,7 +147,9 @@ def create_database(database: Path, prepare: Callable[[TokenStore], list[str]]) 
     finally:
         os.close(descriptor)
     try:
-        store = SQLiteStore(database, create=True)
+        # An existing file must already hold the schema: an emptied tokens.db is refused, never
+        # turned into an empty store (the package runs init on every upgrade).
+        store = SQLiteStore(database, create=not existed)
         try:
             return existed, prepare(store)
         finally:

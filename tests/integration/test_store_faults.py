@@ -139,3 +139,19 @@ def test_out_of_range_integers_get_a_clear_error_and_a_counter_at_its_end_is_ref
             assert (reply["ok"], reply["result"]) == (True, "reject"), reply
         assert "exhausted its counter" in agent.log()
         assert request(agent.socket_path, "ping")["ok"] is True
+
+
+def test_init_does_not_turn_an_emptied_database_into_an_empty_store(tmp_path: Path) -> None:
+    """The packages run init on every upgrade: a 0-byte tokens.db must stay refused."""
+    directory = tmp_path / "agent"
+    with running_agent(directory) as agent:
+        agent.enroll("alice")
+        config = agent.config_path
+    database = directory / "tokens.db"
+    database.write_bytes(b"")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 4 and "no otp-agent schema" in result.stderr, result.stderr
+    assert database.stat().st_size == 0
