@@ -36,6 +36,18 @@ def test_full_table() -> None:
     assert config.zmk_file == Path("/etc/otp-agent/zmk.hex") and config.calls_per_second == 250.0
 
 
+def test_self_test_file_and_retry_floor() -> None:
+    """The self-test file defaults to beside the fingerprint key; retry_floor to 0.5 s."""
+    config = parse_payshield_config(dict(MINIMAL))
+    assert config.self_test_path == Path("/etc/otp-agent/payshield-self-test.kb")
+    assert config.retry_floor == 0.5
+    config = parse_payshield_config({**MINIMAL, "fingerprint_key_file": "/srv/fp.kb"})
+    assert config.self_test_path == Path("/srv/payshield-self-test.kb")
+    config = parse_payshield_config({**MINIMAL, "self_test_key_file": "/srv/st.kb",
+                                     "retry_floor": 0.2})
+    assert config.self_test_path == Path("/srv/st.kb") and config.retry_floor == 0.2
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("header_length", 33, "keystore.payshield.header_length: must be an integer from 0 to 32"),
     ("header_length", "4", "keystore.payshield.header_length: must be an integer"),
@@ -50,6 +62,8 @@ def test_full_table() -> None:
     ("key_format", "tr31", "keystore.payshield.key_format: must be \"keyblock\" or \"variant\""),
     ("pipelining", "yes", "keystore.payshield.pipelining: must be true or false"),
     ("zmk_file", "", "keystore.payshield.zmk_file: must be a non-empty path"),
+    ("retry_floor", 0, "keystore.payshield.retry_floor: must be a number from 0.01 to 60"),
+    ("self_test_key_file", "", "keystore.payshield.self_test_key_file: must be a non-empty path"),
     ("colour", "blue", "keystore.payshield.colour: unknown key"),
 ])
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:

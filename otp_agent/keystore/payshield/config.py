@@ -54,6 +54,7 @@ class PayShieldConfig:
     health_interval: float = 30.0
     retry_initial: float = 1.0
     retry_max: float = 60.0
+    retry_floor: float = 0.5
     key_format: str = "keyblock"
     bind_identity: bool = True
     zmk_file: Path | None = None
@@ -180,6 +181,7 @@ _KEYS: dict[str, Callable[[str, object], object]] = {
     "health_interval": _number(0.05, 3600, zero=True),
     "retry_initial": _number(0.01, 600),
     "retry_max": _number(0.01, 3600),
+    "retry_floor": _number(0.01, 60),
     "key_format": _key_format,
     "bind_identity": _boolean,
     "zmk_file": _path,

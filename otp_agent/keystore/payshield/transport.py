@@ -4,7 +4,10 @@ Owns a private asyncio event loop in a daemon thread, so that the synchronous ke
 can pipeline many requests on persistent connections.  HSMs are used in the configured order:
 the first one that is up takes the traffic; a failed HSM is marked down and retried after an
 exponential back-off, by the next request or by the periodic health check, and takes the
-traffic back once it answers.  Every new connection starts with NC and is refused if the LMK
+traffic back once it answers.  When every HSM is down, waiting for the back-off would only
+delay the recovery: a request may then try to reconnect once ``retry_floor`` seconds have
+passed since the last attempt on that HSM, so a returning HSM is used again within about that
+time while a dead one gets at most one attempt per floor (plus the back-off's).  Every new connection starts with NC and is refused if the LMK
 check value differs from the configured one.  A request that fails is never retried: the
 caller fails closed and the next request goes to the next HSM.
 
@@ -62,6 +65,7 @@ class HostState:
     up: bool = False
     failures: int = 0
     next_retry: float = 0.0
+    last_attempt: float = float("-inf")
     last_error: str = ""
     lmk_check_value: str = ""
     firmware: str = ""
@@ -224,6 +228,7 @@ class Transport:
     async def _connect(self, host: HostState) -> HsmConnection:
         """Open a connection, check the LMK with NC, and mark the host up."""
         config = self.config
+        host.last_attempt = time.monotonic()
         try:
             connection = await HsmConnection.open(
                 host.address, config.header_length, config.max_in_flight,
@@ -290,11 +295,24 @@ class Transport:
                 "impersonated HSM); not used")
         host.self_test = "passed"
 
-    async def _connection(self) -> HsmConnection:
-        """Return a connection to the first usable HSM, reconnecting where the back-off allows."""
+    def _due(self, host: HostState, every_host_down: bool) -> bool:
+        """Whether a request may (re)connect to ``host`` now.
+
+        An HSM that is up, or whose back-off has run out, may be connected to.  When every HSM
+        is down, so may one whose last attempt is ``retry_floor`` seconds old: nothing else
+        could serve the request, and one attempt per floor does not hammer a dead HSM.
+        """
         now = time.monotonic()
+        if host.up or now >= host.next_retry:
+            return True
+        return every_host_down and now >= host.last_attempt + self.config.retry_floor
+
+    async def _connection(self) -> HsmConnection:
+        """Return a connection to the first usable HSM, reconnecting where the back-off allows
+        (or, when every HSM is down, the floor)."""
+        every_host_down = not any(host.up for host in self._hosts)
         for host in self._hosts:
-            if not host.up and now < host.next_retry:
+            if not self._due(host, every_host_down):
                 continue
             reusable = self._reusable(host)
             if reusable is not None:
@@ -303,7 +321,7 @@ class Transport:
                 reusable = self._reusable(host)  # Another request may have opened one.
                 if reusable is not None:
                     return reusable
-                if host.up or time.monotonic() >= host.next_retry:
+                if self._due(host, every_host_down):
                     try:
                         return await self._connect(host)
                     except KeyBackendError:
