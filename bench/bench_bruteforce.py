@@ -327,7 +327,7 @@ def simulate_attack(policy: PolicyConfig, token_type: TokenType, strategy: str, 
             if now == admin_at:  # ties: administrator, then user, then attacker
                 admin_at += DAY
                 if not engine.token("VICTIM").enabled:
-                    engine.admin.set_fields("VICTIM", {"enabled": True}, CONTEXT, "enable")
+                    engine.admin.set_enabled("VICTIM", True, CONTEXT)
                     result.reenables += 1
                 continue
             if now == user_at:
@@ -454,7 +454,7 @@ def simulate_population(policy: PolicyConfig, typo_rate: float, users: int, days
                     elif decision.reason == "disabled":
                         clock.now += HELPDESK_SECONDS
                         result.helpdesk_wait += HELPDESK_SECONDS
-                        engine.admin.set_fields(serial, {"enabled": True}, CONTEXT, "enable")
+                        engine.admin.set_enabled(serial, True, CONTEXT)
                     else:
                         raise AssertionError(f"unexpected decision for a real user: {decision}")
                 else:

@@ -171,17 +171,22 @@ class Administration:
             raise NotFound(f"no token with serial or owner {target!r}")
         return tokens
 
-    def set_fields(self, serial: str, changes: Mapping[str, Any], context: RequestContext,
-                   event: str) -> Token:
-        """Change the owner or the enabled flag of a token (a new owner renews its binding)."""
-        if "user" in changes:
-            current = self.store.get(serial)
-            if current is None:
-                raise NotFound(f"no token with serial {serial}")
-            moved = self.bound(replace(current, user=changes["user"]))
-            changes = {**changes, "binding": moved.binding}
-        token = self.store.update_admin_fields(serial, changes)
-        self.audit.record(event, context, serial=serial, user=token.user, result="ok")
+    def assign(self, serial: str, user: str, context: RequestContext) -> Token:
+        """Give a token to ``user``, with a new binding tag for that owner."""
+        current = self.store.get(serial)
+        if current is None:
+            raise NotFound(f"no token with serial {serial}")
+        moved = self.bound(replace(current, user=user))
+        assert moved.binding is not None
+        token = self.store.assign(serial, user, moved.binding)
+        self.audit.record("assign", context, serial=serial, user=user, result="ok")
+        return token
+
+    def set_enabled(self, serial: str, enabled: bool, context: RequestContext) -> Token:
+        """Enable or disable a token."""
+        token = self.store.set_enabled(serial, enabled)
+        self.audit.record("enable" if enabled else "disable", context, serial=serial,
+                          user=token.user, result="ok")
         return token
 
     def remove(self, serial: str, context: RequestContext) -> None:

@@ -32,7 +32,7 @@ def bind_existing_rows(store: TokenStore, keys: KeyBackend) -> list[str]:
     for token in store.all_tokens():
         if token.binding is None:
             tag = keys.binding_tag(token.binding_message())
-            store.update_admin_fields(token.serial, {"binding": tag})
+            store.set_binding(token.serial, tag)
             count += 1
     store.set_meta(MARKER_KEY, _marker(keys))
     return [f"bound {count} existing token(s) to their owner and parameters"] if count else []

@@ -20,21 +20,20 @@ they return with the store's compare-and-set.  The rules (docs/security.md has t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 from otp_agent.config import PolicyConfig
-from otp_agent.store import Token
+from otp_agent.store import Token, TokenState
 
-__all__ = ["FailureOutcome", "decayed_failures", "decayed_lock_level", "failure_outcome",
-           "is_locked", "success_changes"]
+__all__ = ["FailureOutcome", "after_success", "decayed_failures", "decayed_lock_level",
+           "failure_outcome", "is_locked"]
 
 
 @dataclass(frozen=True)
 class FailureOutcome:
-    """What one counted failure does to a token: the state changes and what happened."""
+    """What one counted failure does to a token: its new state and what happened."""
 
-    changes: dict[str, Any]
+    state: TokenState
     #: "counted", "locked" or "disabled".
     event: str
     lock_seconds: int = 0
@@ -75,20 +74,19 @@ def failure_outcome(token: Token, policy: PolicyConfig, now: float) -> FailureOu
     # A token re-enabled while still at the disabling level gets no new set of guesses: its
     # first failure disables it again.
     relapse = bool(policy.disable_after_locks) and current >= policy.disable_after_locks
+    state = token.state
     if failures < policy.lock_threshold and not relapse:
-        return FailureOutcome({"failures": failures, "failures_at": now}, "counted")
+        return FailureOutcome(replace(state, failures=failures, failures_at=now), "counted")
     level = current + 1
     duration = lock_seconds(level, policy)
-    changes: dict[str, Any] = {"failures": 0, "failures_at": now, "lock_count": level,
-                               "locked_until": now + duration}
+    locked = replace(state, failures=0, failures_at=now, lock_count=level, locked_until=now + duration)
     if policy.disable_after_locks and level >= policy.disable_after_locks:
-        changes["enabled"] = False
-        return FailureOutcome(changes, "disabled", duration, level)
-    return FailureOutcome(changes, "locked", duration, level)
+        return FailureOutcome(replace(locked, enabled=False), "disabled", duration, level)
+    return FailureOutcome(locked, "locked", duration, level)
 
 
-def success_changes(token: Token, policy: PolicyConfig) -> dict[str, Any]:
-    """Throttling changes of an acceptance: none with decay, a full reset in the old mode."""
+def after_success(state: TokenState, policy: PolicyConfig) -> TokenState:
+    """Throttling after an acceptance: unchanged with decay, a full reset in the old mode."""
     if policy.failure_decay_seconds == 0:
-        return {"failures": 0, "lock_count": 0, "locked_until": 0.0}
-    return {}
+        return replace(state, failures=0, lock_count=0, locked_until=0.0)
+    return state

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from otp_agent.audit import AuditLog, RequestContext
@@ -24,8 +24,8 @@ from otp_agent.keyedlock import KeyedLocks
 from otp_agent.keystore import KeyBackend
 from otp_agent.oath import TokenType, codes_for, match_code, time_step
 from otp_agent.oath.params import MAX_COUNTER
-from otp_agent.store import Token, TokenStore
-from otp_agent.throttle import FailureOutcome, failure_outcome, is_locked, success_changes
+from otp_agent.store import Token, TokenState, TokenStore
+from otp_agent.throttle import FailureOutcome, after_success, failure_outcome, is_locked
 
 _log = logging.getLogger(__name__)
 _CODE = re.compile(r"[0-9]{6}|[0-9]{8}")
@@ -111,10 +111,10 @@ class Validator:
                 if token.digits != len(code1) or len(code1) != len(code2):
                     continue
                 self.check_binding(token)
-                changes = self._resync_changes(token, code1, code2)
-                if changes is None:
+                state = self._resync_state(token, code1, code2)
+                if state is None:
                     continue
-                if self.store.compare_and_set(token.serial, token.version, changes):
+                if self.store.compare_and_set(token.serial, token.version, state):
                     self.audit.record("resync", context, user=user, serial=token.serial,
                                       result="accept", reason="resynchronised")
                     return token.serial
@@ -173,7 +173,7 @@ class Validator:
             if hit is not None:
                 token, match = hit
                 if self.store.compare_and_set(token.serial, token.version,
-                                              self._success_changes(token, match)):
+                                              self._success_state(token, match)):
                     return Decision(True, "accepted", token.serial)
                 continue  # Someone else changed the token: decide again on fresh state.
             # A replay tells a guesser nothing and is not counted (parallel logins with one
@@ -253,17 +253,15 @@ class Validator:
             return _Match(factor=found, time_step=current)
         return _Match()
 
-    def _success_changes(self, token: Token, match: _Match) -> dict[str, Any]:
+    def _success_state(self, token: Token, match: _Match) -> TokenState:
         assert match.factor is not None
-        changes: dict[str, Any] = success_changes(token, self.policy)
+        state = after_success(token.state, self.policy)
         if token.token_type is TokenType.HOTP:
-            changes["counter"] = match.factor + 1
-        else:
-            changes["last_step"] = match.factor
-            offset = match.factor - match.time_step
-            bound = max(self.policy.totp_max_drift, abs(token.drift))
-            changes["drift"] = offset if abs(offset) <= bound else token.drift
-        return changes
+            return replace(state, counter=match.factor + 1)
+        offset = match.factor - match.time_step
+        bound = max(self.policy.totp_max_drift, abs(token.drift))
+        return replace(state, last_step=match.factor,
+                       drift=offset if abs(offset) <= bound else token.drift)
 
     def _record_failures(self, tokens: Sequence[Token], context: RequestContext) -> None:
         for token in tokens:
@@ -272,7 +270,7 @@ class Validator:
                 if current is None:
                     break
                 outcome = failure_outcome(current, self.policy, self.clock())
-                if self.store.compare_and_set(current.serial, current.version, outcome.changes):
+                if self.store.compare_and_set(current.serial, current.version, outcome.state):
                     self._report_lock(current, outcome, context)
                     break
                 current = self.store.get(current.serial)
@@ -293,7 +291,7 @@ class Validator:
             self.audit.record("disable", context, user=token.user, serial=token.serial,
                               result="disabled", reason="repeated_locks", level=outcome.level)
 
-    def _resync_changes(self, token: Token, code1: str, code2: str) -> dict[str, Any] | None:
+    def _resync_state(self, token: Token, code1: str, code2: str) -> TokenState | None:
         hmacs = lambda messages: self.keys.compute_hmacs(token.identity, token.sealed, messages)
         now = self.clock()
         if token.token_type is TokenType.HOTP:
@@ -312,8 +310,8 @@ class Validator:
             return None
         # Two consecutive codes prove the token: its failures and any running lock end (the lock
         # level decays as usual).
-        reset: dict[str, Any] = {"failures": 0, "failures_at": now,
-                                 "locked_until": min(token.locked_until, now)}
+        reset = replace(token.state, failures=0, failures_at=now,
+                        locked_until=min(token.locked_until, now))
         if token.token_type is TokenType.HOTP:
-            return {**reset, "counter": found + 2}
-        return {**reset, "last_step": found + 1, "drift": found + 1 - current}
+            return replace(reset, counter=found + 2)
+        return replace(reset, last_step=found + 1, drift=found + 1 - current)

@@ -163,15 +163,15 @@ class Dispatcher:
 
     def op_assign(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         user = canonical_user(check_name(_string(request, "user"), "user"))
-        token = self.admin.set_fields(_string(request, "serial"), {"user": user}, context, "assign")
+        token = self.admin.assign(_string(request, "serial"), user, context)
         return {"token": token.public()}
 
     def op_disable(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
-        token = self.admin.set_fields(_string(request, "serial"), {"enabled": False}, context, "disable")
+        token = self.admin.set_enabled(_string(request, "serial"), False, context)
         return {"token": token.public()}
 
     def op_enable(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
-        token = self.admin.set_fields(_string(request, "serial"), {"enabled": True}, context, "enable")
+        token = self.admin.set_enabled(_string(request, "serial"), True, context)
         return {"token": token.public()}
 
     def op_remove(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:

@@ -8,12 +8,12 @@ This module imports no concrete store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
-from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
+from otp_agent.store.models import Token, TokenState
 
-__all__ = ["ADMIN_FIELDS", "STATE_FIELDS", "Token", "TokenStore"]
+__all__ = ["Token", "TokenState", "TokenStore"]
 
 
 class TokenStore(Protocol):
@@ -40,15 +40,24 @@ class TokenStore(Protocol):
     def existing_fingerprints(self, fingerprints: Iterable[bytes]) -> set[bytes]:
         """Return those of ``fingerprints`` already used by a token."""
 
-    def compare_and_set(self, serial: str, expected_version: int, changes: Mapping[str, Any]) -> bool:
-        """Apply ``changes`` (STATE_FIELDS only) if the token is still at ``expected_version``.
+    def compare_and_set(self, serial: str, expected_version: int, state: TokenState) -> bool:
+        """Write ``state`` if the token is still at ``expected_version`` (one static UPDATE).
 
         Durably committed before returning True; False means another writer got there first.
         :raises StoreError: the write failed; nothing was written.
         """
 
-    def update_admin_fields(self, serial: str, changes: Mapping[str, Any]) -> Token:
-        """Change ADMIN_FIELDS (owner, enabled, binding tag); return the new token.
+    def assign(self, serial: str, user: str | None, binding: bytes) -> Token:
+        """Give the token to ``user`` with the binding tag for that owner; return the new token.
+
+        :raises NotFound: no such token.
+        """
+
+    def set_enabled(self, serial: str, enabled: bool) -> Token:
+        """Enable or disable a token; return the new token.  :raises NotFound: no such token."""
+
+    def set_binding(self, serial: str, binding: bytes) -> None:
+        """Store a token's binding tag (rows written before binding existed).
 
         :raises NotFound: no such token.
         """

@@ -8,12 +8,25 @@ from typing import Any
 from otp_agent.keystore import TokenIdentity
 from otp_agent.oath.params import HashAlgorithm, OathParams, TokenType
 
-#: Token fields that only the validation engine changes, under compare-and-set (``enabled``
-#: too: the engine disables a token after ``policy.disable_after_locks`` locks).
-STATE_FIELDS = frozenset({"counter", "last_step", "drift", "failures", "failures_at", "lock_count",
-                          "locked_until", "enabled"})
-#: Token fields an administrator may change (a new owner comes with its new binding tag).
-ADMIN_FIELDS = frozenset({"user", "enabled", "binding"})
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """What a validation may change: the moving factor, the learned drift and the throttling.
+
+    Written whole by the store's compare-and-set; the engine derives a new state from the one it
+    read with :func:`dataclasses.replace`.  ``enabled`` is here because the engine disables a
+    token after ``policy.disable_after_locks`` locks.
+    """
+
+    counter: int = 0
+    last_step: int | None = None
+    drift: int = 0
+    failures: int = 0
+    failures_at: float = 0.0
+    lock_count: int = 0
+    locked_until: float = 0.0
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,12 @@ class Token:
     version: int = 0
     binding: bytes | None = field(default=None, repr=False)
     failures_at: float = 0.0
+
+    @property
+    def state(self) -> TokenState:
+        """The part of the token a validation changes."""
+        return TokenState(self.counter, self.last_step, self.drift, self.failures,
+                          self.failures_at, self.lock_count, self.locked_until, self.enabled)
 
     @property
     def params(self) -> OathParams:

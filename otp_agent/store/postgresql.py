@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from otp_agent.store.models import Token, TokenState
 from otp_agent.store.rows import (
-    COLUMN_OF, COLUMNS, RESET_THROTTLING, SELECT, migration_script, row_to_token, token_to_row,
+    ASSIGN, COLUMNS, RESET_THROTTLING, SELECT, SET_BINDING, SET_ENABLED, STATE_UPDATE, migration_script,
+    row_to_token, state_parameters, token_to_row,
 )
-from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -183,7 +184,6 @@ class PostgreSQLStore:
         self._kwargs = {k: v for k, v in defaults.items() if k not in self._dsn.params}
         self._kwargs["autocommit"] = True
         self._conninfo = dsn
-        self._queries: dict[tuple[str, ...], str] = {}
         self._purge_lock = threading.Lock()
         self._purging = False
         self._degraded = False
@@ -422,44 +422,31 @@ class PostgreSQLStore:
             used.add(token.fingerprint)
         return None
 
-    def _cas_query(self, names: tuple[str, ...]) -> str:
-        """The compare-and-set statement for these state fields, rendered once."""
-        query = self._queries.get(names)
-        if query is None:
-            from psycopg import sql
-            assignments: list[sql.Composable] = [
-                sql.SQL("{} = %s").format(sql.Identifier(n)) for n in names]
-            assignments.append(sql.SQL("version = version + 1"))
-            query = sql.SQL("UPDATE tokens SET {} WHERE serial = %s AND version = %s").format(
-                sql.SQL(", ").join(assignments)).as_string()
-            self._queries[names] = query
-        return query
-
-    def compare_and_set(self, serial: str, expected_version: int, changes: Mapping[str, Any]) -> bool:
-        unknown = set(changes) - STATE_FIELDS
-        if unknown:
-            raise ValueError(f"not state fields: {sorted(unknown)}")
-        query = self._cas_query(tuple(changes))
-        rowcount = self._write(f"committing token {serial}", query,
-                               (*changes.values(), serial, expected_version))
+    def compare_and_set(self, serial: str, expected_version: int, state: TokenState) -> bool:
+        rowcount = self._write(f"committing token {serial}", STATE_UPDATE,
+                               state_parameters(serial, expected_version, state))
         return rowcount == 1
 
-    def update_admin_fields(self, serial: str, changes: Mapping[str, Any]) -> Token:
-        unknown = set(changes) - ADMIN_FIELDS
-        if unknown:
-            raise ValueError(f"not administrative fields: {sorted(unknown)}")
-        from psycopg import sql
-        values = [bool(v) if name == "enabled" else v for name, v in changes.items()]
-        assignments: list[sql.Composable] = [
-            sql.SQL("{} = %s").format(sql.Identifier(COLUMN_OF.get(n, n))) for n in changes]
-        assignments.append(sql.SQL("version = version + 1"))
-        query = sql.SQL("UPDATE tokens SET {} WHERE serial = %s").format(sql.SQL(", ").join(assignments))
-        if self._write(f"updating token {serial}", query, (*values, serial)) != 1:
+    def _update_one(self, what: str, query: str, parameters: tuple[Any, ...], serial: str) -> None:
+        if self._write(what, query, parameters) != 1:
             raise NotFound(f"no token with serial {serial}")
+
+    def _updated(self, serial: str) -> Token:
         token = self.get(serial)
         if token is None:
             raise NotFound(f"no token with serial {serial}")
         return token
+
+    def assign(self, serial: str, user: str | None, binding: bytes) -> Token:
+        self._update_one(f"assigning token {serial}", ASSIGN, (user, binding, serial), serial)
+        return self._updated(serial)
+
+    def set_enabled(self, serial: str, enabled: bool) -> Token:
+        self._update_one(f"updating token {serial}", SET_ENABLED, (bool(enabled), serial), serial)
+        return self._updated(serial)
+
+    def set_binding(self, serial: str, binding: bytes) -> None:
+        self._update_one(f"binding token {serial}", SET_BINDING, (binding, serial), serial)
 
     def reset_throttling(self, serial: str, now: float) -> None:
         updated = self._write(f"unlocking token {serial}", RESET_THROTTLING, (now, now, now, serial))

@@ -9,7 +9,7 @@ from typing import Any
 
 from otp_agent.errors import StoreError
 from otp_agent.oath.params import HashAlgorithm, TokenType
-from otp_agent.store.models import Token
+from otp_agent.store.models import Token, TokenState
 
 COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
            "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
@@ -18,6 +18,13 @@ COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period",
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tokens"
 #: Token attribute names that differ from their column names.
 COLUMN_OF = {"user": "user_name"}
+#: The compare-and-set: every state field, then serial and expected version.
+STATE_UPDATE = ("UPDATE tokens SET counter = %s, last_step = %s, drift = %s, failures = %s, "
+                "failures_at = %s, lock_count = %s, locked_until = %s, enabled = %s, "
+                "version = version + 1 WHERE serial = %s AND version = %s")
+ASSIGN = "UPDATE tokens SET user_name = %s, binding = %s, version = version + 1 WHERE serial = %s"
+SET_ENABLED = "UPDATE tokens SET enabled = %s, version = version + 1 WHERE serial = %s"
+SET_BINDING = "UPDATE tokens SET binding = %s, version = version + 1 WHERE serial = %s"
 #: ``otpctl unlock``: clear the failure count and end a running lock, keeping the lock level
 #: (it decays with time), so unlocking an attacked account gives the attacker no fresh ladder.
 #: Parameters: now, now, now, serial.
@@ -34,6 +41,12 @@ def migration_script(backend: str, version: int) -> str:
         if entry.name.startswith(prefix) and entry.name.endswith(".sql"):
             return entry.read_text(encoding="utf-8")
     raise StoreError(f"migration {version} is missing from the installation")
+
+
+def state_parameters(serial: str, expected_version: int, state: TokenState) -> tuple[Any, ...]:
+    """The parameters of :data:`STATE_UPDATE`."""
+    return (state.counter, state.last_step, state.drift, state.failures, float(state.failures_at),
+            state.lock_count, float(state.locked_until), bool(state.enabled), serial, expected_version)
 
 
 def row_to_token(row: Sequence[Any]) -> Token:

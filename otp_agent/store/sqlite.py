@@ -13,21 +13,26 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.store.groupcommit import GroupCommitter
+from otp_agent.store.models import Token, TokenState
 from otp_agent.store.rows import (
-    COLUMN_OF, COLUMNS, RESET_THROTTLING, SELECT, migration_script, row_to_token, token_to_row,
+    ASSIGN, COLUMNS, RESET_THROTTLING, SELECT, SET_BINDING, SET_ENABLED, STATE_UPDATE, migration_script,
+    row_to_token, state_parameters, token_to_row,
 )
-from otp_agent.store.models import ADMIN_FIELDS, STATE_FIELDS, Token
 
 SCHEMA_VERSION = 2
 _log = logging.getLogger(__name__)
 _RESET_THROTTLING_SQLITE = RESET_THROTTLING.replace("%s", "?")
+_STATE_UPDATE = STATE_UPDATE.replace("%s", "?")
+_ASSIGN = ASSIGN.replace("%s", "?")
+_SET_ENABLED = SET_ENABLED.replace("%s", "?")
+_SET_BINDING = SET_BINDING.replace("%s", "?")
 
 
 class SQLiteStore:
@@ -221,34 +226,32 @@ class SQLiteStore:
 
         self._write("adding tokens", insert)
 
-    def compare_and_set(self, serial: str, expected_version: int, changes: Mapping[str, Any]) -> bool:
-        unknown = set(changes) - STATE_FIELDS
-        if unknown:
-            raise ValueError(f"not state fields: {sorted(unknown)}")
-        assignments = ", ".join(f"{name} = ?" for name in changes)
-        sql = (f"UPDATE tokens SET {assignments}, version = version + 1 "
-               "WHERE serial = ? AND version = ?")
-        parameters = (*changes.values(), serial, expected_version)
+    def compare_and_set(self, serial: str, expected_version: int, state: TokenState) -> bool:
+        parameters = state_parameters(serial, expected_version, state)
         rowcount = self._write(f"committing token {serial}",
-                               lambda connection: connection.execute(sql, parameters).rowcount)
+                               lambda connection: connection.execute(_STATE_UPDATE, parameters).rowcount)
         return bool(rowcount == 1)
 
-    def update_admin_fields(self, serial: str, changes: Mapping[str, Any]) -> Token:
-        unknown = set(changes) - ADMIN_FIELDS
-        if unknown:
-            raise ValueError(f"not administrative fields: {sorted(unknown)}")
-        assignments = ", ".join(f"{COLUMN_OF.get(name, name)} = ?" for name in changes)
-
-        def update(connection: sqlite3.Connection) -> int:
-            return connection.execute(
-                f"UPDATE tokens SET {assignments}, version = version + 1 WHERE serial = ?",
-                (*changes.values(), serial)).rowcount
-
-        if self._write(f"updating token {serial}", update) != 1:
+    def _update_one(self, what: str, sql: str, parameters: tuple[Any, ...], serial: str) -> None:
+        if self._write(what, lambda connection: connection.execute(sql, parameters).rowcount) != 1:
             raise NotFound(f"no token with serial {serial}")
+
+    def _updated(self, serial: str) -> Token:
         token = self.get(serial)
-        assert token is not None
+        if token is None:
+            raise NotFound(f"no token with serial {serial}")
         return token
+
+    def assign(self, serial: str, user: str | None, binding: bytes) -> Token:
+        self._update_one(f"assigning token {serial}", _ASSIGN, (user, binding, serial), serial)
+        return self._updated(serial)
+
+    def set_enabled(self, serial: str, enabled: bool) -> Token:
+        self._update_one(f"updating token {serial}", _SET_ENABLED, (bool(enabled), serial), serial)
+        return self._updated(serial)
+
+    def set_binding(self, serial: str, binding: bytes) -> None:
+        self._update_one(f"binding token {serial}", _SET_BINDING, (binding, serial), serial)
 
     def reset_throttling(self, serial: str, now: float) -> None:
         def update(connection: sqlite3.Connection) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from otp_agent.errors import StoreError, StoreUnavailable
 from otp_agent.oath import HashAlgorithm, TokenType
-from otp_agent.store import Token
+from otp_agent.store import Token, TokenState
 from otp_agent.store.postgresql import SCHEMA_VERSION, PostgreSQLStore
 from tests.postgresql.support import TcpProxy, dsn_for, fresh_database, require_postgresql
 
@@ -67,7 +67,7 @@ def test_two_pools_racing_on_one_row_have_one_winner(pg_store: PostgreSQLStore, 
 
             def attempt(store: PostgreSQLStore, counter: int) -> None:
                 barrier.wait()
-                results.append(store.compare_and_set("A", version, {"counter": counter}))
+                results.append(store.compare_and_set("A", version, TokenState(counter=counter)))
 
             threads = [threading.Thread(target=attempt, args=((pg_store, other)[i % 2], i))
                        for i in range(16)]
@@ -91,7 +91,7 @@ def test_connections_killed_by_the_server_are_replaced(pg_store: PostgreSQLStore
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    assert pg_store.compare_and_set("A", 0, {"counter": 1}) is True
+    assert pg_store.compare_and_set("A", 0, TokenState(counter=1)) is True
 
 
 def test_server_cut_off_fails_closed_then_recovers(pg_dsn: str) -> None:
@@ -103,7 +103,7 @@ def test_server_cut_off_fails_closed_then_recovers(pg_dsn: str) -> None:
         store.add_tokens([token("A")])
         proxy.cut()
         with pytest.raises(StoreUnavailable):
-            store.compare_and_set("A", 0, {"counter": 1})
+            store.compare_and_set("A", 0, TokenState(counter=1))
         with pytest.raises(StoreUnavailable):
             store.get("A")
         health = store.health()
@@ -111,7 +111,7 @@ def test_server_cut_off_fails_closed_then_recovers(pg_dsn: str) -> None:
         proxy.restore()
         for _attempt in range(50):  # The pool reconnects in the background.
             try:
-                assert store.compare_and_set("A", 0, {"counter": 1}) is True
+                assert store.compare_and_set("A", 0, TokenState(counter=1)) is True
                 break
             except StoreUnavailable:
                 continue
@@ -136,7 +136,7 @@ def test_frozen_server_is_cut_off_and_the_call_fails_closed(pg_dsn: str) -> None
 
         def attempt() -> None:
             try:
-                store.compare_and_set("A", 0, {"counter": 1})
+                store.compare_and_set("A", 0, TokenState(counter=1))
             except BaseException as exc:  # noqa: BLE001 - inspected below
                 outcome.append(exc)
 
@@ -170,10 +170,10 @@ def test_writer_stuck_on_a_lock_gives_up_and_writes_nothing(pg_dsn: str) -> None
         with psycopg.connect(pg_dsn) as holder:
             holder.execute("SELECT 1 FROM tokens WHERE serial = 'A' FOR UPDATE")
             with pytest.raises(StoreError, match="nothing was written"):
-                store.compare_and_set("A", 0, {"counter": 1})
+                store.compare_and_set("A", 0, TokenState(counter=1))
             holder.rollback()
         assert store.get("A").counter == 0  # type: ignore[union-attr]
-        assert store.compare_and_set("A", 0, {"counter": 1}) is True
+        assert store.compare_and_set("A", 0, TokenState(counter=1)) is True
     finally:
         store.close()
 
@@ -206,10 +206,10 @@ def test_password_never_in_repr_health_or_errors_of_a_working_store() -> None:
             with psycopg.connect(plain, autocommit=True) as admin:
                 admin.execute("ALTER TABLE tokens ADD CONSTRAINT no_counter CHECK (counter < 1)")
             with pytest.raises(StoreError) as caught:
-                store.compare_and_set("A", 0, {"counter": 5})
+                store.compare_and_set("A", 0, TokenState(counter=5))
             texts.append(str(caught.value))
             with pytest.raises(StoreError) as caught:
-                store.compare_and_set("A", 0, {"counter": "not a number"})
+                store.compare_and_set("A", 0, TokenState(counter="not a number"))  # type: ignore[arg-type]
             texts.append(str(caught.value))
         finally:
             store.close()

@@ -59,7 +59,7 @@ def test_changed_parameters_are_refused(setup, store, key_backend, audit, column
 
 def test_assign_renews_the_binding(setup, store, key_backend, audit) -> None:  # type: ignore[no-untyped-def]
     serial, uri = enrolled(store, key_backend, audit, "alice")
-    Administration(store, key_backend, audit).set_fields(serial, {"user": "bob"}, CONTEXT, "assign")
+    Administration(store, key_backend, audit).assign(serial, "bob", CONTEXT)
     assert setup().validate("bob", code_for_uri(uri, counter=0), CONTEXT).accepted
     assert setup().validate("alice", code_for_uri(uri, counter=1), CONTEXT).reason == "no_token"
 

@@ -111,7 +111,7 @@ def test_repeated_locks_disable_the_token_until_an_administrator_acts(setup, sto
     assert [e["event"] for e in events if e["event"] in ("lock", "disable")] == ["lock", "lock", "disable"]
     disable = next(e for e in events if e["event"] == "disable")
     assert (disable["serial"], disable["reason"], disable["level"]) == ("T1", "repeated_locks", 3)
-    admin.set_fields("T1", {"enabled": True}, CONTEXT, "enable")
+    admin.set_enabled("T1", True, CONTEXT)
     assert validator.validate("alice", code(step(clock)), CONTEXT).accepted
     validator.validate("alice", "000000", CONTEXT)
     assert store.get("T1").enabled is False
