@@ -291,3 +291,30 @@ def test_initialise_refuses_a_lying_hsm(sim: RunningSimulator, tmp_path: Path) -
     with pytest.raises(KeyBackendUnavailable, match="self-test"):
         initialise_payshield(sim.config(self_test_key_file=path))
     assert not path.exists()
+
+
+def test_unreadable_self_test_file_is_not_configured(
+        sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """After an upgrade, init (root) made the file but the daemon's user cannot read it (the
+    unit does not pass it yet): the daemon still starts, with a WARNING naming the file and the
+    fix, and reports the self-test as not configured."""
+    caplog.set_level(logging.WARNING)
+    path = sim.self_test_key_file
+    real = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    keys = PayShieldKeyBackend(sim.config())
+    try:
+        report = keys.health()
+        assert report["ok"] is True
+        assert report["self_test"] == f"not configured (cannot read {path})"
+    finally:
+        keys.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"cannot read {path}" in w and "LoadCredential" in w for w in warnings)

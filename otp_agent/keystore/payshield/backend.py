@@ -13,6 +13,9 @@ Owns the mapping of the KeyBackend Protocol onto host commands:
   process (one LQ under the fingerprint key with a fixed label) and that lives only in memory;
   it never reaches the store, so a store writer cannot forge a tag, and a validation costs no
   extra HSM round trip.
+* the known-answer self-test: the self-test file (key block and expected HMAC) is read here and
+  made by :func:`initialise_payshield`; the transport runs it on every connection and health
+  check, and marks down an HSM that answers it wrong.
 """
 
 from __future__ import annotations
@@ -68,6 +71,10 @@ _SELF_TEST_HEADER = ("# otp-agent payShield known-answer self-test, written by o
                      "# Not secret: the key block is under the LMK, the answer is public.\n")
 
 
+class SelfTestFileUnreadable(KeyBackendUnavailable):
+    """The self-test file exists, but the daemon's user may not read it."""
+
+
 def self_test_answer(key: bytes = SELF_TEST_KEY) -> bytes:
     """The known answer: HMAC-SHA-256 of :data:`SELF_TEST_MESSAGE` under ``key``, on the host."""
     return hmac.digest(key, SELF_TEST_MESSAGE, "sha256")
@@ -85,10 +92,17 @@ def write_self_test_file(path: Path, key_block: str, expected: bytes, source: st
 def load_self_test_file(path: Path) -> SelfTest:
     """Read a self-test file into a :class:`SelfTest`.
 
-    :raises KeyBackendUnavailable: unreadable, malformed, not an HMAC-SHA-256 key block, or a
-        public-key file whose answer is not the public key's.
+    :raises SelfTestFileUnreadable: the file exists but this process may not read it.
+    :raises KeyBackendUnavailable: unreadable otherwise, malformed, not an HMAC-SHA-256 key
+        block, or a public-key file whose answer is not the public key's.
     """
-    text = _read_text(path, "self-test key file")
+    try:
+        text = path.read_text(encoding="ascii")
+    except PermissionError:
+        raise SelfTestFileUnreadable(f"cannot read {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyBackendUnavailable(f"cannot read the self-test key file {path}: "
+                                    f"{type(exc).__name__}") from None
     values: dict[str, str] = {}
     for line in text.splitlines():
         name, equals, value = line.partition("=")
@@ -138,7 +152,8 @@ class PayShieldKeyBackend:
         self._binding_lock = threading.Lock()
         if config.fingerprint_key_file is not None and config.fingerprint_key_file.exists():
             self._fingerprint_key = _key_block_file(config.fingerprint_key_file, "fingerprint key")
-        self._transport = Transport(config, _self_test(config))
+        self_test, self._self_test_note = _self_test(config)
+        self._transport = Transport(config, self_test)
         try:
             self._transport.start()
         except BaseException:
@@ -260,6 +275,8 @@ class PayShieldKeyBackend:
             report.update(self._transport.health())
         except KeyBackendError as exc:
             report.update({"ok": False, "error": str(exc)})
+        if self._self_test_note:
+            report["self_test"] = self._self_test_note
         report.update({
             "key_format": self.config.key_format,
             "fingerprint_key": self._fingerprint_key is not None,
@@ -276,17 +293,28 @@ class PayShieldKeyBackend:
                 self._binding_key = None
 
 
-def _self_test(config: PayShieldConfig) -> SelfTest | None:
-    """The known answer from the self-test file, or None (with a WARNING) if there is none."""
+def _self_test(config: PayShieldConfig) -> tuple[SelfTest | None, str]:
+    """The known answer from the self-test file, or None (with a WARNING) and why not.
+
+    A file the daemon may not read (made by ``otp-agent init`` as root, not yet passed to the
+    service) is reported like a missing one rather than stopping the daemon after an upgrade.
+    """
     path = config.self_test_path
+    consequence = ("an HSM answering wrong HMACs would not be detected, and every login would "
+                   "fail as a wrong code and count towards its token's lock")
     if path is not None and path.exists():
-        return load_self_test_file(path)
+        try:
+            return load_self_test_file(path), ""
+        except SelfTestFileUnreadable:
+            logger.warning("payShield self-test not configured: cannot read %s (mode 0600, "
+                           "root): %s; pass it to the service like the fingerprint key "
+                           "(LoadCredential=, see docs/hsm.md)", path, consequence)
+            return None, f"not configured (cannot read {path})"
     logger.warning(
-        "payShield self-test not configured (%s): an HSM answering wrong HMACs would not be "
-        "detected, and every login would fail as a wrong code and count towards its token's "
-        "lock; run otp-agent init to create the self-test key (see docs/hsm.md)",
-        f"no file {path}" if path is not None else "no self_test_key_file")
-    return None
+        "payShield self-test not configured (%s): %s; run otp-agent init to create the "
+        "self-test key (see docs/hsm.md)",
+        f"no file {path}" if path is not None else "no self_test_key_file", consequence)
+    return None, ""
 
 
 def initialise_payshield(config: PayShieldConfig) -> list[str]:

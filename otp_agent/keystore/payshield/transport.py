@@ -7,9 +7,13 @@ exponential back-off, by the next request or by the periodic health check, and t
 traffic back once it answers.  When every HSM is down, waiting for the back-off would only
 delay the recovery: a request may then try to reconnect once ``retry_floor`` seconds have
 passed since the last attempt on that HSM, so a returning HSM is used again within about that
-time while a dead one gets at most one attempt per floor (plus the back-off's).  Every new connection starts with NC and is refused if the LMK
-check value differs from the configured one.  A request that fails is never retried: the
-caller fails closed and the next request goes to the next HSM.
+time while a dead one gets at most one attempt per floor (plus the back-off's).
+
+Every new connection starts with NC and is refused if the LMK check value differs from the
+configured one, then runs the known-answer self-test (an LQ whose HMAC is known,
+:class:`SelfTest`), as does every health check: an HSM that gets it wrong is marked down like a
+dead one, so that its wrong HMACs are never taken for wrong codes.  A request that fails is
+never retried: the caller fails closed and the next request goes to the next HSM.
 
 Also owns the TLS client context: certificate and host name always verified (CA from
 ``tls_ca_file`` or the system store), optional client certificate.  The check value NC returns
