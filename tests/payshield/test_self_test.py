@@ -318,3 +318,14 @@ def test_unreadable_self_test_file_is_not_configured(
         keys.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"cannot read {path}" in w and "LoadCredential" in w for w in warnings)
+
+
+def test_slow_hsm_has_time_for_nc_and_the_self_test(sim: RunningSimulator) -> None:
+    """Each command takes 90 % of request_timeout: NC and then the self-test LQ both fit in
+    the start-up budget (which allows for both)."""
+    sim.set(latency=1.8)
+    keys = PayShieldKeyBackend(sim.config(connect_timeout=0.3, request_timeout=2.0))
+    try:
+        assert keys._transport._hosts[0].self_test == "passed"
+    finally:
+        keys.close()

@@ -111,6 +111,12 @@ class Transport:
         self._health_task: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def _connect_budget(self) -> float:
+        """Longest time a connection may take to be ready: TCP and TLS, NC, the self-test."""
+        commands = 2 if self._self_test is not None else 1
+        return self.config.connect_timeout + commands * self.config.request_timeout
+
     async def _make_hosts(self) -> list[HostState]:
         state = "not run" if self._self_test is not None else ""
         return [HostState(address, self_test=state) for address in self.config.hosts]
@@ -159,7 +165,7 @@ class Transport:
         """
         if self.config.insecure_plaintext:
             logger.warning("%s", PLAINTEXT_WARNING)
-        self._call(self._start(), self.config.connect_timeout + self.config.request_timeout)
+        self._call(self._start(), self._connect_budget)
         if self.config.health_interval > 0:
             self._loop.call_soon_threadsafe(self._start_health_loop)
 
@@ -169,7 +175,7 @@ class Transport:
         Pipelined, every request is written at once on one connection and the answers are
         collected in about one round trip; otherwise they are sent one after the other.
         """
-        per_host = self.config.connect_timeout + self.config.request_timeout
+        per_host = self._connect_budget
         budget = per_host * len(self._hosts) + self.config.request_timeout * (
             1 if pipelined else max(1, len(payloads)))
         return self._call(self._exchange(list(payloads), pipelined), budget)
@@ -184,8 +190,7 @@ class Transport:
         if self.config.insecure_plaintext:
             link["warning"] = PLAINTEXT_WARNING
         try:
-            probed = self._call(self._health(),
-                                self.config.connect_timeout + self.config.request_timeout)
+            probed = self._call(self._health(), self._connect_budget)
         except KeyBackendError as exc:
             return {**link, "ok": False, "error": str(exc)}
         return {**link, **probed}
