@@ -23,6 +23,7 @@ from otp_agent.errors import (
 )
 from otp_agent.keystore import KeyBackend, TokenIdentity
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType, check_key_size
+from otp_agent.oath.params import MAX_COUNTER
 from otp_agent.oath.uri import provisioning_uri
 from otp_agent.sensitive import Secret
 from otp_agent.store import Token, TokenStore
@@ -231,8 +232,8 @@ def token_spec_from_record(record: Mapping[str, Any]) -> TokenSpec:
         counter, drift = int(record.get("counter") or 0), int(record.get("drift") or 0)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"bad token parameters: {exc}") from None
-    if not 0 <= counter < 2**63:
-        raise UsageError("counter must be from 0 to 2^63 - 1")
+    if not 0 <= counter <= MAX_COUNTER:
+        raise UsageError(f"counter must be from 0 to {MAX_COUNTER} (2^63 - 1)")
     if abs(drift) > 1000:
         raise UsageError("drift must be within 1000 time steps")
     encoded = record.get("secret_b64")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from otp_agent.audit import AuditLog, RequestContext
+from otp_agent.wire import Reason, Result, ValidateReply
 from otp_agent.config import PolicyConfig
 from otp_agent.errors import KeyBackendError, NotFound, SealedSecretInvalid, StoreError, UsageError
 from otp_agent.keyedlock import KeyedLocks
@@ -42,13 +43,17 @@ class Decision:
     """The outcome of one validation."""
 
     accepted: bool
-    reason: str
+    reason: Reason
     serial: str | None = None
+
+    def wire(self) -> ValidateReply:
+        """The decision as the protocol's reply type."""
+        return ValidateReply(Result.ACCEPT if self.accepted else Result.REJECT, self.reason,
+                             self.serial)
 
     def reply(self) -> dict[str, Any]:
         """The reply fields sent to the client."""
-        return {"result": "accept" if self.accepted else "reject", "reason": self.reason,
-                "serial": self.serial}
+        return self.wire().fields()
 
 
 @dataclass(frozen=True)
@@ -131,17 +136,17 @@ class Validator:
         with self._user_locks.hold(user, USER_WAIT_SECONDS) as holding:
             if not holding:
                 _log.warning("validation for %r refused: too many attempts in flight", user[:64])
-                return Decision(False, "busy")
+                return Decision(False, Reason.BUSY)
             return self._guarded(action)
 
     def _guarded(self, action: Callable[[], Decision]) -> Decision:
         if self.audit.on_failure == "reject" and self.audit.failing:
-            return Decision(False, "audit_unavailable")
+            return Decision(False, Reason.AUDIT_UNAVAILABLE)
         try:
             return action()
         except (KeyBackendError, StoreError) as exc:
             _log.error("validation failed closed: %s", exc)
-            return Decision(False, exc.code)
+            return Decision(False, Reason(exc.code))
 
     def _usable(self, user: str, tokens: list[Token] | None = None) -> list[Token]:
         now = self.clock()
@@ -151,20 +156,20 @@ class Validator:
 
     def _validate_code(self, user: str, code: str, context: RequestContext) -> Decision:
         if not is_valid_code(code):
-            return Decision(False, "malformed")
+            return Decision(False, Reason.MALFORMED)
         for _attempt in range(_CAS_ATTEMPTS):
             tokens = self.store.tokens_for_user(user)
             if not tokens:
                 if self.policy.unenrolled == "allow":
-                    return Decision(True, "not_enrolled")
-                return Decision(False, "no_token")
+                    return Decision(True, Reason.NOT_ENROLLED)
+                return Decision(False, Reason.NO_TOKEN)
             usable = self._usable(user, tokens)
             if not usable:
-                return Decision(False, "disabled")
+                return Decision(False, Reason.DISABLED)
             now = self.clock()
             unlocked = [t for t in usable if not is_locked(t, now)]
             if not unlocked:
-                return Decision(False, "locked", usable[0].serial)
+                return Decision(False, Reason.LOCKED, usable[0].serial)
             candidates = [t for t in unlocked if t.digits == len(code)]
             for token in candidates:
                 self.check_binding(token)
@@ -174,13 +179,13 @@ class Validator:
                 token, match = hit
                 if self.store.compare_and_set(token.serial, token.version,
                                               self._success_state(token, match)):
-                    return Decision(True, "accepted", token.serial)
+                    return Decision(True, Reason.ACCEPTED, token.serial)
                 continue  # Someone else changed the token: decide again on fresh state.
             # A replay tells a guesser nothing and is not counted (parallel logins with one
             # code must not lock their user); every other token of the user counts a failure.
             replayed = [t for t, m in matches if m.replay]
             self._record_failures([t for t in unlocked if t not in replayed], context)
-            return Decision(False, "replay" if replayed else "bad_code",
+            return Decision(False, Reason.REPLAY if replayed else Reason.BAD_CODE,
                             unlocked[0].serial if len(unlocked) == 1 else None)
         raise StoreError("too many concurrent changes to this user's tokens")
 
@@ -210,11 +215,11 @@ class Validator:
                 if decision.accepted:
                     return decision
                 # No serial: a wrong password has none, and the refusals must not differ.
-                return Decision(False, "bad_password_or_code")
+                return Decision(False, Reason.BAD_PASSWORD_OR_CODE)
         # A wrong password never touches the tokens: password guessing is pam_unix's and
         # pam_faillock's business, and counting it here would let any local user lock anyone
         # out (su VICTIM with junk).  The stacks' pam_faildelay evens out the timing.
-        return Decision(False, "bad_password_or_code")
+        return Decision(False, Reason.BAD_PASSWORD_OR_CODE)
 
     def _match(self, token: Token, code: str, now: float) -> _Match:
         """Find the moving factor of ``code`` within the token's window (no writes).

@@ -8,13 +8,15 @@ This module is sans-I/O except for :func:`recv_frame`/:func:`send_frame`, which 
 
 from __future__ import annotations
 
+import enum
 import json
 import socket
 import struct
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from otp_agent.errors import ProtocolError
+from otp_agent.errors import ProtocolError, UsageError
 
 VERSION = 1
 MAX_FRAME = 64 * 1024
@@ -24,6 +26,110 @@ _LENGTH = struct.Struct(">I")
 
 #: Operations a non-admin peer may call (anything else needs uid 0 or the admin group).
 VALIDATION_OPS = frozenset({"validate", "enrolled", "ping"})
+#: Every operation the agent answers (docs/protocol.md documents each; a test checks that).
+OPERATIONS = VALIDATION_OPS | frozenset({
+    "check", "enroll", "import", "export", "list", "show", "assign", "disable", "enable",
+    "remove", "unlock", "resync", "status"})
+
+
+class Result(str, enum.Enum):
+    """The verdict of a ``validate`` (or ``check``) reply."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+
+
+class Reason(str, enum.Enum):
+    """Why a ``validate`` reply says what it says.  docs/protocol.md lists every member."""
+
+    ACCEPTED = "accepted"
+    NOT_ENROLLED = "not_enrolled"
+    MALFORMED = "malformed"
+    NO_TOKEN = "no_token"
+    DISABLED = "disabled"
+    LOCKED = "locked"
+    BAD_CODE = "bad_code"
+    REPLAY = "replay"
+    BAD_PASSWORD_OR_CODE = "bad_password_or_code"
+    ACCOUNT_LOOKUP = "account_lookup"
+    BUSY = "busy"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
+    KEYSTORE = "keystore"
+    KEYSTORE_UNAVAILABLE = "keystore_unavailable"
+    SEALED_SECRET_INVALID = "sealed_secret_invalid"
+    STORE = "store"
+    STORE_UNAVAILABLE = "store_unavailable"
+
+
+@dataclass(frozen=True)
+class ValidateRequest:
+    """A ``validate`` request: the code alone, or the password immediately followed by it.
+
+    ``service``, ``rhost`` and ``tty`` are what the PAM stack says: logged, never trusted.
+    """
+
+    user: str
+    code: str | None = None
+    password_and_code: str | None = None
+    service: str | None = None
+    rhost: str | None = None
+    tty: str | None = None
+
+    def message(self) -> dict[str, Any]:
+        """The request as a protocol message."""
+        fields: dict[str, Any] = {"v": VERSION, "op": "validate", "user": self.user}
+        for name in ("code", "password_and_code", "service", "rhost", "tty"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        return fields
+
+    @classmethod
+    def parse(cls, message: dict[str, Any]) -> ValidateRequest:
+        """Check the fields of a ``validate`` message.  :raises UsageError: a bad field."""
+        def text(name: str, required: bool = False) -> str | None:
+            value = message.get(name)
+            if value is None and not required:
+                return None
+            if not isinstance(value, str):
+                raise UsageError(f"field {name!r} must be a string")
+            return value
+        user = text("user", required=True)
+        assert user is not None
+        code, combined = text("code"), text("password_and_code")
+        if (code is None) == (combined is None):
+            raise UsageError("a validate request carries exactly one of 'code' and "
+                             "'password_and_code'")
+        context = {name: (value[:256] if isinstance(value := message.get(name), str) else None)
+                   for name in ("service", "rhost", "tty")}
+        return cls(user, code, combined, **context)
+
+
+@dataclass(frozen=True)
+class ValidateReply:
+    """The answer to a ``validate``: accept or reject, why, and the token that decided."""
+
+    result: Result
+    reason: Reason
+    serial: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """True only for an acceptance."""
+        return self.result is Result.ACCEPT
+
+    def fields(self) -> dict[str, Any]:
+        """The reply's fields (without ``v``/``ok``)."""
+        return {"result": self.result.value, "reason": self.reason.value, "serial": self.serial}
+
+    @classmethod
+    def parse(cls, reply: dict[str, Any]) -> ValidateReply:
+        """Read a ``validate`` reply.  :raises ProtocolError: not one."""
+        try:
+            return cls(Result(reply.get("result")), Reason(reply.get("reason")),
+                       reply.get("serial") if isinstance(reply.get("serial"), str) else None)
+        except ValueError:
+            raise ProtocolError("not a validate reply") from None
 
 
 def encode_frame(message: dict[str, Any], *, max_frame: int = MAX_ADMIN_FRAME) -> bytes:

@@ -37,7 +37,13 @@ DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 60.0
 #: pam_exec copies the answer into a PAM_MAX_RESP_SIZE (512) buffer: at most 511 bytes arrive.
 MAX_ANSWER = 511
+#: The agent's protocol as the helper speaks it (it cannot import otp_agent.wire; a test pins
+#: these to that module): version, reply size cap, operations, request fields and verdicts.
+PROTOCOL_VERSION = 1
 MAX_REPLY = 65536
+OP_VALIDATE, OP_ENROLLED = "validate", "enrolled"
+FIELD_USER, FIELD_CODE, FIELD_PASSWORD_AND_CODE = "user", "code", "password_and_code"
+RESULT_ACCEPT, RESULT_REJECT = "accept", "reject"
 #: Seconds between connection attempts while the agent's listen backlog is full.
 _BACKLOG_RETRY = 0.005
 CODE_DIGITS = (6, 8)
@@ -255,7 +261,7 @@ def encode_request(fields: dict[str, str]) -> bytes:
     Only string values are needed, so the encoder is :func:`json_string` (importing ``json``
     or even ``_json`` costs more than the rest of the helper).
     """
-    body = '{"v":1' + "".join("," + json_string(k) + ":" + json_string(v) for k, v in fields.items()) + "}"
+    body = '{"v":' + str(PROTOCOL_VERSION) + "".join("," + json_string(k) + ":" + json_string(v) for k, v in fields.items()) + "}"
     payload = body.encode("ascii")
     return len(payload).to_bytes(4, "big") + payload
 
@@ -413,7 +419,7 @@ def decode_reply(payload: bytes) -> dict[str, object]:
         raise Failure(EXIT_UNAVAILABLE, "agent reply is not JSON") from None
     if not isinstance(message, dict):
         raise Failure(EXIT_UNAVAILABLE, "agent reply is not a JSON object")
-    if message.get("v") != 1:
+    if message.get("v") != PROTOCOL_VERSION:
         raise Failure(EXIT_UNAVAILABLE, "agent reply has an unknown protocol version")
     return message
 
@@ -500,9 +506,9 @@ def judge(mode: str, reply: dict[str, object]) -> int:
             return EXIT_ACCEPT
         raise Failure(EXIT_REJECT, "enrolled" if enrolled else "not enrolled")
     result = reply.get("result")
-    if result == "accept":
+    if result == RESULT_ACCEPT:
         return EXIT_ACCEPT
-    if result == "reject":
+    if result == RESULT_REJECT:
         raise Failure(EXIT_REJECT, f"rejected (reason={_word(reply.get('reason'))})")
     raise Failure(EXIT_UNAVAILABLE, "agent reply has no result")
 
@@ -554,14 +560,14 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
         user, context, notes = pam_items(environ)
         user_label = user
         service_label = context.get("service", "?")
-        request = {"op": "validate", "user": user}
+        request = {"op": OP_VALIDATE, FIELD_USER: user}
         if options.mode == "--code-only":
-            request["code"] = code_field(read_answer(deadline))
+            request[FIELD_CODE] = code_field(read_answer(deadline))
         elif options.mode == "--password-and-code":
-            request["password_and_code"] = password_and_code_field(read_answer(deadline))
+            request[FIELD_PASSWORD_AND_CODE] = password_and_code_field(read_answer(deadline))
         else:
-            request = {"op": "enrolled", "user": user}
-        if request["op"] == "validate":
+            request = {"op": OP_ENROLLED, FIELD_USER: user}
+        if request["op"] == OP_VALIDATE:
             request.update(context)
         reply = exchange(options.socket_path, encode_request(request), deadline, options.timeout)
         status = judge(options.mode, reply)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, TextIO
 
+from otp_agent.wire import Reason, ValidateReply
+
 
 def token_state(token: dict[str, Any], now: float | None = None) -> str:
     """One word (plus detail) describing whether a token can be used now."""
@@ -42,10 +44,14 @@ def print_tokens(tokens: list[dict[str, Any]], out: TextIO, *, detailed: bool = 
 
 
 def print_decision(reply: dict[str, Any], out: TextIO) -> None:
-    """Print an accept/reject decision."""
-    verdict = "accepted" if reply.get("result") == "accept" else "rejected"
-    serial = f" (token {reply['serial']})" if reply.get("serial") else ""
-    print(f"{verdict}: {reply.get('reason')}{serial}", file=out)
+    """Print an accept/reject decision ("accepted (token X)", "rejected: replay")."""
+    decision = ValidateReply.parse(reply)
+    serial = f" (token {decision.serial})" if decision.serial else ""
+    if decision.accepted:
+        why = "" if decision.reason is Reason.ACCEPTED else f": {decision.reason.value}"
+        print(f"accepted{why}{serial}", file=out)
+    else:
+        print(f"rejected: {decision.reason.value}{serial}", file=out)
 
 
 def print_status(reply: dict[str, Any], out: TextIO) -> None:

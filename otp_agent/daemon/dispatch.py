@@ -108,21 +108,22 @@ class Dispatcher:
     def _refuse_lookup(self, name: str, op: str, exc: AccountLookupError,
                        context: RequestContext) -> dict[str, Any]:
         _log.error("%s for %r refused: %s", op, name[:64], exc)
-        self.validator.audit.record(op, context, user=name, result="reject",
-                                    reason=AccountLookupError.code)
-        return {"result": "reject", "reason": AccountLookupError.code, "serial": None}
+        self.validator.audit.record(op, context, user=name, result=wire.Result.REJECT,
+                                    reason=wire.Reason.ACCOUNT_LOOKUP)
+        return wire.ValidateReply(wire.Result.REJECT, wire.Reason.ACCOUNT_LOOKUP).fields()
 
     def op_validate(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
-        name = _string(request, "user")
+        validate = wire.ValidateRequest.parse(request)
         try:
-            user = self._check_user_for_peer(name, peer)
+            user = self._check_user_for_peer(validate.user, peer)
         except AccountLookupError as exc:
             # Fail closed: a lookup error must never look like "no such user" (not enrolled).
-            return self._refuse_lookup(name, "validate", exc, context)
-        if "password_and_code" in request:
-            answer = _string(request, "password_and_code")
-            return self.validator.validate_password_and_code(user, answer, context).reply()
-        return self.validator.validate(user, _string(request, "code"), context).reply()
+            return self._refuse_lookup(validate.user, "validate", exc, context)
+        if validate.password_and_code is not None:
+            return self.validator.validate_password_and_code(user, validate.password_and_code,
+                                                             context).reply()
+        assert validate.code is not None
+        return self.validator.validate(user, validate.code, context).reply()
 
     def op_enrolled(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         user = self._check_user_for_peer(_string(request, "user"), peer)
