@@ -134,3 +134,17 @@ ERRORS_BY_CODE: dict[str, type[OtpAgentError]] = {
         SealedSecretInvalid, StoreError, StoreUnavailable, PskcError,
     )
 }
+
+
+#: Exit status of an operating-system error that reached an executable's funnel (a file, a
+#: socket or a directory the environment does not provide): the same for every executable.
+OS_ERROR_EXIT_STATUS = 4
+
+
+def exit_status_of(exc: BaseException) -> int:
+    """The exit status an executable reports for an error that reached its top level."""
+    if isinstance(exc, OtpAgentError):
+        return exc.exit_status
+    if isinstance(exc, OSError):
+        return OS_ERROR_EXIT_STATUS
+    return 1

@@ -21,7 +21,7 @@ from otp_agent import __version__
 from otp_agent.cli.client import AgentClient
 from otp_agent.cli.render import print_decision, print_status, print_tokens, show_qr
 from otp_agent.config import load_config
-from otp_agent.errors import OtpAgentError, PskcError, UsageError
+from otp_agent.errors import OtpAgentError, PskcError, UsageError, exit_status_of
 
 Command = Callable[[argparse.Namespace, AgentClient, TextIO], int]
 
@@ -216,12 +216,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return exc.exit_status
-    except OtpAgentError as exc:
+    except (OtpAgentError, OSError) as exc:
         print(f"otpctl: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except OSError as exc:
-        print(f"otpctl: {exc}", file=sys.stderr)
-        return 2
+        return exit_status_of(exc)
     finally:
         if client is not None:
             client.close()

@@ -38,10 +38,6 @@ class AdminClient(Protocol):
         """Send ``op`` with ``fields``; return the reply or raise the error it carries."""
 
 
-class _Usage(Exception):
-    """A command-line problem: reported on stderr, exit status 2."""
-
-
 def _add_protection(parser: argparse.ArgumentParser, *, required: bool, password_min: int) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--password-file", type=Path, metavar="F",
@@ -76,9 +72,9 @@ def _read_password(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise _Usage(f"cannot read the password file {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read the password file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise _Usage(f"the password file {path} is not UTF-8 text") from None
+        raise UsageError(f"the password file {path} is not UTF-8 text") from None
     if text.endswith("\r\n"):
         return text[:-2]
     return text[:-1] if text.endswith("\n") else text
@@ -88,15 +84,15 @@ def _read_key(path: Path) -> bytes:
     try:
         text = path.read_text(encoding="ascii")
     except OSError as exc:
-        raise _Usage(f"cannot read the key file {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise _Usage(f"the key file {path} must hold the key in hexadecimal") from None
+        raise UsageError(f"the key file {path} must hold the key in hexadecimal") from None
     try:
         key = bytes.fromhex("".join(text.split()))
     except ValueError:
-        raise _Usage(f"the key file {path} must hold the key in hexadecimal") from None
+        raise UsageError(f"the key file {path} must hold the key in hexadecimal") from None
     if len(key) not in (16, 24, 32):
-        raise _Usage(f"the key in {path} has {len(key)} bytes; an AES key has 16, 24 or 32")
+        raise UsageError(f"the key in {path} has {len(key)} bytes; an AES key has 16, 24 or 32")
     return key
 
 
@@ -116,7 +112,7 @@ def _read_pskc_file(path: Path) -> bytes:
                 raise refuse(f"file is {size} bytes, larger than the {MAX_FILE_SIZE}-byte limit")
             return handle.read(MAX_FILE_SIZE + 1)
     except OSError as exc:
-        raise _Usage(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 class _Progress:
@@ -181,9 +177,6 @@ def run_import(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
     try:
         password, key = _protection(args)
         data = _read_pskc_file(args.file)
-    except _Usage as exc:
-        print(f"otpctl import: {exc}", file=sys.stderr)
-        return 2
     except PskcImportError as exc:
         return _print_refusal(exc, args, out)
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
@@ -245,29 +238,17 @@ def _create_private(path: Path, data: bytes) -> None:
         raise
 
 
-def _check_export_password(password: str, iterations: int) -> None:
-    """Refuse a bad password or iteration count before any secret is fetched."""
-    try:
-        check_export_password(password, iterations)
-    except UsageError as exc:
-        raise _Usage(str(exc)) from None
-
-
 def run_export(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     """Run ``otpctl export``: fetch every token from the agent and write a protected PSKC file."""
     output: Path = args.output
-    try:
-        if output.exists() or output.is_symlink():
-            raise _Usage(f"{output} already exists; an export never overwrites a file")
-        password, key = _protection(args)
-        if password is None and key is None:
-            raise _Usage("give --password-file or --key-file: an export is never written in clear")
-        iterations = getattr(args, "iterations", DEFAULT_EXPORT_ITERATIONS)
-        if password is not None:
-            _check_export_password(password, iterations)
-    except _Usage as exc:
-        print(f"otpctl export: {exc}", file=sys.stderr)
-        return 2
+    if output.exists() or output.is_symlink():
+        raise UsageError(f"{output} already exists; an export never overwrites a file")
+    password, key = _protection(args)
+    if password is None and key is None:
+        raise UsageError("give --password-file or --key-file: an export is never written in clear")
+    iterations = getattr(args, "iterations", DEFAULT_EXPORT_ITERATIONS)
+    if password is not None:
+        check_export_password(password, iterations)
     try:
         reply = client.request("export")
     except KeyBackendError as exc:
@@ -287,12 +268,9 @@ def run_export(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
     try:
         _create_private(output, data)
     except FileExistsError:
-        print(f"otpctl export: {output} already exists; an export never overwrites a file",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"{output} already exists; an export never overwrites a file") from None
     except OSError as exc:
-        print(f"otpctl export: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
     protection = "pbe" if password is not None else "psk"
     if getattr(args, "json", False):
         json.dump({"ok": True, "exported": len(tokens), "file": str(output),

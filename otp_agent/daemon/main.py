@@ -26,7 +26,7 @@ from otp_agent.config import Config, load_config
 from otp_agent.daemon.dispatch import Dispatcher
 from otp_agent.daemon.server import AgentServer
 from otp_agent.daemon.systemd import Notifier, bind_socket, inherited_socket
-from otp_agent.errors import KeyBackendUnavailable, OtpAgentError, StoreError, StoreUnavailable
+from otp_agent.errors import KeyBackendUnavailable, OtpAgentError, StoreUnavailable, exit_status_of
 from otp_agent.keystore import KeyBackend
 from otp_agent.rowbinding import require_row_binding
 from otp_agent.sensitive import Secret
@@ -202,12 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"configuration {config.source} is valid; store and key backend are usable")
             return 0
         return serve(config)
-    except OtpAgentError as exc:
+    except (OtpAgentError, OSError) as exc:
         print(f"otp-agent: {exc}", file=sys.stderr)
-        return 4 if isinstance(exc, (StoreError, KeyBackendUnavailable)) else exc.exit_status
-    except OSError as exc:
-        print(f"otp-agent: {exc}", file=sys.stderr)
-        return 4
+        return exit_status_of(exc)
 
 
 if __name__ == "__main__":

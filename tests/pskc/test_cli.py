@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import sys
 import json
 import os
 import stat
@@ -19,6 +20,7 @@ import pytest
 from lxml import etree
 
 from otp_agent.cli import pskc_commands
+from otp_agent.errors import OtpAgentError, exit_status_of
 from otp_agent.errors import KeyBackendError, PskcError
 from otp_agent.pskc import parse_pskc, token_from_record, write_pskc
 from tests.pskc.conftest import FIGURE6_PSK, FIGURE7_PASSWORD, INVALID, RFC
@@ -54,10 +56,19 @@ def parse(add: Any, argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_import(argv: list[str], client: FakeClient) -> tuple[int, str]:
+def _funnel(run: Any, add: Any, argv: list[str], client: FakeClient) -> tuple[int, str]:
+    """Run a command as otpctl's main() does: an error becomes its message and exit status."""
     out = io.StringIO()
-    status = pskc_commands.run_import(parse(pskc_commands.add_import_arguments, argv), client, out)
+    try:
+        status = run(parse(add, argv), client, out)
+    except (OtpAgentError, OSError) as exc:
+        print(f"otpctl: {exc}", file=sys.stderr)
+        status = exit_status_of(exc)
     return status, out.getvalue()
+
+
+def run_import(argv: list[str], client: FakeClient) -> tuple[int, str]:
+    return _funnel(pskc_commands.run_import, pskc_commands.add_import_arguments, argv, client)
 
 
 def test_import_psk_sends_one_request(tmp_path: Path) -> None:
@@ -190,9 +201,7 @@ EXPORTED = [
 
 
 def run_export(argv: list[str], client: FakeClient) -> tuple[int, str]:
-    out = io.StringIO()
-    status = pskc_commands.run_export(parse(pskc_commands.add_export_arguments, argv), client, out)
-    return status, out.getvalue()
+    return _funnel(pskc_commands.run_export, pskc_commands.add_export_arguments, argv, client)
 
 
 def _iteration_count(data: bytes) -> int:
