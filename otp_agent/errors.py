@@ -2,7 +2,7 @@
 
 Every error raised on purpose by the project derives from :class:`OtpAgentError`.  Each class
 carries a stable ``code`` (sent on the wire and mapped to exit codes by the CLI) and an
-``exit_status`` following SPEC.md: 1 rejected or not found, 2 usage or configuration error,
+``exit_status`` (the exit codes documented in otpctl(8)): 1 rejected or not found, 2 usage or configuration error,
 3 agent unreachable, 4 key backend or store unavailable.  Messages never contain secrets or codes.
 """
 

@@ -1,9 +1,10 @@
 """``otpctl``: argument parsing and the one funnel from errors to exit codes.
 
-Exit codes (SPEC.md): 0 success, 1 rejected or not found, 2 usage or configuration error,
+Exit codes (otpctl(8)): 0 success, 1 rejected or not found, 2 usage or configuration error,
 3 agent unreachable, 4 key backend or store unavailable.  Secrets never come from argv.  The
 one-time codes of ``check`` and ``resync`` are asked for (no echo) on a terminal, or read from
-standard input one per line; on the command line they are still accepted (SPEC) but visible to
+standard input one per line; on the command line they are still accepted (for scripts written
+against the first release) but visible to
 every user through ps.
 """
 

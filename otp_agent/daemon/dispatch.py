@@ -1,6 +1,6 @@
 """Turns decoded requests into calls on the validation engine and administration service.
 
-This is where the authorisation rules of SPEC.md are applied, with the peer's kernel
+This is where the authorisation rules (docs/protocol.md, "Authorisation") are applied, with the peer's kernel
 credentials only: uid 0 may do anything; any other uid may validate only its own user name;
 administrative operations need uid 0 or membership of ``[agent] admin_group``.
 """

@@ -2,7 +2,7 @@
 
 Owns: starting Debian's ``/usr/sbin/sshd`` on 127.0.0.1 with its own host key and configuration
 (which includes contrib/sshd_config.d/otp-agent.conf), under a program name equal to a temporary
-PAM service (sshd uses its program name as the PAM service: pam-exec.md §2.1), so the system's
+PAM service (sshd uses its program name as the PAM service: docs/pam.md), so the system's
 /etc/pam.d/sshd is never touched; and a client doing publickey then keyboard-interactive.
 """
 

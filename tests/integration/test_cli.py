@@ -1,4 +1,4 @@
-"""otpctl against a real agent: verbs, JSON output, tables and the exit codes of SPEC.md."""
+"""otpctl against a real agent: verbs, JSON output, tables and the exit codes of otpctl(8)."""
 
 from __future__ import annotations
 

@@ -272,7 +272,7 @@ def test_usage_errors_exit_2(arguments: list[str]) -> None:
 
 
 def test_import_budget() -> None:
-    """The helper imports no costly or project module (peers.md: ``socket`` doubles start-up)."""
+    """The helper imports no costly or project module (importing ``socket`` doubles the helper's start-up: docs/benchmarks.md)."""
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); before = set(sys.modules); "
              "import pam_helper.__main__; print(' '.join(sorted(set(sys.modules) - before)))")
     result = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", probe, str(REPO)], capture_output=True,

@@ -2,7 +2,7 @@
 
 Each stack is installed under a unique service name in /etc/pam.d with the packaged helper path
 replaced by contrib/pam-helper pointed at this checkout, and talks to the real otp-agent.  The sshd
-setcred trap (pam-exec.md §1.6.1) is reproduced in-process by calling pam_setcred on a fresh handle
+setcred trap (docs/pam.md) is reproduced in-process by calling pam_setcred on a fresh handle
 that never authenticated, which is what sshd's monitor does; the negative controls prove that this
 check catches the stacks that break sshd.  tests/e2e proves the same with the real sshd.
 """

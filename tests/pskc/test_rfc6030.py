@@ -3,8 +3,7 @@
 Figures 3, 5, 6, 7 and 9 import under the OATH profile (with the any-id option, since the RFC
 uses Ids like "12345678").  Figures 2, 4 and 10 are read correctly but refused by profile rules,
 each for its documented reason; Figure 8 (asymmetric encryption, private key unpublished) is
-refused as a whole.  Expected values are those of RFC 6030 (see
-/work/shared/reference/test-vectors.md §3).
+refused as a whole.  Expected values are those of RFC 6030 (tests/vectors/pskc/README.md).
 """
 
 from __future__ import annotations

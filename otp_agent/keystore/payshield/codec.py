@@ -1,6 +1,6 @@
 """Pure payShield host-command codec: requests and responses.  No sockets, no crypto.
 
-Owns the byte layouts of reference/payshield-host-commands.md for NC, NO, B2, N0, L0, LQ, LS,
+Owns the byte layouts (docs/hsm.md, "Host commands used") for NC, NO, B2, N0, L0, LQ, LS,
 LU and A0, in both directions (the client encodes requests and parses responses; the simulator
 parses requests and encodes responses).  Framing and field walking live in ``fields``; every
 field is walked by its length field.

@@ -1,6 +1,6 @@
 """payShield error codes and the exceptions this package raises.
 
-Owns the table of host-command error codes (reference/payshield-host-commands.md section 1.3) and
+Owns the table of host-command error codes (payShield host command manuals, "Error codes") and
 the translation of a non-``00`` error code into an exception.  Transport failures (unreachable,
 timeout, garbage) are ``KeyBackendUnavailable`` subclasses so that callers fail closed; a key
 block refused by the HSM is a ``SealedSecretInvalid`` subclass.  No message ever carries key
