@@ -1,7 +1,7 @@
 """The simulator's AES LMK: file handling, check value and key-block wrapping.
 
 Owns the only place where the simulator opens a key block.  Real Thales wrapping is not public
-(reference section 4.2), so this is a self-consistent scheme with the observed lengths: the key
+(docs/hsm.md, key blocks), so this is a self-consistent scheme with the observed lengths: the key
 data (2-byte bit length, key, random padding to 16 bytes) is encrypted with AES-256-CBC under a
 key-block encryption key derived from the LMK, and an 8-byte AES-CMAC under a derived
 authentication key covers the header, its optional blocks and the clear key data.  The IV is

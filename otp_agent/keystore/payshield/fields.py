@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Largest message the HSM accepts on one connection (reference section 1.2).
+#: Largest message the HSM accepts on one connection (payShield host command manual).
 MAX_MESSAGE = 32 * 1024
 KEY_BLOCK_FORMAT = "04"
 VARIANT_FORMAT = "00"

@@ -1,6 +1,6 @@
 """The Thales key-block header: parse and build, without any cryptography.
 
-Owns the 16-character header layout (reference section 4.2), the optional blocks that follow
+Owns the 16-character header layout (Thales key block format, docs/hsm.md), the optional blocks that follow
 it, the HMAC key usages ``61``..``65`` and the identity-binding optional block.  The encrypted
 key data and authenticator after the header are opaque here: only the HSM (or the simulator)
 can open them, and it authenticates the whole header, optional blocks included.
@@ -21,7 +21,7 @@ HMAC_USAGE: dict[HashAlgorithm, str] = {
 }
 #: Digest size in bytes for each HMAC key usage.
 USAGE_DIGEST_SIZE: dict[str, int] = {"61": 20, "62": 28, "63": 32, "64": 48, "65": 64}
-#: Hash identifiers used with variant-format HMAC keys (reference section 2.1).
+#: Hash identifiers used with variant-format HMAC keys (payShield host command manual, LQ).
 HASH_ID: dict[HashAlgorithm, str] = {
     HashAlgorithm.SHA1: "01", HashAlgorithm.SHA256: "06", HashAlgorithm.SHA512: "08",
 }
