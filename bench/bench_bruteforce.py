@@ -512,12 +512,12 @@ def print_attacks(results: list[AttackResult]) -> list[str]:
     for token_type in (TokenType.TOTP, TokenType.HOTP):
         for name, policy in POLICIES.items():
             rows = [r for r in results if r.token_type is token_type and r.policy_name == name]
-            for admin in (False, True):
-                scenario = [r for r in rows if r.admin == admin or (not r.disables and not r.admin)]
-                if admin and not any(r.admin for r in rows):
+            for acting in (False, True):
+                scenario = [r for r in rows if r.admin == acting or (not r.disables and not r.admin)]
+                if acting and not any(r.admin for r in rows):
                     continue
                 worst = max(scenario, key=lambda r: r.p_year())
-                label = "administrator re-enables daily" if admin else "no administrator action"
+                label = "administrator re-enables daily" if acting else "no administrator action"
                 print(f"* worst for {token_type.value.upper()}, {name}, {label}: {worst.strategy}, "
                       f"{percent(worst.p_year())}/year "
                       f"(published estimate for the old policy: "

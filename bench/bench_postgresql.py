@@ -52,7 +52,7 @@ def scratch_database() -> Iterator[str]:
     try:
         params = {k: v for k, v in conninfo_to_dict(ADMIN_DSN).items() if v is not None}
         params["dbname"] = name
-        yield make_conninfo(**params)
+        yield make_conninfo("", **params)
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

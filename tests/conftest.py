@@ -73,9 +73,9 @@ def key_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyB
     from otp_agent.keystore.payshield.backend import PayShieldKeyBackend
     from otp_agent.payshield_sim.testing import running_simulator
     with running_simulator() as simulator:
-        backend = PayShieldKeyBackend(simulator.config())
-        yield backend
-        backend.close()
+        hsm_backend = PayShieldKeyBackend(simulator.config())
+        yield hsm_backend
+        hsm_backend.close()
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import paramiko
 
-from tests.pam.support import CONTRIB, LocalUser, pam_service, require
+from tests.conftest import require
+from tests.pam.support import CONTRIB, LocalUser, pam_service
 
 SSHD = "/usr/sbin/sshd"
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import require
 from tests.e2e.ptyproc import PtyProcess
 from tests.pam.support import (
     HotpCodes,
@@ -26,7 +27,6 @@ from tests.pam.support import (
     private_mounts,
     real_agent,
     render_stack,
-    require,
     require_root,
     unshare_works,
 )

@@ -263,12 +263,12 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
     # With the shipped drop-ins for the payShield backend (TCP to the HSMs) and for the
     # password+code mode (group shadow), as an administrator would install them.
     with tempfile.TemporaryDirectory() as root:
-        units = Path(root) / "etc/systemd/system"
-        (units / "otp-agent.service.d").mkdir(parents=True)
+        unit_dir = Path(root) / "etc/systemd/system"
+        (unit_dir / "otp-agent.service.d").mkdir(parents=True)
         for unit in ("otp-agent.service", "otp-agent.socket"):
-            shutil.copyfile(UNIT_DIR / unit, units / unit)
+            shutil.copyfile(UNIT_DIR / unit, unit_dir / unit)
         for dropin in ("payshield.conf", "password-and-code.conf"):
-            shutil.copyfile(EXAMPLES / dropin, units / "otp-agent.service.d" / dropin)
+            shutil.copyfile(EXAMPLES / dropin, unit_dir / "otp-agent.service.d" / dropin)
         security = run("systemd-analyze", "security", "--offline=yes", "--no-pager", f"--root={root}",
                        "otp-agent.service", check=False)
     match = re.search(r"Overall exposure level for otp-agent\.service: ([0-9.]+) (\w+)", security.stdout)
@@ -474,7 +474,9 @@ def test_pam_auth_update_profile_is_off_until_enabled_and_removable(root_machine
     assert enabled[helper - 1].endswith("pam_succeed_if.so quiet service = otp-agent-password")
     assert "expose_authtok /usr/libexec/otp-agent/pam-helper --password-and-code" in enabled[helper]
     # success jumps past pam_unix and pam_deny to pam_permit; PAM_IGNORE never fails the stack.
-    jump = int(re.search(r"success=(\d+)", enabled[helper]).group(1))
+    found = re.search(r"success=(\d+)", enabled[helper])
+    assert found is not None
+    jump = int(found.group(1))
     assert enabled[helper + jump + 1].endswith("pam_permit.so"), enabled
     assert "ignore=ignore" in enabled[helper] and "default=die" in enabled[helper]
     assert auth_lines("removed") == original

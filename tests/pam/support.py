@@ -89,7 +89,7 @@ def run_helper(
     return subprocess.run(
         [*command, "--socket", str(socket_path), *options],
         input=answer,
-        env=environb,  # type: ignore[arg-type]
+        env=environb,
         capture_output=True,
         timeout=timeout,
         cwd="/",

@@ -48,7 +48,7 @@ def stacks(open_dir: Path) -> Iterator[tuple[dict[str, str], HotpCodes, str]]:
             yield {"sshd": sshd, "login": login}, HotpCodes(uri), victim.name
 
 
-def test_wrong_passwords_do_not_lock_the_victim(stacks) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_passwords_do_not_lock_the_victim(stacks) -> None:
     """Twelve junk password+code answers for the victim, then the victim's SSH code works."""
     services, phone, victim = stacks
     for attempt in range(12):
@@ -57,7 +57,7 @@ def test_wrong_passwords_do_not_lock_the_victim(stacks) -> None:  # type: ignore
     assert pam_transaction(services["sshd"], victim, [phone.next_code()]).authenticate == PAM_SUCCESS
 
 
-def test_parallel_logins_with_one_code_do_not_lock_their_user(stacks) -> None:  # type: ignore[no-untyped-def]
+def test_parallel_logins_with_one_code_do_not_lock_their_user(stacks) -> None:
     """Eight logins racing with one code: one succeeds, the others are replays, and the next
     code still works (replays are not failures)."""
     services, phone, victim = stacks

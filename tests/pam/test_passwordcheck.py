@@ -83,7 +83,8 @@ def test_unprivileged_daemon_needs_group_shadow(user: LocalUser, open_dir: Path,
     import grp
     import subprocess
 
-    from tests.pam.support import REPO, SYSTEM_PYTHON, password_service, require
+    from tests.conftest import require
+    from tests.pam.support import REPO, SYSTEM_PYTHON, password_service
 
     require(shutil.which("setpriv") is not None, "setpriv (util-linux) missing")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sqlite3
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_validation_never_receives_a_key(backend: PayShieldKeyBackend,
         seen.append((list(payloads), answers))
         return answers
 
-    transport.exchange = spy  # type: ignore[method-assign]
+    transport.exchange = spy  # type: ignore[method-assign,assignment]
     macs = backend.compute_hmacs(SHA1, sealed, [counter_message(c) for c in range(3)])
     (payloads, answers), = seen
     assert {p[:2] for p in payloads} == {b"LQ"} and {a[:4] for a in answers} == {b"LR00"}
@@ -215,7 +216,8 @@ def test_health_reports_hosts(backend: PayShieldKeyBackend, sim: RunningSimulato
     report = backend.health()
     assert report["ok"] is True and report["backend"] == "payshield"
     assert report["active"] == sim.address
-    (host,) = report["hosts"]  # type: ignore[misc]
+    hosts: Any = report["hosts"]
+    (host,) = hosts
     assert host["lmk_check_value"] == sim.lmk_check_value and host["firmware"] == "1500-SIM1"
     assert sim.request_count("NO") >= 1
 

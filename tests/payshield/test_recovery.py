@@ -33,7 +33,7 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
     async def counting(cls: type[HsmConnection], address: Any, *args: Any) -> HsmConnection:
         seen.append(str(address))
-        return await original(cls, address, *args)  # type: ignore[no-any-return]
+        return await original(cls, address, *args)
 
     monkeypatch.setattr(HsmConnection, "open", classmethod(counting))
     yield seen

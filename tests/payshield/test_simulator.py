@@ -58,9 +58,9 @@ def sim() -> Iterator[RunningSimulator]:
 
 
 @pytest.fixture
-def client(sim: RunningSimulator) -> RawClient:
+def client(sim: RunningSimulator) -> Iterator[RawClient]:
     raw = RawClient(sim)
-    yield raw  # type: ignore[misc]
+    yield raw
     raw.close()
 
 

@@ -15,13 +15,13 @@ from otp_agent.pskc import parse_pskc
 from tests.pskc.conftest import FIGURE6_PSK, INVALID, RFC
 
 
-def serials(agent) -> list[str]:  # type: ignore[no-untyped-def]
+def serials(agent) -> list[str]:
     listed = agent.otpctl("list", "--json")
     assert listed.returncode == 0, listed.stderr
     return sorted(t["serial"] for t in json.loads(listed.stdout)["tokens"])
 
 
-def test_refused_file_leaves_store_unchanged(agent, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_refused_file_leaves_store_unchanged(agent, tmp_path: Path) -> None:
     """A file with one bad key among good ones: exit 1, every problem listed, store unchanged."""
     before = serials(agent)
     result = agent.otpctl("import", str(INVALID / "duplicate-secret.xml"), "--json")
@@ -31,7 +31,7 @@ def test_refused_file_leaves_store_unchanged(agent, tmp_path: Path) -> None:  # 
     assert serials(agent) == before
 
 
-def test_import_dry_run_then_import_then_duplicate(agent, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_import_dry_run_then_import_then_duplicate(agent, tmp_path: Path) -> None:
     """Dry run writes nothing; the import writes the token; importing again is refused by the store."""
     key_file = tmp_path / "psk"
     key_file.write_text(FIGURE6_PSK.hex())
@@ -47,7 +47,7 @@ def test_import_dry_run_then_import_then_duplicate(agent, tmp_path: Path) -> Non
     assert again.returncode == 1 and "already in the store" in again.stdout
 
 
-def test_export_reads_back(agent, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_export_reads_back(agent, tmp_path: Path) -> None:
     """An enrolled token exports to a 0600 PBE file that our import reads back."""
     serial, _uri = agent.enroll("exporter")
     (tmp_path / "pw").write_text("backup password\n")
@@ -60,7 +60,7 @@ def test_export_reads_back(agent, tmp_path: Path) -> None:  # type: ignore[no-un
 
 
 @pytest.mark.slow
-def test_whole_negative_corpus_through_the_agent(agent, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_whole_negative_corpus_through_the_agent(agent, tmp_path: Path) -> None:
     """Every corpus file through the real otpctl: exit 1, its own message, store unchanged."""
     from tests.pskc.conftest import FIGURE7_PASSWORD
     from tests.pskc.test_invalid_corpus import CORPUS

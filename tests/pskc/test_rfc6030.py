@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from typing import Any
+
 import pytest
 
 from otp_agent.oath.params import HashAlgorithm, TokenType
@@ -20,10 +22,10 @@ from otp_agent.pskc.xmlsafe import Document, parse_document
 from tests.pskc.conftest import FIGURE6_PSK, FIGURE7_PASSWORD, RFC, RFC_SECRET, read
 
 
-def raw_keys(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+def raw_keys(name: str, **kwargs: object):
     """Read a figure without applying the profile rules."""
-    problems: list = []
-    notes: list = []
+    problems: list[Any] = []
+    notes: list[Any] = []
     keys = read_keys(Document(read(RFC / name)), password=kwargs.get("password"),  # type: ignore[arg-type]
                      psk=kwargs.get("psk"), problems=problems, notes=notes)  # type: ignore[arg-type]
     return keys, problems, notes

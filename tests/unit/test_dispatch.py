@@ -18,7 +18,7 @@ ROOT = Peer(pid=1, uid=0, gid=0)
 
 
 @pytest.fixture
-def dispatcher(store, key_backend, audit, clock) -> Dispatcher:  # type: ignore[no-untyped-def]
+def dispatcher(store, key_backend, audit, clock) -> Dispatcher:
     validator = make_validator(store, key_backend, audit, clock)
     return Dispatcher(validator, Administration(store, key_backend, audit), admin_group=None,
                       status=lambda: {})
@@ -29,7 +29,7 @@ def call(dispatcher: Dispatcher, peer: Peer, op: str, **fields: Any) -> dict[str
 
 
 def test_case_insensitive_account_lookup_finds_the_canonical_tokens(
-        dispatcher: Dispatcher, clock, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        dispatcher: Dispatcher, clock, monkeypatch: pytest.MonkeyPatch) -> None:
     """Like sssd with case_sensitive = false: getpwnam("ALICE") answers with the account "alice"."""
     real = accounts.lookup_account
 
@@ -59,7 +59,7 @@ def test_non_root_peer_only_its_own_user_and_no_admin(dispatcher: Dispatcher) ->
         assert call(dispatcher, peer, op, user="nobody")["error"]["code"] == "permission"
 
 
-def test_a_failing_account_lookup_fails_closed(store, key_backend, audit, clock,  # type: ignore[no-untyped-def]
+def test_a_failing_account_lookup_fails_closed(store, key_backend, audit, clock,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A name service error is not "no such user": with unenrolled = "allow" it must refuse."""
     validator = make_validator(store, key_backend, audit, clock, unenrolled="allow")

@@ -18,7 +18,7 @@ HOTP_HEADER, HOTP_VECTORS = load_blocks("oath/rfc4226.txt")
 _, TOTP_VECTORS = load_blocks("oath/rfc6238.txt")
 
 
-def software_hmacs(secret: bytes, algorithm: str):  # type: ignore[no-untyped-def]
+def software_hmacs(secret: bytes, algorithm: str):
     return lambda messages: [hmac.new(secret, m, algorithm).digest() for m in messages]
 
 

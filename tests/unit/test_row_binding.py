@@ -31,23 +31,23 @@ def raw_update(store: SQLiteStore, sql: str, *parameters: object) -> None:
         connection.execute(sql, parameters)
 
 
-def enrolled(store: SQLiteStore, keys: KeyBackend, audit, user: str = "alice") -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def enrolled(store: SQLiteStore, keys: KeyBackend, audit, user: str = "alice") -> tuple[str, str]:
     reply = Administration(store, keys, audit).enroll(user, HOTP, "test", CONTEXT)
     return reply["serial"], reply["uri"]
 
 
-def test_a_token_moved_to_another_user_in_the_store_is_refused(setup, store, key_backend, audit) -> None:  # type: ignore[no-untyped-def]
+def test_a_token_moved_to_another_user_in_the_store_is_refused(setup, store, key_backend, audit) -> None:
     """The attacker's phone, moved onto bob's account by a store writer, does not open it."""
     serial, uri = enrolled(store, key_backend, audit, "mallory")
     raw_update(store, "UPDATE tokens SET user_name = 'bob' WHERE serial = ?", serial)
     decision = setup().validate("bob", code_for_uri(uri, counter=0), CONTEXT)
     assert (decision.accepted, decision.reason) == (False, "sealed_secret_invalid")
-    assert store.get(serial).counter == 0  # type: ignore[union-attr]
+    assert store.get(serial).counter == 0
 
 
 @pytest.mark.parametrize("column,value", [("digits", 8), ("period", 60), ("t0", 30),
                                           ("token_type", "totp"), ("serial", "OAHO99999999")])
-def test_changed_parameters_are_refused(setup, store, key_backend, audit, column: str, value: object) -> None:  # type: ignore[no-untyped-def]
+def test_changed_parameters_are_refused(setup, store, key_backend, audit, column: str, value: object) -> None:
     serial, uri = enrolled(store, key_backend, audit)
     raw_update(store, f"UPDATE tokens SET {column} = ? WHERE serial = ?", value, serial)
     submitted = "12345678" if column == "digits" else code_for_uri(uri, counter=0)
@@ -57,20 +57,20 @@ def test_changed_parameters_are_refused(setup, store, key_backend, audit, column
         assert decision.reason == "sealed_secret_invalid"
 
 
-def test_assign_renews_the_binding(setup, store, key_backend, audit) -> None:  # type: ignore[no-untyped-def]
+def test_assign_renews_the_binding(setup, store, key_backend, audit) -> None:
     serial, uri = enrolled(store, key_backend, audit, "alice")
     Administration(store, key_backend, audit).assign(serial, "bob", CONTEXT)
     assert setup().validate("bob", code_for_uri(uri, counter=0), CONTEXT).accepted
     assert setup().validate("alice", code_for_uri(uri, counter=1), CONTEXT).reason == "no_token"
 
 
-def test_a_stripped_binding_is_refused(setup, store, key_backend, audit) -> None:  # type: ignore[no-untyped-def]
+def test_a_stripped_binding_is_refused(setup, store, key_backend, audit) -> None:
     serial, uri = enrolled(store, key_backend, audit)
     raw_update(store, "UPDATE tokens SET binding = NULL WHERE serial = ?", serial)
     assert setup().validate("alice", code_for_uri(uri, counter=0), CONTEXT).reason == "sealed_secret_invalid"
 
 
-def test_rows_of_a_version_1_store_are_bound_once_by_init(tmp_path: Path, key_backend, audit, setup) -> None:  # type: ignore[no-untyped-def]
+def test_rows_of_a_version_1_store_are_bound_once_by_init(tmp_path: Path, key_backend, audit, setup) -> None:
     """An upgraded store: the migration adds the columns, the daemon refuses it until init tags
     the old rows (once, trusting them then); deleting the marker stops the daemon again."""
     path = tmp_path / "old.db"
@@ -97,7 +97,7 @@ def test_rows_of_a_version_1_store_are_bound_once_by_init(tmp_path: Path, key_ba
         store.close()
 
 
-def test_binding_costs_no_hsm_round_trip_per_validation(key_backend) -> None:  # type: ignore[no-untyped-def]
+def test_binding_costs_no_hsm_round_trip_per_validation(key_backend) -> None:
     """The payShield backend derives its binding key once; tags are then computed on the host."""
     transport = getattr(key_backend, "_transport", None)
     if transport is None:
@@ -106,7 +106,7 @@ def test_binding_costs_no_hsm_round_trip_per_validation(key_backend) -> None:  #
     calls: list[int] = []
     exchange = transport.exchange
 
-    def counting(requests, **options):  # type: ignore[no-untyped-def]
+    def counting(requests, **options):
         calls.append(len(requests))
         return exchange(requests, **options)
 

@@ -21,7 +21,7 @@ def audit_events(audit: AuditLog, tmp_path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
 
 
-def test_replays_are_rejected_but_never_lock(setup, store, key_backend, clock) -> None:  # type: ignore[no-untyped-def]
+def test_replays_are_rejected_but_never_lock(setup, store, key_backend, clock) -> None:
     """Ten parallel logins with one code (ssh + scp, Ansible): one acceptance, nine replays, no
     failure counted, so the user is not locked out."""
     add_token(store, key_backend, "T1")
@@ -34,7 +34,7 @@ def test_replays_are_rejected_but_never_lock(setup, store, key_backend, clock) -
     assert validator.validate("alice", code(step(clock, 1)), CONTEXT).accepted
 
 
-def test_wrong_passwords_never_touch_the_tokens_lock(store, key_backend, audit, clock) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_passwords_never_touch_the_tokens_lock(store, key_backend, audit, clock) -> None:
     """su VICTIM with junk, many times: the victim's token counts nothing and is not locked."""
     add_token(store, key_backend, "T1")
     validator = Validator(store, key_backend, PolicyConfig(lock_threshold=5), audit, clock=clock,
@@ -50,7 +50,7 @@ def test_wrong_passwords_never_touch_the_tokens_lock(store, key_backend, audit, 
     assert store.get("T1").failures == 1
 
 
-def test_a_success_does_not_wipe_failures_they_decay_with_time(setup, store, key_backend, clock) -> None:  # type: ignore[no-untyped-def]
+def test_a_success_does_not_wipe_failures_they_decay_with_time(setup, store, key_backend, clock) -> None:
     """Guesses between the real user's logins add up; one failure is forgiven per decay period."""
     add_token(store, key_backend, "T1")
     validator = setup(lock_threshold=5, failure_decay_seconds=3600)
@@ -63,7 +63,7 @@ def test_a_success_does_not_wipe_failures_they_decay_with_time(setup, store, key
     assert store.get("T1").failures == 2  # 3 - 2 forgiven + 1
 
 
-def test_lock_level_survives_success_and_unlock_and_decays(setup, store, key_backend, clock) -> None:  # type: ignore[no-untyped-def]
+def test_lock_level_survives_success_and_unlock_and_decays(setup, store, key_backend, clock) -> None:
     """The lock ladder is not reset by the real user's success nor by an unlock; it decays."""
     from otp_agent.administration import Administration
     add_token(store, key_backend, "T1")
@@ -92,7 +92,7 @@ def test_lock_level_survives_success_and_unlock_and_decays(setup, store, key_bac
     assert (token.lock_count, token.locked_until) == (3, clock() + 240)
 
 
-def test_repeated_locks_disable_the_token_until_an_administrator_acts(setup, store, key_backend,  # type: ignore[no-untyped-def]
+def test_repeated_locks_disable_the_token_until_an_administrator_acts(setup, store, key_backend,
                                                                       clock, audit, tmp_path) -> None:
     """At disable_after_locks the token is disabled (audited); re-enabled, it is disabled again
     by its very next failure (no new set of guesses); only time brings the level down."""
@@ -117,7 +117,7 @@ def test_repeated_locks_disable_the_token_until_an_administrator_acts(setup, sto
     assert store.get("T1").enabled is False
 
 
-def test_real_users_typos_do_not_lock(setup, store, key_backend, clock) -> None:  # type: ignore[no-untyped-def]
+def test_real_users_typos_do_not_lock(setup, store, key_backend, clock) -> None:
     """A user who mistypes once or twice before each daily login for a month is never locked."""
     add_token(store, key_backend, "T1")
     validator = setup()
@@ -130,7 +130,7 @@ def test_real_users_typos_do_not_lock(setup, store, key_backend, clock) -> None:
     assert (token.lock_count, token.enabled) == (0, True)
 
 
-def test_a_code_equal_to_the_last_accepted_one_is_a_replay(setup, store, key_backend) -> None:  # type: ignore[no-untyped-def]
+def test_a_code_equal_to_the_last_accepted_one_is_a_replay(setup, store, key_backend) -> None:
     """HOTP counters 2386 and 2394 of the RFC 4226 secret share the code 709847: submitted twice,
     it must be accepted once (as 2386), then refused as a replay (not accepted as 2394)."""
     assert code(2386) == code(2394) == "709847"
@@ -151,7 +151,7 @@ def test_defaults_the_security_figures_are_computed_from() -> None:
             policy.disable_after_locks, policy.lock_max_seconds) == (5, 86400, 7 * 86400, 10, 3600)
 
 
-def test_parallel_guesses_cannot_outrun_the_lock(store, key_backend, audit, clock) -> None:  # type: ignore[no-untyped-def]
+def test_parallel_guesses_cannot_outrun_the_lock(store, key_backend, audit, clock) -> None:
     """Sixteen wrong codes at the same moment: only lock_threshold of them are compared (the
     user's attempts are decided one at a time), the rest are refused as locked."""
     import threading
