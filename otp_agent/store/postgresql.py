@@ -1,9 +1,12 @@
 """The PostgreSQL token store: a fleet of hosts sharing tokens, replay rejection across hosts.
 
-This module owns the connection pool (psycopg 3 and psycopg_pool, imported lazily here only: they
-are the ``postgresql`` extra), the schema and its numbered migrations (``postgresql_NNN_*.sql``,
-applied under an advisory lock so hosts starting together migrate once), and the translation of
-driver errors into :class:`StoreError` / :class:`StoreUnavailable`.
+This module owns the connection pool (psycopg 3 and psycopg_pool, imported lazily by the store
+modules only: they are the ``postgresql`` extra), the schema and its numbered migrations
+(``postgresql_NNN_*.sql``, applied under an advisory lock so hosts starting together migrate
+once), and the SQL of every call.  How a call runs (retries, the translation of driver errors
+into :class:`StoreError` / :class:`StoreUnavailable`) is :mod:`otp_agent.store.pg_calls`; the
+per-call watchdog is :mod:`~otp_agent.store.pg_watchdog`, the DSN's redaction
+:mod:`~otp_agent.store.pg_dsn`.
 
 Validation state changes in ONE conditional ``UPDATE ... WHERE serial = %s AND version = %s`` in
 autocommit: the row lock and the version test let exactly one of any number of concurrent writers,
@@ -15,30 +18,26 @@ TCP user timeout and keepalives).  The DSN's password never appears in a message
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.store.models import Token, TokenState
+from otp_agent.store.pg_calls import Calls
+from otp_agent.store.pg_dsn import Dsn
+from otp_agent.store.pg_watchdog import Watchdog
 from otp_agent.store.rows import (
     ASSIGN, COLUMNS, RESET_THROTTLING, SELECT, SET_BINDING, SET_ENABLED, STATE_UPDATE, migration_script,
     row_to_token, state_parameters, token_to_row,
 )
 
 if TYPE_CHECKING:
-    from psycopg import Connection
     from psycopg_pool import ConnectionPool
 
-    _Connection = Connection[tuple[Any, ...]]
+    from otp_agent.store.pg_watchdog import PgConnection as _Connection
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 SCHEMA_VERSION = 2
 #: Key of the advisory lock taken while the schema is checked and migrated ("otp-agen").
@@ -46,108 +45,6 @@ MIGRATION_LOCK = 0x6F74702D6167656E
 _INSERT = (f"INSERT INTO tokens ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
 _CHUNK = 1000
-
-
-
-
-
-class _Dsn:
-    """A parsed DSN: what to show (never the password) and what to strip from messages."""
-
-    def __init__(self, dsn: str) -> None:
-        from psycopg import Error
-        from psycopg.conninfo import conninfo_to_dict
-        try:
-            self.params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()
-                           if value is not None}
-        except Error:
-            # libpq quotes fragments of the string it cannot parse: they may hold the password.
-            raise StoreUnavailable(
-                "store.dsn is not a valid PostgreSQL connection string (expected "
-                "postgresql://USER@HOST:PORT/DATABASE or key=value pairs)") from None
-        password = self.params.get("password", "")
-        self._hidden = [text for text in (dsn, password, quote(password, safe="")) if text]
-        self.where = "postgresql://{}@{}:{}/{}".format(
-            self.params.get("user", ""), self.params.get("host", ""),
-            self.params.get("port", "5432"), self.params.get("dbname", ""))
-
-    def redact(self, error: BaseException | str) -> str:
-        """The error text on one line, with the DSN and its password replaced by ``***``."""
-        text = " ".join(str(error).split())
-        for hidden in self._hidden:
-            text = text.replace(hidden, "***")
-        return text
-
-
-class _Ticket:
-    """One call under watch: its connection, deadline, and whether the watchdog ended it."""
-
-    __slots__ = ("connection", "deadline", "fired")
-
-    def __init__(self, connection: _Connection, deadline: float) -> None:
-        self.connection, self.deadline, self.fired = connection, deadline, False
-
-
-class _Watchdog:
-    """Ends a connection whose call outlives its deadline: a frozen server or a hung disk.
-
-    Server-side timeouts end slow statements; this bounds what they cannot (a server that keeps
-    TCP alive but never answers, a commit stuck on storage).  The socket is shut down, the call
-    fails as a lost connection, and the connection is closed so that the pool drops it.
-    """
-
-    _TICK = 0.25
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._tickets: set[_Ticket] = set()
-        self._thread: threading.Thread | None = None
-
-    @contextmanager
-    def guard(self, connection: _Connection, seconds: float) -> Iterator[_Ticket]:
-        """Watch ``connection`` for ``seconds``; the ticket says whether it was cut."""
-        ticket = _Ticket(connection, time.monotonic() + seconds)
-        with self._lock:
-            self._tickets.add(ticket)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name="otp-agent-pg-watchdog",
-                                                daemon=True)
-                self._thread.start()
-        try:
-            yield ticket
-        finally:
-            with self._lock:
-                self._tickets.discard(ticket)
-            if ticket.fired:
-                connection.close()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self._TICK):
-            now = time.monotonic()
-            with self._lock:
-                for ticket in [t for t in self._tickets if t.deadline <= now]:
-                    self._tickets.discard(ticket)
-                    ticket.fired = True
-                    _shut_down(ticket.connection)
-
-    def close(self) -> None:
-        """Stop watching."""
-        self._stop.set()
-
-
-def _shut_down(connection: _Connection) -> None:
-    """Shut the connection's socket down under the thread blocked on it."""
-    try:
-        duplicate = socket.socket(fileno=os.dup(connection.fileno()))
-    except Exception:  # noqa: BLE001 - already closed: nothing to cut
-        return
-    try:
-        duplicate.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        duplicate.close()
 
 
 class PostgreSQLStore:
@@ -168,13 +65,13 @@ class PostgreSQLStore:
                 "otp-agent[postgresql] extra, or python3-psycopg and python3-psycopg-pool)") from None
         if not dsn:
             raise StoreUnavailable('store.dsn: required when store.backend = "postgresql"')
-        self._dsn = _Dsn(dsn)
+        self._dsn = Dsn(dsn)
         self.where = self._dsn.where
         self.pool_timeout = pool_timeout
         self._statement_ms = str(int(statement_timeout * 1000))
         #: How long one call may wait for the server before its connection is cut.
         self.answer_timeout = statement_timeout + 2.0 if answer_timeout is None else answer_timeout
-        self._watchdog = _Watchdog()
+        self._watchdog = Watchdog()
         self._lock_ms = str(int(max(statement_timeout - 1.0, 1.0) * 1000))
         # libpq settings the DSN itself does not set; the DSN wins where it does.
         defaults: dict[str, Any] = {
@@ -184,14 +81,12 @@ class PostgreSQLStore:
         self._kwargs = {k: v for k, v in defaults.items() if k not in self._dsn.params}
         self._kwargs["autocommit"] = True
         self._conninfo = dsn
-        self._purge_lock = threading.Lock()
-        self._purging = False
-        self._degraded = False
-        # Connections opened beside the pool while it has none that works: as many as the pool.
-        self._bypass_slots = threading.BoundedSemaphore(max_connections)
         self._pool: ConnectionPool[_Connection] = ConnectionPool(
             dsn, kwargs=self._kwargs, min_size=1, max_size=max_connections, open=False,
             configure=self._configure, timeout=pool_timeout, name="otp-agent")
+        self._calls = Calls(self._pool, self._fresh_connection, self._watchdog, self._dsn,
+                            pool_timeout=pool_timeout, answer_timeout=self.answer_timeout,
+                            max_connections=max_connections)
         try:
             self._migrate(dsn, create=create)
             self._pool.open(wait=True, timeout=connect_timeout + pool_timeout)
@@ -266,98 +161,13 @@ class PostgreSQLStore:
             raise
         return connection
 
-    def _purge_pool(self) -> None:
-        """Test the idle pooled connections in the background; replace the broken ones."""
-        with self._purge_lock:
-            if self._purging:
-                return
-            self._purging = True
-
-        def purge() -> None:
-            try:
-                self._pool.check()
-            except Exception:  # noqa: BLE001 - best effort; the next call will tell
-                pass
-            finally:
-                with self._purge_lock:
-                    self._purging = False
-
-        threading.Thread(target=purge, name="otp-agent-pg-check", daemon=True).start()
-
-    def _run(self, what: str, action: Callable[[_Connection], _T], *, write: bool,
-             retry: bool = True, deadline: float | None = None) -> _T:
-        """Run ``action`` on a connection; translate driver errors.
-
-        When a pooled connection turns out broken (server restarted, session killed, network
-        cut), the other idle ones are checked in the background and, with ``retry``, the action
-        runs once more on a new connection: safe for compare-and-set, whose version test refuses
-        a second application, and for the idempotent writes.  Until the pool has a working
-        connection again, calls go straight to new connections, so that while the server is
-        down they fail at once (refused) or within the connect timeout, rather than each waiting
-        for the pool, and they succeed as soon as it is back.
-        """
-        import psycopg
-        from psycopg_pool import PoolTimeout
-        unsure = False  # A write was cut off after it was sent: it may have been committed.
-        for attempt in range(2 if retry else 1):
-            bypass = (attempt == 0 and self._degraded
-                      and not self._pool.get_stats().get("pool_available", 0)
-                      and self._bypass_slots.acquire(blocking=False))
-            direct = attempt > 0 or bypass
-            used: _Connection | None = None
-            ticket: _Ticket | None = None
-            try:
-                with self._fresh_connection() if direct else self._pool.connection() as connection:
-                    used = connection
-                    with self._watchdog.guard(connection, deadline or self.answer_timeout) as ticket:
-                        result = action(connection)
-                if not direct:
-                    self._degraded = False
-                return result
-            except PoolTimeout:
-                # A busy pool, or one still reconnecting: not a reason to open more connections.
-                raise StoreUnavailable(f"PostgreSQL {self.where}: no connection within "
-                                       f"{self.pool_timeout:g} s ({what}"
-                                       f"{', nothing was written' if write else ''})") from None
-            except psycopg.errors.UniqueViolation:
-                raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
-            except psycopg.Error as exc:
-                message = self._dsn.redact(exc)
-                if ticket is not None and ticket.fired:
-                    message = f"no answer within {deadline or self.answer_timeout:g} s"
-                lost = used is None or used.broken or used.closed
-                if lost:
-                    self._degraded = True
-                    unsure = unsure or (write and used is not None)
-                    if used is not None and not direct:
-                        self._purge_pool()
-                tail = ""
-                if write:
-                    tail = "; it may or may not have been committed" if unsure else ", nothing was written"
-                if used is None:
-                    raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached "
-                                           f"({what}{tail}): {message}") from None
-                if lost:
-                    if retry and attempt == 0:
-                        _log.warning("PostgreSQL %s: connection lost (%s); retrying once on a new "
-                                     "connection", self.where, message)
-                        continue
-                    raise StoreUnavailable(f"PostgreSQL {self.where}: connection lost while "
-                                           f"{what}{tail}: {message}") from None
-                if write:
-                    raise StoreError(f"PostgreSQL {self.where}: {what} failed{tail}: {message}") from None
-                raise StoreError(f"PostgreSQL {self.where}: read failed: {message}") from None
-            finally:
-                if bypass:
-                    self._bypass_slots.release()
-        raise AssertionError("unreachable")
-
     def _read(self, query: Any, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._run("reading", lambda c: c.execute(query, parameters).fetchall(), write=False)
+        return self._calls.run("reading", lambda c: c.execute(query, parameters).fetchall(),
+                               write=False)
 
     def _write(self, what: str, query: Any, parameters: Sequence[Any], *, retry: bool = True) -> int:
-        return self._run(what, lambda c: c.execute(query, parameters).rowcount, write=True,
-                         retry=retry)
+        return self._calls.run(what, lambda c: c.execute(query, parameters).rowcount, write=True,
+                               retry=retry)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -398,7 +208,7 @@ class PostgreSQLStore:
 
         try:
             # Not retried: a commit whose answer was lost would come back as a false Conflict.
-            self._run("adding tokens", insert, write=True, retry=False,
+            self._calls.run("adding tokens", insert, write=True, retry=False,
                       deadline=self.answer_timeout + 0.001 * len(rows))
         except Conflict:
             serial = self._first_conflict(tokens)
@@ -476,7 +286,7 @@ class PostgreSQLStore:
                 return str(inserted)
             return str(_scalar(connection, ("SELECT value FROM meta WHERE key = %s", (key,))))
 
-        return self._run("writing settings", claim, write=True)
+        return self._calls.run("writing settings", claim, write=True)
 
     # -- health and lifecycle --------------------------------------------------------------
 
@@ -488,7 +298,7 @@ class PostgreSQLStore:
 
         base: dict[str, object] = {"backend": self.name, "database": self.where}
         try:
-            count, schema, server = self._run("checking health", probe, write=False)
+            count, schema, server = self._calls.run("checking health", probe, write=False)
         except StoreError as exc:
             return {"ok": False, **base, "error": str(exc)}
         stats = self._pool.get_stats()
