@@ -23,13 +23,14 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from otp_agent.store.migrate import apply_migrations
 from otp_agent.store.models import Token, TokenState
 from otp_agent.store.pg_calls import Calls
 from otp_agent.store.pg_dsn import Dsn
 from otp_agent.store.pg_watchdog import Watchdog
 from otp_agent.store.rows import (
-    ASSIGN, COLUMNS, RESET_THROTTLING, SELECT, SET_BINDING, SET_ENABLED, STATE_UPDATE, migration_script,
-    row_to_token, state_parameters, token_to_row,
+    ASSIGN, COLUMNS, RESET_THROTTLING, SELECT, SET_BINDING, SET_ENABLED, STATE_UPDATE, row_to_token,
+    state_parameters, token_to_row,
 )
 
 if TYPE_CHECKING:
@@ -132,18 +133,15 @@ class PostgreSQLStore:
                 elif not create:
                     raise StoreUnavailable(f"PostgreSQL {self.where} has no otp-agent schema "
                                            "(create it with: otp-agent init)")
-                if current > SCHEMA_VERSION:
-                    raise StoreUnavailable(
-                        f"PostgreSQL {self.where} has schema {current}, newer than this otp-agent "
-                        f"({SCHEMA_VERSION}); upgrade otp-agent")
-                for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in migration_script("postgresql", version).split(";"):
-                        if statement.strip():
-                            connection.execute(statement)
+
+                def record_version(version: int) -> None:
                     connection.execute(
                         "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
                         "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (str(version),))
                     _log.info("PostgreSQL %s: schema migrated to version %d", self.where, version)
+
+                apply_migrations(connection.execute, "postgresql", current, SCHEMA_VERSION,
+                                 record_version, database=f"PostgreSQL {self.where}")
         except psycopg.Error as exc:
             raise StoreUnavailable(f"PostgreSQL {self.where} cannot be used: "
                                    f"{self._dsn.redact(exc)}") from None

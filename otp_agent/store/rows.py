@@ -1,15 +1,16 @@
-"""What the SQL stores share: the token columns, row conversion and migration files."""
+"""What the SQL stores share: the token columns, their statements and row conversion."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
-from otp_agent.errors import StoreError
 from otp_agent.oath.params import HashAlgorithm, TokenType
 from otp_agent.store.models import Token, TokenState
+
+# Moved to otp_agent.store.migrate; kept importable from here for otp_agent.daemon.initialise.
+from otp_agent.store.migrate import migration_script as migration_script  # noqa: E402, F401
 
 COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
            "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
@@ -31,16 +32,6 @@ SET_BINDING = "UPDATE tokens SET binding = %s, version = version + 1 WHERE seria
 RESET_THROTTLING = ("UPDATE tokens SET failures = 0, failures_at = %s, "
                     "locked_until = CASE WHEN locked_until > %s THEN %s ELSE locked_until END, "
                     "version = version + 1 WHERE serial = %s")
-
-
-def migration_script(backend: str, version: int) -> str:
-    """The SQL of migration ``version`` for ``backend`` ("sqlite" or "postgresql")."""
-    prefix = f"{backend}_{version:03d}_"
-    folder = resources.files("otp_agent.store") / "migrations"
-    for entry in folder.iterdir():
-        if entry.name.startswith(prefix) and entry.name.endswith(".sql"):
-            return entry.read_text(encoding="utf-8")
-    raise StoreError(f"migration {version} is missing from the installation")
 
 
 def state_parameters(serial: str, expected_version: int, state: TokenState) -> tuple[Any, ...]:

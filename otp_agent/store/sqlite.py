@@ -20,10 +20,11 @@ from typing import Any
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.store.groupcommit import GroupCommitter
+from otp_agent.store.migrate import apply_migrations
 from otp_agent.store.models import Token, TokenState
 from otp_agent.store.rows import (
-    ASSIGN, COLUMNS, RESET_THROTTLING, SELECT, SET_BINDING, SET_ENABLED, STATE_UPDATE, migration_script,
-    row_to_token, state_parameters, token_to_row,
+    ASSIGN, COLUMNS, RESET_THROTTLING, SELECT, SET_BINDING, SET_ENABLED, STATE_UPDATE, row_to_token,
+    state_parameters, token_to_row,
 )
 
 SCHEMA_VERSION = 2
@@ -161,17 +162,12 @@ class SQLiteStore:
                 elif not create:
                     raise StoreUnavailable(f"database {self.path} has no otp-agent schema; "
                                            "only otp-agent init creates one")
-                if current > SCHEMA_VERSION:
-                    raise StoreUnavailable(
-                        f"database {self.path} has schema {current}, newer than this otp-agent "
-                        f"({SCHEMA_VERSION}); upgrade otp-agent")
-                for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in migration_script("sqlite", version).split(";"):
-                        if statement.strip():
-                            connection.execute(statement)
-                    connection.execute(
+                apply_migrations(
+                    connection.execute, "sqlite", current, SCHEMA_VERSION,
+                    lambda version: connection.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                        (str(version),))
+                        (str(version),)),
+                    database=f"database {self.path}")
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from None
 

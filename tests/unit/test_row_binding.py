@@ -17,7 +17,7 @@ from otp_agent.errors import StoreUnavailable
 from otp_agent.keystore import KeyBackend
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType
 from otp_agent.rowbinding import MARKER_KEY, bind_existing_rows, require_row_binding
-from otp_agent.store.rows import migration_script
+from otp_agent.store.migrate import migration_script
 from otp_agent.store.sqlite import SQLiteStore
 from otp_agent.testing import code_for_uri
 from tests.conftest import FakeClock, make_validator
