@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from otp_agent.oath.params import HashAlgorithm, TokenType
-from otp_agent.store.models import Token, TokenState
 
 # Moved to otp_agent.store.migrate; kept importable from here for otp_agent.daemon.initialise.
-from otp_agent.store.migrate import migration_script as migration_script  # noqa: E402, F401
+from otp_agent.store.migrate import migration_script as migration_script  # noqa: F401
+from otp_agent.store.models import Token, TokenState
 
 COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
            "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
