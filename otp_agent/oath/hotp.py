@@ -1,8 +1,9 @@
-"""HOTP (RFC 4226) and TOTP (RFC 6238) code computation over an injected HMAC function.
+"""HOTP (RFC 4226) code computation over an injected HMAC function.
 
 Nothing here touches a key: the caller hands in ``compute_hmacs``, which maps moving-factor
 messages to HMAC outputs.  The software backend computes them in-process; the payShield backend
-computes them inside the HSM.  All functions are pure.
+computes them inside the HSM.  TOTP (RFC 6238) codes are the same codes with a time step
+(:func:`otp_agent.oath.totp.time_step`) as the counter.  All functions are pure.
 """
 
 from __future__ import annotations
@@ -31,13 +32,6 @@ def dynamic_truncate(mac: bytes) -> int:
 def format_code(mac: bytes, digits: int) -> str:
     """Turn an HMAC into a zero-padded decimal code of ``digits`` digits."""
     return str(dynamic_truncate(mac) % 10**digits).zfill(digits)
-
-
-def time_step(now: float, period: int, t0: int = 0) -> int:
-    """Return T = floor((now - T0) / X) as in RFC 6238."""
-    if now < t0:
-        raise ValueError("time before T0")
-    return int((int(now) - t0) // period)
 
 
 def codes_for(compute_hmacs: HmacBatch, counters: Sequence[int], digits: int) -> list[str]:

@@ -147,7 +147,7 @@ class CommandProcessor:
         return digest, key
 
     def _lq(self, reader: FieldReader) -> bytes:
-        request = codec.parse_lq(reader)
+        request = codec.parse_lq_request(reader)
         digest, key = self._open_hmac_key(request)
         mac = hmac.new(key, request.data, _HASHES[digest]).digest()
         return f"{request.hmac_length:04d}".encode() + mac[:request.hmac_length]

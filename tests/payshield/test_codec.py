@@ -79,7 +79,7 @@ def test_lq_capture_with_binary_hmac() -> None:
 def test_lq_request_parses_back() -> None:
     """The simulator side reads the captured LQ back into its fields."""
     command, reader = codec.split_request(_capture("lq-generate-hmac", "request"))
-    parsed = codec.parse_lq(reader)
+    parsed = codec.parse_lq_request(reader)
     assert command == "LQ" and parsed.hmac_length == 32 and parsed.data == b"0123456789"
     assert parsed.key.key_format == "04" and len(parsed.key.value) == 128
 
@@ -110,7 +110,7 @@ def test_binary_data_with_delimiters_is_walked_by_length() -> None:
     data = b"\x00\x19;%\x19\x19;\x19"
     key = HmacKey("00", b"\x19;%" * 11)
     command, reader = codec.split_request(codec.encode_lq("01", 20, key, data))
-    parsed = codec.parse_lq(reader)
+    parsed = codec.parse_lq_request(reader)
     assert parsed.data == data and parsed.key == key
 
 
@@ -182,7 +182,7 @@ def test_bad_requests_carry_the_hsm_error_code(payload: bytes, code: str) -> Non
     """The request parser says which error code an HSM would answer."""
     _, reader = codec.split_request(payload)
     with pytest.raises(CodecError) as caught:
-        codec.parse_lq(reader)
+        codec.parse_lq_request(reader)
     assert caught.value.error_code == code
 
 

@@ -21,8 +21,8 @@ __all__ = [
     "FrameReader", "HmacKey", "HmacRequest", "KeyRequest", "encode_a0", "encode_b2", "encode_l0",
     "encode_lq", "encode_ls", "encode_lu", "encode_n0", "encode_nc", "encode_no",
     "encode_response", "frame", "open_response", "parse_a0", "parse_a1", "parse_b3",
-    "parse_key_response", "parse_l0", "parse_lq", "parse_lr", "parse_ls", "parse_lt", "parse_lu",
-    "parse_n1", "parse_nd", "parse_np", "response_code", "split_request",
+    "parse_key_response", "parse_l0", "parse_lq_request", "parse_lr", "parse_ls", "parse_lt",
+    "parse_lu", "parse_n1", "parse_nd", "parse_np", "response_code", "split_request",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -99,13 +99,17 @@ class HmacRequest:
     mac: bytes = b""
 
 
-def parse_lq(reader: FieldReader) -> HmacRequest:
-    """Parse the fields of an LQ request."""
+def parse_lq_request(reader: FieldReader) -> HmacRequest:
+    """Parse the fields of an LQ request (the simulator's side; LR, its response: parse_lr)."""
     hash_id, length = reader.text(2), reader.number(4)
     key = read_hmac_key(reader)
     data = reader.take(reader.number(5))
     reader.finish()
     return HmacRequest(hash_id, length, key, data)
+
+
+#: The old name of :func:`parse_lq_request`, still used by tests/faults (not yet committed).
+parse_lq = parse_lq_request
 
 
 def parse_ls(reader: FieldReader) -> HmacRequest:
