@@ -24,9 +24,9 @@ from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.cli.render import print_status
 from otp_agent.config import PolicyConfig
 from otp_agent.errors import KeyBackendUnavailable
-from otp_agent.keystore.payshield.backend import (
-    SELF_TEST_MESSAGE, PayShieldKeyBackend, initialise_payshield, load_self_test_file,
-    self_test_answer,
+from otp_agent.keystore.payshield.backend import PayShieldKeyBackend, initialise_payshield
+from otp_agent.keystore.payshield.selftest import (
+    SELF_TEST_MESSAGE, load_self_test_file, self_test_answer,
 )
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType, format_code, time_step
 from otp_agent.payshield_sim.testing import RunningSimulator, config_for, running_simulator

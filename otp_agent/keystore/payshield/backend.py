@@ -13,16 +13,16 @@ Owns the mapping of the KeyBackend Protocol onto host commands:
   process (one LQ under the fingerprint key with a fixed label) and that lives only in memory;
   it never reaches the store, so a store writer cannot forge a tag, and a validation costs no
   extra HSM round trip.
-* the known-answer self-test: the self-test file (key block and expected HMAC) is read here and
-  made by :func:`initialise_payshield`; the transport runs it on every connection and health
-  check, and marks down an HSM that answers it wrong.
+* the known-answer self-test: the self-test file (key block and expected HMAC, its format in
+  :mod:`otp_agent.keystore.payshield.selftest`) is read when the backend opens and made by
+  :func:`initialise_payshield`; the transport runs it on every connection and health check,
+  and marks down an HSM that answers it wrong.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -38,11 +38,20 @@ from otp_agent.keystore.payshield.keyblock import (
     BINDING_BLOCK_ID, HASH_ID, HMAC_USAGE, KeyBlockFormatError, attributes, binding_block,
     split_key_block,
 )
+from otp_agent.keystore.payshield.selftest import (
+    SELF_TEST_GENERATED, SELF_TEST_KEY, SELF_TEST_MESSAGE, SELF_TEST_PUBLIC, SelfTestFileUnreadable,
+    load_self_test_file, self_test_answer, self_test_from_config, write_self_test_file,
+)
 from otp_agent.keystore.payshield.transit import wrap_for_import
-from otp_agent.keystore.payshield.transport import SelfTest, Transport
+from otp_agent.keystore.payshield.transport import Transport
 from otp_agent.sensitive import Secret
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "PayShieldKeyBackend", "initialise_payshield",
+    # The self-test names, defined here before and now in .selftest: still importable from here.
+    "SELF_TEST_GENERATED", "SELF_TEST_KEY", "SELF_TEST_MESSAGE", "SELF_TEST_PUBLIC",
+    "SelfTestFileUnreadable", "load_self_test_file", "self_test_answer", "write_self_test_file",
+]
 
 _FINGERPRINT_LABEL = b"otp-agent payshield fingerprint v1\x00"
 _BINDING_LABEL = b"otp-agent payshield row binding key v1\x00"
@@ -55,74 +64,6 @@ def _read_text(path: Path, what: str) -> str:
         return path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyBackendUnavailable(f"cannot read the {what} {path}: {type(exc).__name__}") from None
-
-
-# -- the known-answer self-test file -----------------------------------------------------------
-
-#: The public test key of the self-test imported with LU: not a secret, anyone may compute with it.
-SELF_TEST_KEY = hashlib.sha256(b"otp-agent payshield public self-test key v1").digest()
-#: The fixed message whose HMAC-SHA-256 every HSM connection is asked for.
-SELF_TEST_MESSAGE = hashlib.sha256(b"otp-agent payshield self-test message v1").digest()
-#: ``source`` of a self-test file: the public key above (answer computed on the host), or a key
-#: generated in the HSM with L0 (answer recorded from the HSMs at init).
-SELF_TEST_PUBLIC = "public-test-key-v1"
-SELF_TEST_GENERATED = "generated-in-hsm"
-_SELF_TEST_HEADER = ("# otp-agent payShield known-answer self-test, written by otp-agent init.\n"
-                     "# Not secret: the key block is under the LMK, the answer is public.\n")
-
-
-class SelfTestFileUnreadable(KeyBackendUnavailable):
-    """The self-test file exists, but the daemon's user may not read it."""
-
-
-def self_test_answer(key: bytes = SELF_TEST_KEY) -> bytes:
-    """The known answer: HMAC-SHA-256 of :data:`SELF_TEST_MESSAGE` under ``key``, on the host."""
-    return hmac.digest(key, SELF_TEST_MESSAGE, "sha256")
-
-
-def write_self_test_file(path: Path, key_block: str, expected: bytes, source: str) -> None:
-    """Create the self-test file (mode 0600, never overwriting): ``S`` + key block, answer."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-        handle.write(f"{_SELF_TEST_HEADER}key_block = {key_block}\n"
-                     f"hmac_sha256 = {expected.hex()}\nsource = {source}\n")
-
-
-def load_self_test_file(path: Path) -> SelfTest:
-    """Read a self-test file into a :class:`SelfTest`.
-
-    :raises SelfTestFileUnreadable: the file exists but this process may not read it.
-    :raises KeyBackendUnavailable: unreadable otherwise, malformed, not an HMAC-SHA-256 key
-        block, or a public-key file whose answer is not the public key's.
-    """
-    try:
-        text = path.read_text(encoding="ascii")
-    except PermissionError:
-        raise SelfTestFileUnreadable(f"cannot read {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyBackendUnavailable(f"cannot read the self-test key file {path}: "
-                                    f"{type(exc).__name__}") from None
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        name, equals, value = line.partition("=")
-        if equals and not line.lstrip().startswith("#"):
-            values[name.strip()] = value.strip()
-    block, answer, source = (values.get(name, "") for name in ("key_block", "hmac_sha256", "source"))
-    try:
-        header, _body = split_key_block(block[1:])
-        expected = bytes.fromhex(answer)
-    except (KeyBlockFormatError, ValueError):
-        raise KeyBackendUnavailable(f"{path} is not a payShield self-test file (key_block, "
-                                    "hmac_sha256, source): run otp-agent init") from None
-    if (not block.startswith("S") or header.usage != "63" or header.algorithm != "H"
-            or len(expected) != 32 or source not in (SELF_TEST_PUBLIC, SELF_TEST_GENERATED)):
-        raise KeyBackendUnavailable(f"{path} is not a payShield self-test file (an HMAC-SHA-256 "
-                                    "key block, its 32-byte answer and its source)")
-    if source == SELF_TEST_PUBLIC and not hmac.compare_digest(expected, self_test_answer()):
-        raise KeyBackendUnavailable(f"{path}: hmac_sha256 is not the answer of the public "
-                                    "self-test key; the file was changed")
-    return SelfTest(HmacKey.key_block(block[1:]), SELF_TEST_MESSAGE, expected)
 
 
 def _key_block_file(path: Path, what: str) -> str:
@@ -152,7 +93,7 @@ class PayShieldKeyBackend:
         self._binding_lock = threading.Lock()
         if config.fingerprint_key_file is not None and config.fingerprint_key_file.exists():
             self._fingerprint_key = _key_block_file(config.fingerprint_key_file, "fingerprint key")
-        self_test, self._self_test_note = _self_test(config)
+        self_test, self._self_test_note = self_test_from_config(config)
         self._transport = Transport(config, self_test)
         try:
             self._transport.start()
@@ -291,30 +232,6 @@ class PayShieldKeyBackend:
             if self._binding_key is not None:
                 self._binding_key.wipe()
                 self._binding_key = None
-
-
-def _self_test(config: PayShieldConfig) -> tuple[SelfTest | None, str]:
-    """The known answer from the self-test file, or None (with a WARNING) and why not.
-
-    A file the daemon may not read (made by ``otp-agent init`` as root, not yet passed to the
-    service) is reported like a missing one rather than stopping the daemon after an upgrade.
-    """
-    path = config.self_test_path
-    consequence = ("an HSM answering wrong HMACs would not be detected, and every login would "
-                   "fail as a wrong code and count towards its token's lock")
-    if path is not None and path.exists():
-        try:
-            return load_self_test_file(path), ""
-        except SelfTestFileUnreadable:
-            logger.warning("payShield self-test not configured: cannot read %s (mode 0600, "
-                           "root): %s; pass it to the service like the fingerprint key "
-                           "(LoadCredential=, see docs/hsm.md)", path, consequence)
-            return None, f"not configured (cannot read {path})"
-    logger.warning(
-        "payShield self-test not configured (%s): %s; run otp-agent init to create the "
-        "self-test key (see docs/hsm.md)",
-        f"no file {path}" if path is not None else "no self_test_key_file", consequence)
-    return None, ""
 
 
 def initialise_payshield(config: PayShieldConfig) -> list[str]:

@@ -7,13 +7,15 @@ exponential back-off, by the next request or by the periodic health check, and t
 traffic back once it answers.  When every HSM is down, waiting for the back-off would only
 delay the recovery: a request may then try to reconnect once ``retry_floor`` seconds have
 passed since the last attempt on that HSM, so a returning HSM is used again within about that
-time while a dead one gets at most one attempt per floor (plus the back-off's).
+time while a dead one gets at most one attempt per floor (plus the back-off's).  What is known
+of each HSM, and the back-off itself, is :class:`~otp_agent.keystore.payshield.hosts.HostState`.
 
 Every new connection starts with NC and is refused if the LMK check value differs from the
 configured one, then runs the known-answer self-test (an LQ whose HMAC is known,
-:class:`SelfTest`), as does every health check: an HSM that gets it wrong is marked down like a
-dead one, so that its wrong HMACs are never taken for wrong codes.  A request that fails is
-never retried: the caller fails closed and the next request goes to the next HSM.
+:class:`~otp_agent.keystore.payshield.selftest.SelfTest`), as does every health check: an HSM
+that gets it wrong is marked down like a dead one, so that its wrong HMACs are never taken for
+wrong codes.  A request that fails is never retried: the caller fails closed and the next
+request goes to the next HSM.
 
 Also owns the TLS client context: certificate and host name always verified (CA from
 ``tls_ca_file`` or the system store), optional client certificate.  The check value NC returns
@@ -31,68 +33,20 @@ import ssl
 import threading
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from otp_agent.errors import KeyBackendError, KeyBackendUnavailable
 from otp_agent.keystore.payshield import codec
-from otp_agent.keystore.payshield.codec import HmacKey
 from otp_agent.keystore.payshield.config import (
-    PLAINTEXT_WARNING, PREFIX, HsmAddress, PayShieldConfig,
+    PLAINTEXT_WARNING, PREFIX, PayShieldConfig,
 )
 from otp_agent.keystore.payshield.connection import HsmConnection
 from otp_agent.keystore.payshield.errors import LmkMismatch, PayShieldBusy, PayShieldUnavailable
+from otp_agent.keystore.payshield.hosts import HostState, lmk_matches
+from otp_agent.keystore.payshield.selftest import SelfTest, SelfTestFailed
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class SelfTest:
-    """A known answer: the HSM must give ``expected`` as the HMAC-SHA-256 of ``message`` under
-    the key block ``key`` (created by ``otp-agent init``; nothing in it is secret)."""
-
-    key: HmacKey
-    message: bytes
-    expected: bytes
-
-
-class SelfTestFailed(PayShieldUnavailable):
-    """An HSM got the known answer wrong (or refused the self-test): it is not used."""
-
-
-@dataclass
-class HostState:
-    """What the transport knows about one HSM."""
-
-    address: HsmAddress
-    up: bool = False
-    failures: int = 0
-    next_retry: float = 0.0
-    last_attempt: float = float("-inf")
-    last_error: str = ""
-    lmk_check_value: str = ""
-    firmware: str = ""
-    status: dict[str, object] = field(default_factory=dict)
-    self_test: str = ""
-    connections: list[HsmConnection] = field(default_factory=list)
-    opening: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def report(self) -> dict[str, object]:
-        """JSON-able view for ``otpctl status``."""
-        report: dict[str, object] = {
-            "address": str(self.address), "up": self.up, "lmk_check_value": self.lmk_check_value,
-            "firmware": self.firmware, "connections": len(self.connections),
-            "in_flight": sum(c.in_flight for c in self.connections),
-            "failures": self.failures, "last_error": self.last_error, **self.status}
-        if self.self_test:
-            report["self_test"] = self.self_test
-        return report
-
-
-def lmk_matches(configured: str, reported: str) -> bool:
-    """Compare check values on the configured digits (6 significant, or all 16)."""
-    return reported[:len(configured)].upper() == configured.upper()
 
 
 class Transport:
@@ -222,18 +176,6 @@ class Transport:
             reasons = "; ".join(host.last_error for host in self._hosts)
             raise PayShieldUnavailable(f"no payShield reachable at start-up ({reasons})")
 
-    def _mark_down(self, host: HostState, error: BaseException) -> None:
-        host.failures += 1
-        delay = min(self.config.retry_max, self.config.retry_initial * 2 ** (host.failures - 1))
-        host.next_retry = time.monotonic() + delay
-        host.last_error = str(error)
-        if host.up:
-            logger.warning("payShield %s marked down, retry in %.1fs: %s", host.address, delay, error)
-        host.up = False
-        for connection in host.connections:
-            connection.fail(PayShieldUnavailable(f"payShield {host.address} is marked down"))
-        host.connections.clear()
-
     async def _connect(self, host: HostState) -> HsmConnection:
         """Open a connection, check the LMK with NC, and mark the host up."""
         config = self.config
@@ -261,7 +203,7 @@ class Transport:
                 await connection.close()
                 raise
         except KeyBackendError as exc:
-            self._mark_down(host, exc)
+            host.mark_down(exc, self.config)
             raise
         host.lmk_check_value, host.firmware = check, firmware
         if not host.up:
@@ -304,49 +246,27 @@ class Transport:
                 "impersonated HSM); not used")
         host.self_test = "passed"
 
-    def _due(self, host: HostState, every_host_down: bool) -> bool:
-        """Whether a request may (re)connect to ``host`` now.
-
-        An HSM that is up, or whose back-off has run out, may be connected to.  When every HSM
-        is down, so may one whose last attempt is ``retry_floor`` seconds old: nothing else
-        could serve the request, and one attempt per floor does not hammer a dead HSM.
-        """
-        now = time.monotonic()
-        if host.up or now >= host.next_retry:
-            return True
-        return every_host_down and now >= host.last_attempt + self.config.retry_floor
-
     async def _connection(self) -> HsmConnection:
         """Return a connection to the first usable HSM, reconnecting where the back-off allows
         (or, when every HSM is down, the floor)."""
         every_host_down = not any(host.up for host in self._hosts)
         for host in self._hosts:
-            if not self._due(host, every_host_down):
+            if not host.due(every_host_down, self.config):
                 continue
-            reusable = self._reusable(host)
+            reusable = host.reusable(self.config)
             if reusable is not None:
                 return reusable
             async with host.opening:
-                reusable = self._reusable(host)  # Another request may have opened one.
+                reusable = host.reusable(self.config)  # Another request may have opened one.
                 if reusable is not None:
                     return reusable
-                if self._due(host, every_host_down):
+                if host.due(every_host_down, self.config):
                     try:
                         return await self._connect(host)
                     except KeyBackendError:
                         continue
         reasons = "; ".join(f"{h.address}: {h.last_error or 'down'}" for h in self._hosts)
         raise PayShieldUnavailable(f"no payShield available ({reasons})")
-
-    def _reusable(self, host: HostState) -> HsmConnection | None:
-        """An idle connection, or the least busy one once the pool is full."""
-        host.connections = [c for c in host.connections if not c.closed]
-        if not host.up or not host.connections:
-            return None
-        best = min(host.connections, key=lambda c: c.in_flight)
-        if best.in_flight == 0 or len(host.connections) >= self.config.pool_size:
-            return best
-        return None
 
     async def _pace(self, count: int, deadline: float) -> None:
         """Wait for ``count`` slots under the licence limit, or fail if past the deadline."""
@@ -375,10 +295,10 @@ class Transport:
                 f"payShield {host.address} did not answer within {timeout:g}s "
                 "(down, hanging, or queueing beyond its licensed calls per second)")
             connection.fail(error)
-            self._mark_down(host, error)
+            host.mark_down(error, self.config)
             raise error from None
         except KeyBackendError as exc:
-            self._mark_down(host, exc)
+            host.mark_down(exc, self.config)
             raise
 
     @staticmethod
@@ -401,9 +321,10 @@ class Transport:
                     await asyncio.wait_for(future, self.config.request_timeout))
                 await self._run_self_test(host, connection)
             except asyncio.TimeoutError:
-                self._mark_down(host, PayShieldUnavailable(f"payShield {host.address} did not answer NO"))
+                host.mark_down(PayShieldUnavailable(f"payShield {host.address} did not answer NO"),
+                               self.config)
             except KeyBackendError as exc:
-                self._mark_down(host, exc)
+                host.mark_down(exc, self.config)
         elif host.up or time.monotonic() >= host.next_retry:
             async with host.opening:
                 try:
