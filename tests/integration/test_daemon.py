@@ -69,8 +69,9 @@ def test_concurrent_otpctl_processes_accept_exactly_once(agent: RunningAgent) ->
     command = [sys.executable, "-m", "otp_agent.cli", "--config", str(agent.config_path),
                "check", "carol", submitted]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(8)]
-    codes = [p.wait(timeout=60) for p in processes]
-    assert sorted(codes) == [0] + [1] * 7
+    for process in processes:
+        process.communicate(timeout=60)
+    assert sorted(p.returncode for p in processes) == [0] + [1] * 7
 
 
 def test_acceptance_survives_sigkill(agent: RunningAgent) -> None:
@@ -198,22 +199,22 @@ def test_sigterm_finishes_the_request_in_flight(agent: RunningAgent) -> None:
 def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     from otp_agent.testing import running_agent
     notify_path = tmp_path / "notify.sock"
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(notify_path))
-    receiver.settimeout(10)
-    environment = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
-    with running_agent(tmp_path / "a", environment=environment) as agent:
-        messages = [receiver.recv(4096).decode() for _ in range(2)]
-        assert any(m.startswith("READY=1") for m in messages)
-        assert "WATCHDOG=1" in [receiver.recv(4096).decode() for _ in range(2)]
-        agent.stop()
-    seen = []
-    receiver.settimeout(2)
-    try:
-        while True:
-            seen.append(receiver.recv(4096).decode())
-    except TimeoutError:
-        pass
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(notify_path))
+        receiver.settimeout(10)
+        environment = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
+        with running_agent(tmp_path / "a", environment=environment) as agent:
+            messages = [receiver.recv(4096).decode() for _ in range(2)]
+            assert any(m.startswith("READY=1") for m in messages)
+            assert "WATCHDOG=1" in [receiver.recv(4096).decode() for _ in range(2)]
+            agent.stop()
+        seen = []
+        receiver.settimeout(2)
+        try:
+            while True:
+                seen.append(receiver.recv(4096).decode())
+        except TimeoutError:
+            pass
     assert "STOPPING=1" in seen
 
 

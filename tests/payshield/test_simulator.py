@@ -276,7 +276,7 @@ def test_cli_prints_check_value_and_makes_zmk(tmp_path: Path) -> None:
         line = process.stdout.readline()
     finally:
         process.terminate()
-        process.wait(10)
+        process.communicate(timeout=10)
     assert "LMK check value" in line and "header length 2" in line
     header, _ = split_key_block((tmp_path / "zmk.kb").read_text().strip()[1:])
     assert header.usage == "52"
@@ -329,4 +329,4 @@ def test_cli_wrong_hmac_fault(tmp_path: Path) -> None:
             assert ask(b"0002" + codec.encode_ls("FF", mac, key, b"abcdefgh")) == b"0002LT01"
     finally:
         process.terminate()
-        process.wait(10)
+        process.communicate(timeout=10)

@@ -21,7 +21,7 @@ from otp_agent.store.migrate import migration_script
 from otp_agent.store.sqlite import SQLiteStore
 from otp_agent.testing import code_for_uri
 from tests.conftest import FakeClock, make_validator
-from tests.unit.test_validation import CONTEXT, setup  # noqa: F401
+from tests.unit.test_validation import CONTEXT
 
 HOTP = OathParams(TokenType.HOTP, HashAlgorithm.SHA1, 6, 30)
 

@@ -13,7 +13,7 @@ from otp_agent.audit import AuditLog
 from otp_agent.config import PolicyConfig
 from otp_agent.oath import TokenType
 from otp_agent.validation import Validator
-from tests.unit.test_validation import CONTEXT, SECRET, add_token, code, setup, step  # noqa: F401
+from tests.unit.test_validation import CONTEXT, SECRET, add_token, code, step
 
 
 def audit_events(audit: AuditLog, tmp_path: Path) -> list[dict[str, object]]:

@@ -45,12 +45,6 @@ def step(clock: FakeClock, offset: int = 0) -> int:
     return time_step(clock(), 30) + offset
 
 
-@pytest.fixture
-def setup(store: SQLiteStore, key_backend: KeyBackend, audit: AuditLog, clock: FakeClock):
-    def build(**policy: Any):
-        return make_validator(store, key_backend, audit, clock, **policy)
-    return build
-
 
 def test_totp_current_code_accepted_then_replay_rejected(setup, store, key_backend, clock) -> None:
     add_token(store, key_backend, "T1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,8 +13,20 @@ from otp_agent import wire
 from otp_agent.errors import ProtocolError
 
 
+_OPEN: list[socket.socket] = []
+
+
 def pair() -> tuple[socket.socket, socket.socket]:
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    _OPEN.extend((left, right))
+    return left, right
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def test_round_trip() -> None:
