@@ -27,6 +27,7 @@ from otp_agent.oath.params import MAX_COUNTER
 from otp_agent.oath.uri import provisioning_uri
 from otp_agent.sensitive import Secret
 from otp_agent.store import Token, TokenStore
+from otp_agent.wire import TokenRecord
 
 _SERIAL_ATTEMPTS = 8
 _MAX_NAME = 256
@@ -158,9 +159,8 @@ class Administration:
         exported = []
         for token in self.store.all_tokens():
             with open_secret(token.identity, token.sealed) as secret:
-                view = token.public()
-                view["secret_b64"] = base64.b64encode(secret.reveal()).decode("ascii")
-                exported.append(view)
+                encoded = base64.b64encode(secret.reveal()).decode("ascii")
+                exported.append(token.record(secret_b64=encoded).message())
         self.audit.record("export", context, result="ok", count=len(exported))
         return {"tokens": exported}
 
@@ -208,46 +208,28 @@ class Administration:
         return len(tokens)
 
 
-def _parse_time(value: object, what: str) -> float | None:
-    from datetime import datetime
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise UsageError(f"{what} must be an ISO 8601 date")
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise UsageError(f"{what} is not an ISO 8601 date") from None
-
-
-def token_spec_from_record(record: Mapping[str, Any]) -> TokenSpec:
-    """Check one wire import record and turn it into a :class:`TokenSpec`."""
-    serial = record.get("serial")
-    if not isinstance(serial, str) or not serial or len(serial) > 64 or not serial.isprintable():
+def token_spec_from_record(message: Mapping[str, Any]) -> TokenSpec:
+    """Check one wire import record (a :class:`TokenRecord`) and turn it into a :class:`TokenSpec`."""
+    record = TokenRecord.parse(message)
+    if len(record.serial) > 64 or not record.serial.isprintable():
         raise UsageError("serial must be 1 to 64 printable characters")
     try:
-        params = OathParams(TokenType(record.get("type")), HashAlgorithm(record.get("algorithm", "sha1")),
-                            int(record.get("digits", 6)), int(record.get("period", 30)),
-                            int(record.get("t0", 0)))
-        counter, drift = int(record.get("counter") or 0), int(record.get("drift") or 0)
-    except (ValueError, TypeError) as exc:
+        params = OathParams(TokenType(record.type), HashAlgorithm(record.algorithm), record.digits,
+                            record.period, record.t0)
+    except ValueError as exc:
         raise UsageError(f"bad token parameters: {exc}") from None
-    if not 0 <= counter <= MAX_COUNTER:
+    if not 0 <= record.counter <= MAX_COUNTER:
         raise UsageError(f"counter must be from 0 to {MAX_COUNTER} (2^63 - 1)")
-    if abs(drift) > 1000:
+    if abs(record.drift) > 1000:
         raise UsageError("drift must be within 1000 time steps")
-    encoded = record.get("secret_b64")
-    if not isinstance(encoded, str):
+    if record.secret_b64 is None:
         raise UsageError("secret missing")
     try:
-        secret = Secret(base64.b64decode(encoded, validate=True))
+        secret = Secret(base64.b64decode(record.secret_b64, validate=True))
     except (binascii.Error, ValueError):
         raise UsageError("secret is not valid base64") from None
-    user = record.get("user")
-    issuer = record.get("issuer")
-    return TokenSpec(serial=serial, params=params, secret=secret,
-                     user=check_name(user, "user") if user is not None else None,
-                     counter=counter, drift=drift,
-                     issuer=check_name(issuer, "issuer") if issuer is not None else None,
-                     not_before=_parse_time(record.get("not_before"), "not_before"),
-                     not_after=_parse_time(record.get("not_after"), "not_after"))
+    return TokenSpec(serial=record.serial, params=params, secret=secret,
+                     user=check_name(record.user, "user") if record.user is not None else None,
+                     counter=record.counter, drift=record.drift,
+                     issuer=check_name(record.issuer, "issuer") if record.issuer is not None else None,
+                     not_before=record.not_before, not_after=record.not_after)

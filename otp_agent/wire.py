@@ -13,7 +13,9 @@ import json
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from otp_agent.errors import ProtocolError, UsageError
@@ -130,6 +132,114 @@ class ValidateReply:
                        reply.get("serial") if isinstance(reply.get("serial"), str) else None)
         except ValueError:
             raise ProtocolError("not a validate reply") from None
+
+
+def _field_type(name: str, value: object, kinds: tuple[type, ...], optional: bool) -> object:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise UsageError(f"token record field {name!r} has the wrong type")
+    return value
+
+
+def _timestamp(name: str, value: object) -> float | None:
+    """A date as seconds since the epoch; ISO 8601 text is accepted too (files, old clients)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        raise UsageError(f"token record field {name!r} must be an ISO 8601 date or a timestamp")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"token record field {name!r} is not an ISO 8601 date") from None
+    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)).timestamp()
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One token as the protocol carries it, in every direction.
+
+    The same record is a token in ``list``/``show``/``enroll``/``assign`` replies (state fields
+    filled, no secret), an ``import`` record sent by ``otpctl import`` (its secret in
+    ``secret_b64``, over the administrative socket only) and an ``export`` record.  Dates are
+    seconds since the epoch.  Only types are checked here; ranges are the OATH parameters' and
+    the administration's business.
+    """
+
+    serial: str
+    type: str
+    algorithm: str = "sha1"
+    digits: int = 6
+    period: int = 30
+    t0: int = 0
+    counter: int = 0
+    drift: int = 0
+    user: str | None = None
+    issuer: str | None = None
+    not_before: float | None = None
+    not_after: float | None = None
+    last_step: int | None = None
+    enabled: bool = True
+    failures: int = 0
+    lock_count: int = 0
+    locked_until: float = 0.0
+    created: float = 0.0
+    secret_b64: str | None = field(default=None, repr=False)
+
+    def message(self, *, state: bool = True) -> dict[str, Any]:
+        """The record as a JSON object (``secret_b64`` only when the record carries a secret).
+
+        ``state=False`` leaves out what only the agent knows (last step, enabled, failures,
+        lock count and time, creation time): an ``import`` record carries none of it.
+        """
+        fields = asdict(self)
+        if fields["secret_b64"] is None:
+            del fields["secret_b64"]
+        if not state:
+            for name in _STATE_FIELDS:
+                del fields[name]
+        return fields
+
+    @classmethod
+    def parse(cls, message: Mapping[str, Any]) -> TokenRecord:
+        """Check the types of a record's fields.  :raises UsageError: a field has a bad type."""
+        serial = message.get("serial")
+        if not isinstance(serial, str) or not serial:
+            raise UsageError("token record has no serial")
+        unknown = set(message) - _RECORD_FIELDS
+        if unknown:
+            raise UsageError(f"token record {serial!r} has unknown fields: {sorted(unknown)}")
+        values: dict[str, Any] = {"serial": serial}
+        for name, (kinds, optional) in _RECORD_TYPES.items():
+            if name in message:
+                values[name] = _field_type(name, message[name], kinds, optional)
+        for name in ("not_before", "not_after"):
+            if name in message:
+                values[name] = _timestamp(name, message[name])
+        for name in ("locked_until", "created"):
+            if name in values and values[name] is not None:
+                values[name] = float(values[name])
+        if message.get("counter") is None:
+            values.pop("counter", None)
+        if message.get("drift") is None:
+            values.pop("drift", None)
+        if "type" not in values or values["type"] is None:
+            raise UsageError(f"token record {serial!r} has no type")
+        return cls(**values)
+
+
+_RECORD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "type": ((str,), False), "algorithm": ((str,), False), "digits": ((int,), False),
+    "period": ((int,), False), "t0": ((int,), False), "counter": ((int,), True),
+    "drift": ((int,), True), "user": ((str,), True), "issuer": ((str,), True),
+    "last_step": ((int,), True), "enabled": ((bool,), False), "failures": ((int,), False),
+    "lock_count": ((int,), False), "locked_until": ((int, float), False),
+    "created": ((int, float), False), "secret_b64": ((str,), True),
+}
+_RECORD_FIELDS = set(_RECORD_TYPES) | {"serial", "not_before", "not_after"}
+_STATE_FIELDS = ("last_step", "enabled", "failures", "lock_count", "locked_until", "created")
 
 
 def encode_frame(message: dict[str, Any], *, max_frame: int = MAX_ADMIN_FRAME) -> bytes:

@@ -166,15 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--qr", choices=["auto", "always", "never"], default="auto",
                         help="print a QR code (auto: only on a terminal)")
 
-    try:
-        from otp_agent.cli import pskc_commands
-    except ImportError:  # pragma: no cover - the PSKC module is being written.
-        pass
-    else:
-        importer = verb("import", pskc_commands.run_import, "import tokens from a PSKC file (RFC 6030)")
-        pskc_commands.add_import_arguments(importer)
-        exporter = verb("export", pskc_commands.run_export, "export tokens to a protected PSKC file")
-        pskc_commands.add_export_arguments(exporter)
+    from otp_agent.cli import pskc_commands  # lxml is loaded only by the verbs that need it
+    importer = verb("import", pskc_commands.run_import, "import tokens from a PSKC file (RFC 6030)")
+    pskc_commands.add_import_arguments(importer)
+    exporter = verb("export", pskc_commands.run_export, "export tokens to a protected PSKC file")
+    pskc_commands.add_export_arguments(exporter)
 
     verb("list", cmd_list, "list tokens (never secrets)")
     show = verb("show", cmd_show, "show the tokens of a serial or a user")

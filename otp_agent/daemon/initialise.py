@@ -37,7 +37,7 @@ from otp_agent.errors import ERRORS_BY_CODE, KeyBackendUnavailable, OtpAgentErro
 from otp_agent.keystore import KeyBackend
 from otp_agent.rowbinding import bind_existing_rows
 from otp_agent.store import TokenStore
-from otp_agent.store.rows import migration_script
+from otp_agent.store.migrate import migration_script
 from otp_agent.store.sqlite import SQLiteStore
 
 _MAX_LINKS = 40

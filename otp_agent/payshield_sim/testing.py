@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from otp_agent.keystore.payshield.backend import (
+from otp_agent.keystore.payshield.selftest import (
     SELF_TEST_KEY, SELF_TEST_PUBLIC, self_test_answer, write_self_test_file,
 )
 from otp_agent.keystore.payshield.config import SELF_TEST_FILE_NAME, HsmAddress, PayShieldConfig

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from otp_agent.keystore import TokenIdentity
 from otp_agent.oath.params import HashAlgorithm, OathParams, TokenType
+from otp_agent.wire import TokenRecord
 
 
 
@@ -86,11 +87,16 @@ class Token:
                              self.token_type.value, self.algorithm.value, str(self.digits),
                              str(self.period), str(self.t0))).encode()
 
+    def record(self, *, secret_b64: str | None = None) -> TokenRecord:
+        """The token as the protocol carries it (never the sealed secret nor the fingerprint)."""
+        return TokenRecord(
+            serial=self.serial, type=self.token_type.value, algorithm=self.algorithm.value,
+            digits=self.digits, period=self.period, t0=self.t0, counter=self.counter,
+            drift=self.drift, user=self.user, issuer=self.issuer, not_before=self.not_before,
+            not_after=self.not_after, last_step=self.last_step, enabled=self.enabled,
+            failures=self.failures, lock_count=self.lock_count,
+            locked_until=float(self.locked_until), created=self.created, secret_b64=secret_b64)
+
     def public(self) -> dict[str, Any]:
         """A JSON-able view for clients: everything but the sealed secret and fingerprint."""
-        view = asdict(self)
-        for hidden in ("sealed", "fingerprint", "version", "binding", "failures_at"):
-            view.pop(hidden)
-        view["type"] = view.pop("token_type").value
-        view["algorithm"] = self.algorithm.value
-        return view
+        return self.record().message()

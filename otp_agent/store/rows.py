@@ -9,7 +9,6 @@ from typing import Any
 from otp_agent.oath.params import HashAlgorithm, TokenType
 
 # Moved to otp_agent.store.migrate; kept importable from here for otp_agent.daemon.initialise.
-from otp_agent.store.migrate import migration_script as migration_script  # noqa: F401
 from otp_agent.store.models import Token, TokenState
 
 COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",

@@ -68,3 +68,35 @@ def test_counters_have_one_bound_for_imports_and_administration() -> None:
     assert token_spec_from_record(record).counter == MAX_COUNTER
     with pytest.raises(UsageError):
         token_spec_from_record({**record, "counter": MAX_COUNTER + 1})
+
+
+def test_one_token_record_type_for_views_imports_and_exports() -> None:
+    """Token.public(), the PSKC import record and the export record are all wire.TokenRecord."""
+    import base64
+
+    from otp_agent.administration import token_spec_from_record
+    from otp_agent.oath import HashAlgorithm, OathParams, TokenType
+    from otp_agent.pskc import record_from_token, token_from_record
+    from otp_agent.pskc.model import ExportedToken
+    from otp_agent.sensitive import Secret
+    from otp_agent.store import Token
+
+    token = Token(serial="R1", token_type=TokenType.HOTP, algorithm=HashAlgorithm.SHA256, digits=8,
+                  period=30, t0=0, sealed=b"s", fingerprint=b"f", user="alice", counter=7,
+                  not_after=2_000_000_000.0, created=5.0)
+    view = token.public()
+    assert wire.TokenRecord.parse(view) == token.record()
+    assert "secret_b64" not in view and "sealed" not in view and "fingerprint" not in view
+    exported = ExportedToken(serial="R1", params=OathParams(TokenType.HOTP, HashAlgorithm.SHA256, 8),
+                             secret=Secret(b"k" * 32), counter=7, user="alice")
+    record = record_from_token(exported)
+    assert set(record) < {f.name for f in fields(wire.TokenRecord)}
+    spec = token_spec_from_record(record)
+    assert (spec.serial, spec.counter, spec.user, spec.params.digits) == ("R1", 7, "alice", 8)
+    back = token_from_record(token.record(secret_b64=base64.b64encode(b"k" * 32).decode()).message())
+    assert (back.serial, back.counter, back.user) == ("R1", 7, "alice")
+    text = PROTOCOL_DOC.read_text()
+    paragraph = text[text.index("A token record (`otp_agent.wire.TokenRecord`"):]
+    paragraph = paragraph.split("\n\n")[0]
+    documented = set(re.findall(r"`(\w+)`", paragraph))
+    assert documented >= {f.name for f in fields(wire.TokenRecord)}
