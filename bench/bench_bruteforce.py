@@ -510,7 +510,7 @@ def print_attacks(results: list[AttackResult]) -> list[str]:
     verdicts = []
     print()
     for token_type in (TokenType.TOTP, TokenType.HOTP):
-        for name, policy in POLICIES.items():
+        for name in POLICIES:
             rows = [r for r in results if r.token_type is token_type and r.policy_name == name]
             for acting in (False, True):
                 scenario = [r for r in rows if r.admin == acting or (not r.disables and not r.admin)]
@@ -558,8 +558,8 @@ def main() -> None:
     population_days = options.population_days or (60 if options.quick else YEAR_DAYS)
     logging.getLogger("otp_agent").setLevel(logging.ERROR)  # no "token locked" per lock
     started = time.perf_counter()
-    progress = lambda what: print(f"  ... {what} ({time.perf_counter() - started:.0f} s)",
-                                  file=sys.stderr, flush=True)
+    def progress(what: str) -> None:
+        print(f"  ... {what} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
     print(f"otp-agent brute-force economics: real Validator + SQLite store + software key backend, "
           f"fake clock; {os.cpu_count()} cores, Python {platform.python_version()}")

@@ -88,7 +88,7 @@ def _percentile(samples: list[float], fraction: float) -> float:
 def _validate(keys: PayShieldKeyBackend, sealed: bytes, step: int, window: int) -> None:
     factors = list(range(step - window, step + window + 1))
     codes = codes_for(lambda m: keys.compute_hmacs(IDENTITY, sealed, m), factors, 6)
-    match_code("000000", zip(factors, codes))
+    match_code("000000", zip(factors, codes, strict=True))
 
 
 def measure(config: PayShieldConfig, window: int, pipelined: bool, seconds: float,

@@ -19,7 +19,13 @@ from typing import Any
 from otp_agent.accounts import canonical_user
 from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.errors import (
-    AccountLookupError, Conflict, InvalidToken, KeyBackendError, NotFound, PskcError, UsageError,
+    AccountLookupError,
+    Conflict,
+    InvalidToken,
+    KeyBackendError,
+    NotFound,
+    PskcError,
+    UsageError,
 )
 from otp_agent.keystore import KeyBackend, TokenIdentity
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType, check_key_size

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from otp_agent.audit import AuditLog, RequestContext
-from otp_agent.wire import Reason, Result, ValidateReply
 from otp_agent.config import PolicyConfig
 from otp_agent.errors import KeyBackendError, NotFound, SealedSecretInvalid, StoreError, UsageError
 from otp_agent.keyedlock import KeyedLocks
@@ -27,6 +26,7 @@ from otp_agent.oath import TokenType, codes_for, match_code, time_step
 from otp_agent.oath.params import MAX_COUNTER
 from otp_agent.store import Token, TokenState, TokenStore
 from otp_agent.throttle import FailureOutcome, after_success, failure_outcome, is_locked
+from otp_agent.wire import Reason, Result, ValidateReply
 
 _log = logging.getLogger(__name__)
 _CODE = re.compile(r"[0-9]{6}|[0-9]{8}")
@@ -228,7 +228,7 @@ class Validator:
         before it in the window) is a replay even when it also matches a later factor: two
         submissions of one code must never give two acceptances.
         """
-        hmacs = lambda messages: self.keys.compute_hmacs(token.identity, token.sealed, messages)
+        hmacs = self._hmacs_of(token)
         if token.token_type is TokenType.HOTP:
             first = max(token.counter - 1, 0)
             # An accepted counter c is stored as c + 1, which must still fit: a token at the end
@@ -249,7 +249,7 @@ class Validator:
             if token.last_step is not None and token.last_step not in factors:
                 factors.insert(0, token.last_step)
             fresh = [s for s in factors if token.last_step is None or s > token.last_step]
-        codes = dict(zip(factors, codes_for(hmacs, factors, token.digits)))
+        codes = dict(zip(factors, codes_for(hmacs, factors, token.digits), strict=True))
         stale = [(f, codes[f]) for f in factors if f not in fresh]
         found = match_code(code, [(f, codes[f]) for f in fresh])
         if match_code(code, stale) is not None:
@@ -257,6 +257,12 @@ class Validator:
         if found is not None:
             return _Match(factor=found, time_step=current)
         return _Match()
+
+    def _hmacs_of(self, token: Token) -> Callable[[Sequence[bytes]], list[bytes]]:
+        """The token's HMAC function, computed by the key backend (a batch per call)."""
+        def hmacs(messages: Sequence[bytes]) -> list[bytes]:
+            return self.keys.compute_hmacs(token.identity, token.sealed, messages)
+        return hmacs
 
     def _success_state(self, token: Token, match: _Match) -> TokenState:
         assert match.factor is not None
@@ -297,7 +303,7 @@ class Validator:
                               result="disabled", reason="repeated_locks", level=outcome.level)
 
     def _resync_state(self, token: Token, code1: str, code2: str) -> TokenState | None:
-        hmacs = lambda messages: self.keys.compute_hmacs(token.identity, token.sealed, messages)
+        hmacs = self._hmacs_of(token)
         now = self.clock()
         if token.token_type is TokenType.HOTP:
             factors = list(range(token.counter, min(token.counter + self.policy.hotp_resync_window + 2,

@@ -15,7 +15,7 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from otp_agent.errors import ProtocolError, UsageError
@@ -154,7 +154,7 @@ def _timestamp(name: str, value: object) -> float | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise UsageError(f"token record field {name!r} is not an ISO 8601 date") from None
-    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)).timestamp()
+    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass(frozen=True)

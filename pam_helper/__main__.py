@@ -248,9 +248,9 @@ def json_string(text: str) -> str:
             point = ord(char)
             if point > 0xFFFF:
                 point -= 0x10000
-                out.append("\\u%04x\\u%04x" % (0xD800 | (point >> 10), 0xDC00 | (point & 0x3FF)))
+                out.append(f"\\u{0xD800 | (point >> 10):04x}\\u{0xDC00 | (point & 0x3FF):04x}")
             else:
-                out.append("\\u%04x" % point)
+                out.append(f"\\u{point:04x}")
     out.append('"')
     return "".join(out)
 

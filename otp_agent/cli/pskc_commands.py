@@ -19,10 +19,16 @@ from typing import Any, Protocol, TextIO
 
 from otp_agent.errors import KeyBackendError, OtpAgentError, PskcError, UsageError
 from otp_agent.pskc import (
-    MAX_FILE_SIZE, ExportedToken, ImportedToken, PskcImportError, parse_pskc_report,
-    record_from_token, token_from_record, write_pskc,
+    MAX_FILE_SIZE,
+    ExportedToken,
+    ImportedToken,
+    PskcImportError,
+    crypto,
+    parse_pskc_report,
+    record_from_token,
+    token_from_record,
+    write_pskc,
 )
-from otp_agent.pskc import crypto
 from otp_agent.pskc.model import printable
 from otp_agent.pskc.writer import DEFAULT_EXPORT_ITERATIONS, EXPORT_PASSWORD_MIN, check_export_password
 from otp_agent.pskc.xmlsafe import refuse
@@ -219,9 +225,9 @@ def _print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     columns = ("serial", "type", "algorithm", "digits", "period", "user")
     cells = [[str(row[c]) if row[c] is not None else "-" for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
     for row in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def _create_private(path: Path, data: bytes) -> None:

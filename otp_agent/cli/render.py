@@ -40,7 +40,7 @@ def print_tokens(tokens: list[dict[str, Any]], out: TextIO, *, detailed: bool = 
               str(t["period"]) if t["type"] == "totp" else "-", token_state(t)) for t in tokens]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
 
 
 def print_decision(reply: dict[str, Any], out: TextIO) -> None:

@@ -1,4 +1,5 @@
 import sys
+
 from otp_agent.daemon.main import main
 
 sys.exit(main())

@@ -14,7 +14,11 @@ from collections.abc import Callable
 from otp_agent.keystore.payshield import codec
 from otp_agent.keystore.payshield.codec import CodecError, FieldReader, HmacRequest
 from otp_agent.keystore.payshield.keyblock import (
-    HASH_ID_DIGEST_SIZE, USAGE_DIGEST_SIZE, KeyBlockFormatError, KeyBlockHeader, parse_header,
+    HASH_ID_DIGEST_SIZE,
+    USAGE_DIGEST_SIZE,
+    KeyBlockFormatError,
+    KeyBlockHeader,
+    parse_header,
 )
 from otp_agent.keystore.payshield.transit import unwrap_import
 from otp_agent.payshield_sim.lmk import KeyBlockRejected, Lmk, check_value

@@ -19,11 +19,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import (
-    InvalidUnwrap, aes_key_unwrap_with_padding, aes_key_wrap_with_padding,
+    InvalidUnwrap,
+    aes_key_unwrap_with_padding,
+    aes_key_wrap_with_padding,
 )
 
 from otp_agent.keystore.payshield.keyblock import (
-    KeyBlockFormatError, KeyBlockHeader, split_key_block,
+    KeyBlockFormatError,
+    KeyBlockHeader,
+    split_key_block,
 )
 
 _MAC_HEX = 16

@@ -21,11 +21,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from otp_agent.keystore.payshield.selftest import (
-    SELF_TEST_KEY, SELF_TEST_PUBLIC, self_test_answer, write_self_test_file,
-)
 from otp_agent.keystore.payshield.config import SELF_TEST_FILE_NAME, HsmAddress, PayShieldConfig
 from otp_agent.keystore.payshield.keyblock import parse_header
+from otp_agent.keystore.payshield.selftest import (
+    SELF_TEST_KEY,
+    SELF_TEST_PUBLIC,
+    self_test_answer,
+    write_self_test_file,
+)
 from otp_agent.payshield_sim.commands import CommandProcessor, make_zmk
 from otp_agent.payshield_sim.lmk import Lmk
 from otp_agent.payshield_sim.server import Knobs, SimulatorServer

@@ -18,7 +18,7 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
     """Write ``sim-cert.pem`` (for localhost and 127.0.0.1) and ``sim-key.pem`` (mode 0600)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "payshield-sim")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import (
-    InvalidUnwrap, aes_key_unwrap, aes_key_unwrap_with_padding, aes_key_wrap,
+    InvalidUnwrap,
+    aes_key_unwrap,
+    aes_key_unwrap_with_padding,
+    aes_key_wrap,
     aes_key_wrap_with_padding,
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from otp_agent.errors import InvalidToken, UsageError
@@ -26,7 +26,7 @@ def _timestamp(value: datetime | None) -> float | None:
 
 
 def _date(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def record_from_token(token: ExportedToken) -> dict[str, Any]:

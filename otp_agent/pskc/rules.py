@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 from otp_agent.errors import InvalidToken
@@ -85,7 +85,7 @@ def parse_date(text: str) -> datetime:
     """Parse an ``xs:dateTime``; a value without a zone is taken as UTC."""
     value = datetime.fromisoformat(text.strip())
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value
 
 
@@ -255,7 +255,7 @@ class RuleChecker:
         start, expiry = dates
         if start is not None and expiry is not None and expiry <= start:
             problem("ExpiryDate is not after StartDate")
-        elif expiry is not None and expiry <= datetime.now(timezone.utc):
+        elif expiry is not None and expiry <= datetime.now(UTC):
             self.notes.append(f"line {raw.line}: key {printable(raw.key_id or '')!r} expired on "
                               f"{expiry.isoformat()}")
         return start, expiry

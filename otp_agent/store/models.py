@@ -10,7 +10,6 @@ from otp_agent.oath.params import HashAlgorithm, OathParams, TokenType
 from otp_agent.wire import TokenRecord
 
 
-
 @dataclass(frozen=True)
 class TokenState:
     """What a validation may change: the moving factor, the learned drift and the throttling.

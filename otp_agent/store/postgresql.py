@@ -29,8 +29,16 @@ from otp_agent.store.pg_calls import Calls
 from otp_agent.store.pg_dsn import Dsn
 from otp_agent.store.pg_watchdog import Watchdog
 from otp_agent.store.rows import (
-    ASSIGN, COLUMNS, RESET_THROTTLING, SELECT, SET_BINDING, SET_ENABLED, STATE_UPDATE, row_to_token,
-    state_parameters, token_to_row,
+    ASSIGN,
+    COLUMNS,
+    RESET_THROTTLING,
+    SELECT,
+    SET_BINDING,
+    SET_ENABLED,
+    STATE_UPDATE,
+    row_to_token,
+    state_parameters,
+    token_to_row,
 )
 
 if TYPE_CHECKING:

@@ -41,7 +41,7 @@ def state_parameters(serial: str, expected_version: int, state: TokenState) -> t
 
 def row_to_token(row: Sequence[Any]) -> Token:
     """Build a token from a row of :data:`COLUMNS`."""
-    values = dict(zip(COLUMNS, row))
+    values = dict(zip(COLUMNS, row, strict=True))
     return Token(
         serial=values["serial"], user=values["user_name"],
         token_type=TokenType(values["token_type"]), algorithm=HashAlgorithm(values["algorithm"]),

@@ -23,8 +23,16 @@ from otp_agent.store.groupcommit import GroupCommitter
 from otp_agent.store.migrate import apply_migrations
 from otp_agent.store.models import Token, TokenState
 from otp_agent.store.rows import (
-    ASSIGN, COLUMNS, RESET_THROTTLING, SELECT, SET_BINDING, SET_ENABLED, STATE_UPDATE, row_to_token,
-    state_parameters, token_to_row,
+    ASSIGN,
+    COLUMNS,
+    RESET_THROTTLING,
+    SELECT,
+    SET_BINDING,
+    SET_ENABLED,
+    STATE_UPDATE,
+    row_to_token,
+    state_parameters,
+    token_to_row,
 )
 
 SCHEMA_VERSION = 2

@@ -300,7 +300,7 @@ def _secret_forms(uri: str) -> list[bytes]:
 def test_no_secret_in_database_audit_log_or_errors(agent: RunningAgent) -> None:
     uris = [agent.enroll(f"user{i}", *opts)[1] for i, opts in enumerate(
         [(), ("--type", "hotp"), ("--algorithm", "sha512", "--digits", "8")])]
-    for uri in uris:
+    for _uri in uris:
         agent.otpctl("check", "user0", "000000")
         request(agent.socket_path, "validate", user="user1", code="12345x")
     outputs = [agent.otpctl("list", "--json").stdout, agent.otpctl("show", "user0").stdout,

@@ -110,6 +110,7 @@ def test_an_empty_database_file_never_becomes_an_empty_store(tmp_path: Path) -> 
     # A database made by someone else's sqlite3 (a schema, but not bound by init) is refused too.
     database.unlink()
     import sqlite3
+
     from otp_agent.store.migrate import migration_script
     with sqlite3.connect(database) as connection:
         connection.executescript(migration_script("sqlite", 1))

@@ -35,7 +35,7 @@ class Container:
         self.process: subprocess.Popen[bytes] | None = None
         self.leader = 0
 
-    def __enter__(self) -> "Container":
+    def __enter__(self) -> Container:
         self.root.mkdir()
         subprocess.run(["mount", "--bind", "/", str(self.root)], check=True)
         target = self.workdir / "otp-install-test.target"

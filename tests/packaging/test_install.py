@@ -109,7 +109,7 @@ def packages(root_machine: None, tmp_path_factory: pytest.TempPathFactory,
     """Build both packages from a clean copy of this tree; record lintian's and rpmlint's figures."""
     out = tmp_path_factory.mktemp("packages")
     built: dict[str, Path] = {"out": out}
-    for kind, script in (("deb", "build-deb.sh"), ("rpm", "build-rpm.sh")):
+    for _kind, script in (("deb", "build-deb.sh"), ("rpm", "build-rpm.sh")):
         result = run("sh", str(REPO / "packaging" / script), str(out), check=False, timeout=600)
         summary = [line for line in result.stdout.splitlines()
                    if line.startswith(("lintian", "rpmlint"))]

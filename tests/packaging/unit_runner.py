@@ -25,9 +25,9 @@ is PID 1 the installation test uses systemctl instead of this module.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
-import grp
 import shlex
 import shutil
 import signal

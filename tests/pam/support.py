@@ -28,12 +28,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import require
+
 REPO = Path(__file__).resolve().parents[2]
 CONTRIB = REPO / "contrib"
 HELPER_SOURCE = REPO / "pam_helper" / "__main__.py"
 PACKAGED_HELPER = "/usr/libexec/otp-agent/pam-helper"
 SYSTEM_PYTHON = "/usr/bin/python3"
-from tests.conftest import IN_CI, require  # noqa: F401  (one rule for every suite)
 
 
 def require_root() -> None:

@@ -20,8 +20,8 @@ import pam
 import pytest
 
 from tests.pam.support import (
-    HotpCodes,
     REPO,
+    HotpCodes,
     LocalUser,
     local_user,
     make_wrapper,

@@ -143,7 +143,7 @@ class ForgingProxy:
             self._writers.add(upstream)
             await asyncio.gather(self._pump(reader, upstream, None),
                                  self._pump(upstream_reader, writer, back))
-        except (OSError, asyncio.TimeoutError, CodecError):
+        except (TimeoutError, OSError, CodecError):
             pass
         finally:
             for each in (writer, upstream_writer):

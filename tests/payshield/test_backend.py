@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sqlite3
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,7 +144,7 @@ def test_key_block_tampered_in_the_database(backend: PayShieldKeyBackend) -> Non
         backend.compute_hmacs(SHA1, bytes(sealed), [bytes(8)])
 
 
-@pytest.mark.parametrize("blob", [b"", b"garbage", b"S10016", "S1012861HG00N0100".encode(),
+@pytest.mark.parametrize("blob", [b"", b"garbage", b"S10016", b"S1012861HG00N0100",
                                   b"V01" + bytes(16)])
 def test_malformed_sealed_blobs(backend: PayShieldKeyBackend, blob: bytes) -> None:
     """Blobs that are not key blocks (or variant blobs in key-block mode) are refused."""

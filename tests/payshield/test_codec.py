@@ -8,7 +8,10 @@ from otp_agent.errors import KeyBackendUnavailable, SealedSecretInvalid
 from otp_agent.keystore.payshield import codec
 from otp_agent.keystore.payshield.codec import CodecError, FieldReader, FrameReader, HmacKey
 from otp_agent.keystore.payshield.errors import (
-    PayShieldCommandError, PayShieldKeyBlockError, PayShieldProtocolError, describe,
+    PayShieldCommandError,
+    PayShieldKeyBlockError,
+    PayShieldProtocolError,
+    describe,
 )
 from otp_agent.keystore.payshield.keyblock import attributes, split_key_block
 

@@ -13,7 +13,10 @@ from otp_agent.keystore import TokenIdentity
 from otp_agent.keystore.payshield.backend import PayShieldKeyBackend
 from otp_agent.keystore.payshield.config import HsmAddress
 from otp_agent.keystore.payshield.errors import (
-    LmkMismatch, PayShieldBusy, PayShieldCommandError, PayShieldProtocolError,
+    LmkMismatch,
+    PayShieldBusy,
+    PayShieldCommandError,
+    PayShieldProtocolError,
 )
 from otp_agent.oath.hotp import counter_message
 from otp_agent.oath.params import HashAlgorithm

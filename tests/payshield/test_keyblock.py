@@ -6,7 +6,10 @@ import pytest
 
 from otp_agent.keystore import TokenIdentity
 from otp_agent.keystore.payshield.keyblock import (
-    KeyBlockFormatError, binding_block, parse_header, split_key_block,
+    KeyBlockFormatError,
+    binding_block,
+    parse_header,
+    split_key_block,
 )
 from otp_agent.oath.params import HashAlgorithm
 

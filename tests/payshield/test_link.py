@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.administration import Administration
+from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.cli.render import print_status
 from otp_agent.config import PolicyConfig
 from otp_agent.errors import KeyBackendUnavailable

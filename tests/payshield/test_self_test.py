@@ -26,7 +26,9 @@ from otp_agent.config import PolicyConfig
 from otp_agent.errors import KeyBackendUnavailable
 from otp_agent.keystore.payshield.backend import PayShieldKeyBackend, initialise_payshield
 from otp_agent.keystore.payshield.selftest import (
-    SELF_TEST_MESSAGE, load_self_test_file, self_test_answer,
+    SELF_TEST_MESSAGE,
+    load_self_test_file,
+    self_test_answer,
 )
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType, format_code, time_step
 from otp_agent.payshield_sim.testing import RunningSimulator, config_for, running_simulator

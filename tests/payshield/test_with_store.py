@@ -9,8 +9,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.administration import Administration
+from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.config import PolicyConfig
 from otp_agent.keystore.payshield.backend import PayShieldKeyBackend
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType, format_code, time_step

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import sys
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,7 @@ import pytest
 from lxml import etree
 
 from otp_agent.cli import pskc_commands
-from otp_agent.errors import OtpAgentError, exit_status_of
-from otp_agent.errors import KeyBackendError, PskcError
+from otp_agent.errors import KeyBackendError, OtpAgentError, PskcError, exit_status_of
 from otp_agent.pskc import parse_pskc, token_from_record, write_pskc
 from tests.pskc.conftest import FIGURE6_PSK, FIGURE7_PASSWORD, INVALID, RFC
 from tests.pskc.test_invalid_corpus import CORPUS

@@ -7,7 +7,7 @@ right values; our exports are read back by python-pskc, whose MAC check passes.
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -110,8 +110,8 @@ def our_tokens() -> list[ExportedToken]:
     return [
         ExportedToken("OATO00000001", OathParams(TokenType.TOTP, HashAlgorithm.SHA512, 8, 30, 0),
                       Secret(bytes(range(64))), drift=3, user="bob", issuer="Example",
-                      not_before=datetime(2026, 1, 1, tzinfo=timezone.utc),
-                      not_after=datetime(2030, 1, 1, tzinfo=timezone.utc)),
+                      not_before=datetime(2026, 1, 1, tzinfo=UTC),
+                      not_after=datetime(2030, 1, 1, tzinfo=UTC)),
         ExportedToken("OAHO00000002", OathParams(TokenType.HOTP), Secret(HOTP_SECRET), counter=99),
     ]
 
@@ -128,8 +128,8 @@ def check_read_by_python_pskc(data: bytes, *, password: str | None = None,
     assert first.algorithm.endswith("totp") and first.algorithm_suite == "HMAC-SHA512"
     assert first.response_length == 8 and first.time_interval == 30 and first.time_offset == 0
     assert first.time_drift == 3 and first.key_userid == "bob" and first.issuer == "Example"
-    assert first.policy.start_date == datetime(2026, 1, 1, tzinfo=timezone.utc)
-    assert first.policy.expiry_date == datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert first.policy.start_date == datetime(2026, 1, 1, tzinfo=UTC)
+    assert first.policy.expiry_date == datetime(2030, 1, 1, tzinfo=UTC)
     assert second.id == "OAHO00000002" and second.secret == HOTP_SECRET
     assert second.algorithm.endswith("hotp") and second.counter == 99
     assert second.response_length == 6 and second.response_encoding == "DECIMAL"
@@ -162,7 +162,7 @@ def test_export_round_trips_through_our_import() -> None:
     assert first.serial == "OATO00000001" and first.secret.reveal() == bytes(range(64))
     assert first.params == OathParams(TokenType.TOTP, HashAlgorithm.SHA512, 8, 30, 0)
     assert first.drift == 3 and first.user == "bob" and first.issuer == "Example"
-    assert first.not_after == datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert first.not_after == datetime(2030, 1, 1, tzinfo=UTC)
     assert second.counter == 99 and second.secret.reveal() == HOTP_SECRET
 
 

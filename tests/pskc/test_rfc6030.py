@@ -8,15 +8,13 @@ refused as a whole.  Expected values are those of RFC 6030 (tests/vectors/pskc/R
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from otp_agent.oath.params import HashAlgorithm, TokenType
-from otp_agent.pskc import PskcImportError, parse_pskc, parse_pskc_report
-from otp_agent.pskc import crypto
+from otp_agent.pskc import PskcImportError, crypto, parse_pskc, parse_pskc_report
 from otp_agent.pskc.parser import read_keys
 from otp_agent.pskc.xmlsafe import Document, parse_document
 from tests.pskc.conftest import FIGURE6_PSK, FIGURE7_PASSWORD, RFC, RFC_SECRET, read
@@ -258,6 +256,6 @@ def test_figure10_dates_are_parsed_when_secrets_differ() -> None:
         data = data.replace("MTIzNDU2Nzg5MDEyMzQ1Njc4OTA=", secret, 1)
     tokens, notes = parse_pskc_report(data.encode(), strict_ids=False)
     assert [t.serial for t in tokens] == ["1", "2", "3", "4"]
-    assert tokens[0].not_before == datetime(2006, 5, 1, tzinfo=timezone.utc)
-    assert tokens[3].not_after == datetime(2006, 4, 30, tzinfo=timezone.utc)
+    assert tokens[0].not_before == datetime(2006, 5, 1, tzinfo=UTC)
+    assert tokens[3].not_after == datetime(2006, 4, 30, tzinfo=UTC)
     assert sum("expired" in note for note in notes) == 4

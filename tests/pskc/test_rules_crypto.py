@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from otp_agent.oath.params import HashAlgorithm
 from otp_agent.pskc import PskcImportError, crypto, parse_pskc, parse_pskc_report
 from otp_agent.pskc.crypto import CryptoProblem
-from otp_agent.oath.params import HashAlgorithm
 from otp_agent.pskc.rules import check_serial, suite_hash, user_from
 from tests.pskc.conftest import FIGURE6_PSK, INVALID, RFC, RFC_SECRET
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from otp_agent.administration import Administration
 from otp_agent import accounts
-from otp_agent.errors import AccountLookupError
+from otp_agent.administration import Administration
 from otp_agent.daemon.dispatch import Dispatcher, Peer
+from otp_agent.errors import AccountLookupError
 from otp_agent.testing import code_for_uri
 from tests.conftest import make_validator
 

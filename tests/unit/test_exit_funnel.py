@@ -12,7 +12,11 @@ import pytest
 
 from otp_agent.cli import main as cli_main
 from otp_agent.errors import (
-    OS_ERROR_EXIT_STATUS, KeyBackendUnavailable, StoreError, UsageError, exit_status_of,
+    OS_ERROR_EXIT_STATUS,
+    KeyBackendUnavailable,
+    StoreError,
+    UsageError,
+    exit_status_of,
 )
 from otp_agent.testing import default_sections, write_config
 

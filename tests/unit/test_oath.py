@@ -8,8 +8,15 @@ import pytest
 
 from otp_agent.errors import InvalidToken
 from otp_agent.oath import (
-    HashAlgorithm, OathParams, TokenType, check_key_size, codes_for, dynamic_truncate, format_code,
-    match_code, time_step,
+    HashAlgorithm,
+    OathParams,
+    TokenType,
+    check_key_size,
+    codes_for,
+    dynamic_truncate,
+    format_code,
+    match_code,
+    time_step,
 )
 from otp_agent.oath.uri import provisioning_uri
 from tests.vectorfiles import load_blocks

@@ -58,11 +58,12 @@ def test_docs_list_exactly_the_reasons_operations_and_error_codes() -> None:
 
 def test_counters_have_one_bound_for_imports_and_administration() -> None:
     """PSKC rules once accepted counters up to 2^64-1 where administration refused from 2^63."""
+    import pytest
+
     from otp_agent.administration import token_spec_from_record
     from otp_agent.errors import UsageError
     from otp_agent.oath.params import MAX_COUNTER
     from otp_agent.pskc import rules
-    import pytest
     assert vars(rules)["MAX_COUNTER"] == MAX_COUNTER
     record = {"serial": "C1", "type": "hotp", "secret_b64": "cXFxcXFxcXFxcXFxcXFxcXFxcXE=", "counter": MAX_COUNTER}
     assert token_spec_from_record(record).counter == MAX_COUNTER

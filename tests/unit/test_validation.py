@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from otp_agent.audit import AuditLog, RequestContext
+from otp_agent.audit import RequestContext
 from otp_agent.errors import NotFound
 from otp_agent.keystore import KeyBackend, TokenIdentity
 from otp_agent.oath import HashAlgorithm, TokenType, format_code, time_step
 from otp_agent.sensitive import Secret
 from otp_agent.store import Token
 from otp_agent.store.sqlite import SQLiteStore
-from tests.conftest import FakeClock, make_validator
+from tests.conftest import FakeClock
 
 SECRET = b"12345678901234567890"
 CONTEXT = RequestContext(peer_uid=0, peer_pid=1, service="test")

@@ -12,7 +12,6 @@ import pytest
 from otp_agent import wire
 from otp_agent.errors import ProtocolError
 
-
 _OPEN: list[socket.socket] = []
 
 

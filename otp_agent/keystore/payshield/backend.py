@@ -35,12 +35,24 @@ from otp_agent.keystore.payshield.codec import HmacKey
 from otp_agent.keystore.payshield.config import PayShieldConfig
 from otp_agent.keystore.payshield.errors import PayShieldKeyBlockError
 from otp_agent.keystore.payshield.keyblock import (
-    BINDING_BLOCK_ID, HASH_ID, HMAC_USAGE, KeyBlockFormatError, attributes, binding_block,
+    BINDING_BLOCK_ID,
+    HASH_ID,
+    HMAC_USAGE,
+    KeyBlockFormatError,
+    attributes,
+    binding_block,
     split_key_block,
 )
 from otp_agent.keystore.payshield.selftest import (
-    SELF_TEST_GENERATED, SELF_TEST_KEY, SELF_TEST_MESSAGE, SELF_TEST_PUBLIC, SelfTestFileUnreadable,
-    load_self_test_file, self_test_answer, self_test_from_config, write_self_test_file,
+    SELF_TEST_GENERATED,
+    SELF_TEST_KEY,
+    SELF_TEST_MESSAGE,
+    SELF_TEST_PUBLIC,
+    SelfTestFileUnreadable,
+    load_self_test_file,
+    self_test_answer,
+    self_test_from_config,
+    write_self_test_file,
 )
 from otp_agent.keystore.payshield.transit import wrap_for_import
 from otp_agent.keystore.payshield.transport import Transport

@@ -12,8 +12,17 @@ from dataclasses import dataclass
 
 from otp_agent.keystore.payshield.errors import PayShieldProtocolError, error_for
 from otp_agent.keystore.payshield.fields import (
-    DELIMITER, KEY_BLOCK_FORMAT, MAX_MESSAGE, VARIANT_FORMAT, CodecError, FieldReader, FrameReader,
-    HmacKey, frame, read_hmac_key, response_code,
+    DELIMITER,
+    KEY_BLOCK_FORMAT,
+    MAX_MESSAGE,
+    VARIANT_FORMAT,
+    CodecError,
+    FieldReader,
+    FrameReader,
+    HmacKey,
+    frame,
+    read_hmac_key,
+    response_code,
 )
 
 __all__ = [

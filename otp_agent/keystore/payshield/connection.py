@@ -63,7 +63,7 @@ class HsmConnection:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(address.host, address.port), timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
             raise PayShieldUnavailable(f"cannot connect to payShield {address}: {reason}") from None
         sock = writer.get_extra_info("socket")

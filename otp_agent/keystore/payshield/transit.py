@@ -10,7 +10,9 @@ a real deployment must use the transport format its firmware documents (see docs
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.keywrap import (
-    InvalidUnwrap, aes_key_unwrap_with_padding, aes_key_wrap_with_padding,
+    InvalidUnwrap,
+    aes_key_unwrap_with_padding,
+    aes_key_wrap_with_padding,
 )
 
 

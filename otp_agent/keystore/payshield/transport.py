@@ -38,7 +38,9 @@ from typing import Any, TypeVar
 from otp_agent.errors import KeyBackendError, KeyBackendUnavailable
 from otp_agent.keystore.payshield import codec
 from otp_agent.keystore.payshield.config import (
-    PLAINTEXT_WARNING, PREFIX, PayShieldConfig,
+    PLAINTEXT_WARNING,
+    PREFIX,
+    PayShieldConfig,
 )
 from otp_agent.keystore.payshield.connection import HsmConnection
 from otp_agent.keystore.payshield.errors import LmkMismatch, PayShieldBusy, PayShieldUnavailable
@@ -167,7 +169,7 @@ class Transport:
     async def _start(self) -> None:
         results = await asyncio.gather(*(self._connect(host) for host in self._hosts),
                                        return_exceptions=True)
-        for host, result in zip(self._hosts, results):
+        for host, result in zip(self._hosts, results, strict=True):
             if isinstance(result, LmkMismatch):
                 raise result
             if isinstance(result, BaseException):
@@ -187,7 +189,7 @@ class Transport:
             try:
                 future = await connection.submit(codec.encode_nc())
                 check, firmware = codec.parse_nd(await asyncio.wait_for(future, config.request_timeout))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await connection.close()
                 raise PayShieldUnavailable(f"payShield {host.address} did not answer NC") from None
             except BaseException:
@@ -226,7 +228,7 @@ class Transport:
         try:
             answer = codec.parse_lr(await asyncio.wait_for(future, self.config.request_timeout),
                                     len(test.expected))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise PayShieldUnavailable(
                 f"payShield {host.address} did not answer the self-test LQ") from None
         except PayShieldUnavailable:
@@ -290,7 +292,7 @@ class Transport:
         host = next(h for h in self._hosts if h.address == connection.address)
         try:
             return await asyncio.wait_for(self._send(connection, payloads, pipelined), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = PayShieldUnavailable(
                 f"payShield {host.address} did not answer within {timeout:g}s "
                 "(down, hanging, or queueing beyond its licensed calls per second)")
@@ -320,7 +322,7 @@ class Transport:
                 host.status = codec.parse_np(
                     await asyncio.wait_for(future, self.config.request_timeout))
                 await self._run_self_test(host, connection)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 host.mark_down(PayShieldUnavailable(f"payShield {host.address} did not answer NO"),
                                self.config)
             except KeyBackendError as exc:
