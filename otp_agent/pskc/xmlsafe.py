@@ -95,7 +95,11 @@ def _check_root(root: etree._Element, data: bytes) -> None:
     if docinfo.doctype or docinfo.internalDTD is not None:
         # Defence in depth: the byte scan should already have refused it.
         raise refuse(_doctype_reason(data))
-    qname = etree.QName(root)
+    try:
+        qname = etree.QName(root)
+    except ValueError:  # e.g. <pskc:KeyContainer> without a declaration of the prefix
+        raise refuse("the root element's name is not a valid XML name (an undeclared namespace "
+                     "prefix?)", root.sourceline) from None
     if qname.localname != "KeyContainer":
         raise refuse(f"root element is {qname.localname!r}, not a PSKC KeyContainer", root.sourceline)
     if qname.namespace != PSKC_NS:

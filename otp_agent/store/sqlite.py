@@ -37,6 +37,9 @@ from otp_agent.store.rows import (
 
 SCHEMA_VERSION = 2
 _log = logging.getLogger(__name__)
+#: What a damaged database can raise: sqlite3's errors, and UnicodeDecodeError when an error
+#: message quotes a schema name that is not UTF-8.
+_DATABASE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 _RESET_THROTTLING_SQLITE = RESET_THROTTLING.replace("%s", "?")
 _STATE_UPDATE = STATE_UPDATE.replace("%s", "?")
 _ASSIGN = ASSIGN.replace("%s", "?")
@@ -59,8 +62,10 @@ class SQLiteStore:
         self._lock = threading.Lock()
         if not create:
             self._require_schema()
+        self._may_create = create
         self._migrate(create=create)
         self._identity = self._file_identity()
+        self._may_create = False
         self._writer = GroupCommitter(self._open_connection, check=self.check_file)
 
     def __repr__(self) -> str:
@@ -81,7 +86,7 @@ class SQLiteStore:
                                       "AND name = 'meta'").fetchone()
             finally:
                 probe.close()
-        except sqlite3.DatabaseError as exc:
+        except _DATABASE_ERRORS as exc:
             raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from None
         if found is None:
             # An empty file (or one holding something else) must never become an empty store:
@@ -117,13 +122,16 @@ class SQLiteStore:
     # -- connections -----------------------------------------------------------------------
 
     def _open_connection(self) -> sqlite3.Connection:
+        # Only the store being created may make the file: a connection opened later (a new
+        # worker thread) must fail on a deleted database, not create an empty one in its place.
+        mode = "rwc" if self._may_create else "rw"
         try:
-            connection = sqlite3.connect(self.path, isolation_level=None, timeout=5.0,
-                                         check_same_thread=False)
+            connection = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode={mode}", uri=True,
+                                         isolation_level=None, timeout=5.0, check_same_thread=False)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA secure_delete = ON")
-        except sqlite3.Error as exc:
+        except _DATABASE_ERRORS as exc:
             raise StoreUnavailable(f"database {self.path} cannot be opened: {exc}") from None
         return connection
 
@@ -152,9 +160,11 @@ class SQLiteStore:
             raise
 
     def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        # A database deleted or replaced under the agent must not be read as "no tokens".
+        self.check_file()
         try:
             return self._connection().execute(sql, parameters).fetchall()
-        except sqlite3.Error as exc:
+        except _DATABASE_ERRORS as exc:
             raise StoreError(f"database {self.path}: read failed: {exc}") from None
 
     def _migrate(self, *, create: bool) -> None:
@@ -176,7 +186,7 @@ class SQLiteStore:
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                         (str(version),)),
                     database=f"database {self.path}")
-        except sqlite3.DatabaseError as exc:
+        except _DATABASE_ERRORS as exc:
             raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from None
 
     # -- reads -----------------------------------------------------------------------------
@@ -213,7 +223,7 @@ class SQLiteStore:
             return self._writer.submit(action)
         except sqlite3.IntegrityError:
             raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
-        except sqlite3.Error as exc:
+        except _DATABASE_ERRORS as exc:
             raise StoreError(f"database {self.path}: {what} failed, nothing was written: {exc}") from None
 
     def add_tokens(self, tokens: Sequence[Token]) -> None:

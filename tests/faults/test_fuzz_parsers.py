@@ -46,16 +46,13 @@ from tests.faults.support import CORPUS, REPO, SEED, count
 VECTORS = REPO / "tests" / "vectors" / "pskc"
 PSKC_SEEDS = (sorted(VECTORS.glob("rfc6030/*.xml")) + sorted(VECTORS.glob("invalid/*.xml"))
               + sorted((CORPUS / "pskc").glob("*.xml")))
-#: Product bugs this fuzzing found: (exception signature prefix, corpus files that reproduce it).
-#: Counted apart in the figures instead of failing the run; test_pskc_known_bugs fails on each
-#: (strict xfail) until it is fixed.
-UNDECLARED_ROOT_PREFIX = (
-    "BUG: a PSKC file whose root element has an undeclared namespace prefix (<pskc:KeyContainer> "
-    "without xmlns:pskc, e.g. one bit flipped in 'xmlns') makes parse_pskc raise ValueError "
-    "('Invalid tag name') from lxml.etree.QName in otp_agent/pskc/xmlsafe.py _check_root instead of "
-    "a PskcImportError: otpctl import prints a traceback (exit 1) instead of a refusal")
-KNOWN_PSKC_BUGS = {"ValueError: Invalid tag name": (UNDECLARED_ROOT_PREFIX, ("undeclared-root-prefix.xml",
-                                                                             "figure7-xmlns-bit-flip.xml"))}
+#: Product bugs this fuzzing finds and that are not fixed yet: (exception signature prefix ->
+#: (reason, corpus files that reproduce it)); counted apart in the figures.  Empty today.
+KNOWN_PSKC_BUGS: dict[str, tuple[str, tuple[str, ...]]] = {}
+#: Reproducers of bugs this fuzzing found and that were fixed: each must stay refused cleanly.
+#: A root element with an undeclared namespace prefix (<pskc:KeyContainer> without xmlns:pskc,
+#: e.g. one bit flipped in "xmlns") made parse_pskc raise lxml's ValueError, not a refusal.
+FIXED_PSKC_REPRODUCERS = ("undeclared-root-prefix.xml", "figure7-xmlns-bit-flip.xml")
 FIGURE6_PSK = bytes.fromhex("12345678901234567890123456789012")
 OPTIONS: list[dict[str, Any]] = [
     {}, {"password": "qwerty"}, {"psk": FIGURE6_PSK}, {"strict_ids": False},
@@ -251,11 +248,9 @@ def test_pskc_parser_fuzz(figures: Figures) -> None:
                                       for sig, (kind, data, options) in unexpected.items())
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=reason, strict=True))
-    for reason, names in KNOWN_PSKC_BUGS.values() for name in names])
-def test_pskc_known_bugs(name: str) -> None:
-    """Each known bug's reproducer: refused with a PskcError once fixed (strict xfail until then)."""
+@pytest.mark.parametrize("name", FIXED_PSKC_REPRODUCERS)
+def test_pskc_former_bugs_stay_fixed(name: str) -> None:
+    """Each reproducer of a fixed bug is refused with a PskcError."""
     data = (CORPUS / "pskc" / name).read_bytes()
     options = _seed_options(data)
     try:

@@ -261,17 +261,11 @@ DELETIONS = {
     "replace tokens.db by a copy": "copy",
     "replace tokens.db by a backup from before enrollment": "backup",
 }
-#: Product bug found by this suite (see the xfail reason), kept failing until it is fixed.
-UNLINK_BUG = (
-    "BUG: tokens.db unlinked while the agent runs, its -wal and -shm left: a connection opened "
-    "afterwards (a new worker thread) makes a new empty tokens.db at the path, reads the user's "
-    "tokens from it as none, and, with unenrolled = allow, the user is accepted as not_enrolled "
-    "without a code (SQLiteStore.check_file guards writes only; that acceptance writes nothing)")
-
-
-@pytest.mark.parametrize("variant", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=UNLINK_BUG, strict=True)) if kind == "main" else name
-    for name, kind in DELETIONS.items()])
+# Found by this suite and fixed: tokens.db unlinked while the agent ran, its -wal and -shm
+# left, a connection opened afterwards (a new worker thread) made a new empty tokens.db at the
+# path, read the user's tokens from it as none, and with unenrolled = allow the user was accepted
+# without a code.  Connections now never create the file, and reads check it too.
+@pytest.mark.parametrize("variant", list(DELETIONS))
 def test_database_deleted_or_replaced_under_load(variant: str, figures: Figures) -> None:
     """Clients validate successive codes; at a random moment the database is unlinked (or
     replaced), then 48 requests arrive at once (new worker threads, new connections).  With
@@ -416,13 +410,10 @@ def _damage(path: Path, random: object, kind: str) -> str:
     return f"{kind} at {where}+{size}"
 
 
-#: Product bug found by this suite (see the xfail reason), counted apart by the random damage.
-SCHEMA_NAME_BUG = (
-    "BUG: a damaged sqlite_master whose object name is not UTF-8 makes SQLite's error message "
-    "('malformed database schema (<name>)') undecodable: sqlite3 raises UnicodeDecodeError, which "
-    "SQLiteStore does not turn into a StoreError: otp-agent and --check-config die with a traceback "
-    "(exit 1, not exit 4 and a message), and a connection opened later by a running agent ends its "
-    "client's request unanswered ('unexpected error while serving a client')")
+# Found by this suite and fixed: a damaged sqlite_master whose object name is not UTF-8 made
+# SQLite's error message undecodable (UnicodeDecodeError), which SQLiteStore did not turn into a
+# StoreError: otp-agent and --check-config died with a traceback, and a running agent left a
+# client unanswered.  test_damaged_schema_name_is_refused_without_a_traceback keeps it fixed.
 
 
 def test_damaged_database(figures: Figures) -> None:
@@ -451,10 +442,7 @@ def test_damaged_database(figures: Figures) -> None:
         def traceback_in(text: str, where: str) -> None:
             if "Traceback" not in text:
                 return
-            if "UnicodeDecodeError" in text:
-                outcomes[f"{where}: UnicodeDecodeError traceback (known bug)"] += 1
-            else:
-                crashes.append(f"{where}: {text[-3000:]}")
+            crashes.append(f"{where}: {text[-3000:]}")
 
         for round_number in range(rounds + live_rounds):
             live = round_number >= rounds
@@ -499,7 +487,6 @@ def test_damaged_database(figures: Figures) -> None:
     assert not crashes, crashes[:3]
 
 
-@pytest.mark.xfail(reason=SCHEMA_NAME_BUG, strict=True)
 def test_damaged_schema_name_is_refused_without_a_traceback() -> None:
     """The reproducer: the name and SQL of the tokens_by_user index overwritten with 0xB4 bytes."""
     require_root()
