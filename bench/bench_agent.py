@@ -54,9 +54,17 @@ def call(path: str, message: dict[str, Any]) -> dict[str, Any]:
 def import_tokens(path: str, first: int, count: int) -> None:
     batch = 20_000
     for start in range(first, first + count, batch):
-        records = [{"serial": f"BENCH{i:08d}", "type": "hotp", "algorithm": "sha1", "digits": 6,
-                    "user": f"user{i}", "secret_b64": base64.b64encode(secret_of(i)).decode()}
-                   for i in range(start, min(start + batch, first + count))]
+        records = [
+            {
+                "serial": f"BENCH{i:08d}",
+                "type": "hotp",
+                "algorithm": "sha1",
+                "digits": 6,
+                "user": f"user{i}",
+                "secret_b64": base64.b64encode(secret_of(i)).decode(),
+            }
+            for i in range(start, min(start + batch, first + count))
+        ]
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(600)
             connection.connect(path)
@@ -84,7 +92,9 @@ def worker(arguments: tuple[str, str, list[int], int, int]) -> list[float]:
     return latencies
 
 
-def run(path: str, mode: str, clients: int, tokens: list[int], first_counter: int, rounds: int) -> tuple[float, list[float]]:
+def run(
+    path: str, mode: str, clients: int, tokens: list[int], first_counter: int, rounds: int
+) -> tuple[float, list[float]]:
     shares = [tokens[i::clients] for i in range(clients)]
     with multiprocessing.Pool(clients) as pool:
         started = time.perf_counter()
@@ -106,9 +116,11 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def row(label: str, rate: float, latencies: list[float], cpu: float) -> str:
-    return (f"| {label:<34} | {rate:>8.0f} | {percentile(latencies, .5):>6.2f} | "
-            f"{percentile(latencies, .9):>6.2f} | {percentile(latencies, .99):>6.2f} | "
-            f"{cpu / len(latencies) * 1000:>6.3f} |")
+    return (
+        f"| {label:<34} | {rate:>8.0f} | {percentile(latencies, 0.5):>6.2f} | "
+        f"{percentile(latencies, 0.9):>6.2f} | {percentile(latencies, 0.99):>6.2f} | "
+        f"{cpu / len(latencies) * 1000:>6.3f} |"
+    )
 
 
 def measured(pid: int, *arguments: Any) -> tuple[float, list[float], float]:
@@ -125,28 +137,47 @@ def main() -> None:
     rounds = 3 if options.quick else 20
     sizes = [10, 1_000, 10_000] if options.quick else [10, 1_000, 10_000, 100_000]
     directory = Path(tempfile.mkdtemp(prefix="otp-bench-"))
-    header = ("| path, clients                      |  valid/s | p50 ms | p90 ms | p99 ms | agent CPU ms |\n"
-              "|------------------------------------|---------:|-------:|-------:|-------:|-------:|")
-    with running_agent(directory / "agent", policy={"lock_threshold": 100, "hotp_lookahead": 10},
-                       sections={"audit": {"path": str(directory / "audit.log")}}) as agent:
+    header = (
+        "| path, clients                      |  valid/s | p50 ms | p90 ms | p99 ms | agent CPU ms |\n"
+        "|------------------------------------|---------:|-------:|-------:|-------:|-------:|"
+    )
+    with running_agent(
+        directory / "agent",
+        policy={"lock_threshold": 100, "hotp_lookahead": 10},
+        sections={"audit": {"path": str(directory / "audit.log")}},
+    ) as agent:
         path, pid = str(agent.socket_path), agent.process.pid
         import_tokens(path, 0, 400)
         tokens = list(range(400))
-        print(f"otp-agent benchmark: software keystore + SQLite (WAL, synchronous=FULL), "
-              f"{multiprocessing.cpu_count()} cores\n")
+        print(
+            f"otp-agent benchmark: software keystore + SQLite (WAL, synchronous=FULL), "
+            f"{multiprocessing.cpu_count()} cores\n"
+        )
         print("Validations through the real socket, one connection per validation:\n")
         print(header)
         counter = 0
         for clients in (1, 2, 4, 8):
-            print(row(f"baseline ping, {clients}",
-                      *measured(pid, path, "ping", clients, tokens, 0, max(1, rounds // 4))))
+            print(
+                row(
+                    f"baseline ping, {clients}",
+                    *measured(pid, path, "ping", clients, tokens, 0, max(1, rounds // 4)),
+                )
+            )
         for clients in (1, 2, 4, 8):
-            print(row(f"accept (durable commit), {clients}",
-                      *measured(pid, path, "accept", clients, tokens, counter, max(1, rounds // 4))))
+            print(
+                row(
+                    f"accept (durable commit), {clients}",
+                    *measured(pid, path, "accept", clients, tokens, counter, max(1, rounds // 4)),
+                )
+            )
             counter += max(1, rounds // 4)
         for clients in (1, 2, 4, 8):
-            print(row(f"reject (wrong code), {clients}",
-                      *measured(pid, path, "reject", clients, tokens[:50], 0, max(1, rounds // 4))))
+            print(
+                row(
+                    f"reject (wrong code), {clients}",
+                    *measured(pid, path, "reject", clients, tokens[:50], 0, max(1, rounds // 4)),
+                )
+            )
             call(path, {"v": 1, "op": "ping"})
         print("\nCost per validation as the store grows (accept path, 4 clients, 200 tokens used):\n")
         print("| tokens in store | valid/s | p50 ms | p99 ms |\n|---:|---:|---:|---:|")
@@ -160,8 +191,10 @@ def main() -> None:
             used = list(range(min(size, 200)))
             run(path, "accept", 4, used, 0, 1)  # warm-up
             rate, lat = run(path, "accept", 4, used, 1, max(2, rounds // 2))
-            print(f"| {size:>7} (import {load:5.1f} s) | {rate:>7.0f} | {percentile(lat, .5):>6.2f} | "
-                  f"{percentile(lat, .99):>6.2f} |")
+            print(
+                f"| {size:>7} (import {load:5.1f} s) | {rate:>7.0f} | {percentile(lat, 0.5):>6.2f} | "
+                f"{percentile(lat, 0.99):>6.2f} |"
+            )
 
 
 if __name__ == "__main__":

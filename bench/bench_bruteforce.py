@@ -140,10 +140,18 @@ class Bench:
 
     def add_token(self, serial: str, user: str, token_type: TokenType) -> None:
         secret = Secret(secret_of(serial))
-        token = Token(serial=serial, token_type=token_type, algorithm=HashAlgorithm.SHA1, digits=6,
-                      period=30, t0=0,
-                      sealed=self.keys.seal_secret(TokenIdentity(serial, HashAlgorithm.SHA1), secret),
-                      fingerprint=self.keys.fingerprint(secret), user=user, created=START)
+        token = Token(
+            serial=serial,
+            token_type=token_type,
+            algorithm=HashAlgorithm.SHA1,
+            digits=6,
+            period=30,
+            t0=0,
+            sealed=self.keys.seal_secret(TokenIdentity(serial, HashAlgorithm.SHA1), secret),
+            fingerprint=self.keys.fingerprint(secret),
+            user=user,
+            created=START,
+        )
         self.store.add_tokens([self.admin.bound(token)])
 
     def token(self, serial: str) -> Token:
@@ -162,8 +170,7 @@ class Bench:
         """The factors the engine compares for this token state now, and the fresh ones among
         them (the same arithmetic as ``Validator._match``)."""
         if token.token_type is TokenType.HOTP:
-            factors = list(range(max(token.counter - 1, 0),
-                                 token.counter + self.policy.hotp_lookahead + 1))
+            factors = list(range(max(token.counter - 1, 0), token.counter + self.policy.hotp_lookahead + 1))
             return factors, [f for f in factors if f >= token.counter]
         centre = time_step(self.clock(), token.period, token.t0) + token.drift
         window = self.policy.totp_window
@@ -200,8 +207,9 @@ class Bench:
 @contextmanager
 def bench(policy: PolicyConfig, directory: Path | None = None) -> Iterator[Bench]:
     """A fresh engine in a temporary directory (on /dev/shm when available), removed after."""
-    parent = directory or (Path("/dev/shm") if os.path.isdir("/dev/shm") and
-                           os.access("/dev/shm", os.W_OK) else None)
+    parent = directory or (
+        Path("/dev/shm") if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    )
     path = Path(tempfile.mkdtemp(prefix="otp-bruteforce-", dir=parent))
     engine = Bench(path, policy)
     try:
@@ -212,6 +220,7 @@ def bench(policy: PolicyConfig, directory: Path | None = None) -> Iterator[Bench
 
 
 # -- the attacker ----------------------------------------------------------------------------
+
 
 @dataclass
 class AttackResult:
@@ -288,8 +297,7 @@ def next_failure_forgiveness(token: Token, policy: PolicyConfig, now: float) -> 
     return token.failures_at + (int(max(0.0, now - token.failures_at) // decay) + 1) * decay
 
 
-def next_state_change(token: Token, policy: PolicyConfig, now: float,
-                      others: list[float]) -> float:
+def next_state_change(token: Token, policy: PolicyConfig, now: float, others: list[float]) -> float:
     """The next moment the attacker's decision may change: a lock ends, a failure or a lock
     level is forgiven, or the user or the administrator acts."""
     candidates = list(others)
@@ -306,12 +314,19 @@ def next_state_change(token: Token, policy: PolicyConfig, now: float,
     return min(later) if later else math.inf
 
 
-def simulate_attack(policy: PolicyConfig, token_type: TokenType, strategy: str, admin: bool,
-                    days: float, *, policy_name: str = "", directory: Path | None = None,
-                    record_times: bool = False) -> AttackResult:
+def simulate_attack(
+    policy: PolicyConfig,
+    token_type: TokenType,
+    strategy: str,
+    admin: bool,
+    days: float,
+    *,
+    policy_name: str = "",
+    directory: Path | None = None,
+    record_times: bool = False,
+) -> AttackResult:
     """Simulate ``days`` of one attacker against one token of a user who logs in daily."""
-    result = AttackResult(token_type, policy_name, strategy, admin, days,
-                          policy_window(policy, token_type))
+    result = AttackResult(token_type, policy_name, strategy, admin, days, policy_window(policy, token_type))
     end = START + days * DAY
     with bench(policy, directory) as engine:
         engine.add_token("VICTIM", "victim", token_type)
@@ -348,8 +363,7 @@ def simulate_attack(policy: PolicyConfig, token_type: TokenType, strategy: str, 
             usable = token.enabled and token.locked_until <= now
             full_window = engine.full_window_at(token)
             if full_window > now:
-                attacker_at = min(full_window, next_state_change(token, policy, now,
-                                                                 [user_at, admin_at]))
+                attacker_at = min(full_window, next_state_change(token, policy, now, [user_at, admin_at]))
             elif usable and attacker_may_guess(strategy, token, policy, now):
                 fresh = engine.fresh_factors(token)
                 decision = engine.validator.validate("victim", engine.wrong_code(token), CONTEXT)
@@ -378,6 +392,7 @@ def simulate_attack(policy: PolicyConfig, token_type: TokenType, strategy: str, 
 
 
 # -- real users ------------------------------------------------------------------------------
+
 
 @dataclass
 class PopulationResult:
@@ -410,8 +425,16 @@ class PopulationResult:
         return self.locked_wait / self.delayed_logins if self.delayed_logins else 0.0
 
 
-def simulate_population(policy: PolicyConfig, typo_rate: float, users: int, days: int, seed: int,
-                        *, policy_name: str = "", directory: Path | None = None) -> PopulationResult:
+def simulate_population(
+    policy: PolicyConfig,
+    typo_rate: float,
+    users: int,
+    days: int,
+    seed: int,
+    *,
+    policy_name: str = "",
+    directory: Path | None = None,
+) -> PopulationResult:
     """Users who mistype each attempt with probability ``typo_rate`` and retry until accepted.
 
     The users are independent (one token each) and are simulated one after another; each has its
@@ -467,6 +490,7 @@ def simulate_population(policy: PolicyConfig, typo_rate: float, users: int, days
 
 # -- the report ------------------------------------------------------------------------------
 
+
 def published_estimate(policy: PolicyConfig, token_type: TokenType) -> float:
     """The old published figure: lock_threshold guesses per lock_max_seconds, all year."""
     guesses = policy.lock_threshold * YEAR_DAYS * DAY / policy.lock_max_seconds
@@ -486,15 +510,18 @@ def attack_rows(days: float, progress: Callable[[str], None]) -> list[AttackResu
                 alone = simulate_attack(policy, token_type, strategy, False, days, policy_name=name)
                 results.append(alone)
                 if alone.disables:
-                    results.append(simulate_attack(policy, token_type, strategy, True, days,
-                                                   policy_name=name))
+                    results.append(
+                        simulate_attack(policy, token_type, strategy, True, days, policy_name=name)
+                    )
     return results
 
 
 def print_attacks(results: list[AttackResult]) -> list[str]:
     """Print the attack table; return the verdict lines for the defaults."""
-    print("| token | policy | attacker | administrator | guesses/year | locks/year | disabled | "
-          "mean w | P(year), w exact | P(year), w = window |")
+    print(
+        "| token | policy | attacker | administrator | guesses/year | locks/year | disabled | "
+        "mean w | P(year), w exact | P(year), w = window |"
+    )
     print("|---|---|---|---|---:|---:|---|---:|---:|---:|")
     for r in results:
         if r.disables and not r.admin:
@@ -504,9 +531,11 @@ def print_attacks(results: list[AttackResult]) -> list[str]:
         else:
             admin = "(never disabled)"
         disabled = (r.ended or f"{r.disables * r.scale:.0f}/year") if r.disables else "no"
-        print(f"| {r.token_type.value.upper()} | {r.policy_name} | {r.strategy} | {admin} | "
-              f"{r.guesses_per_year:,.0f} | {r.locks * r.scale:,.0f} | {disabled} | "
-              f"{r.mean_fresh:.2f} | {percent(r.p_year())} | {percent(r.p_year(False))} |")
+        print(
+            f"| {r.token_type.value.upper()} | {r.policy_name} | {r.strategy} | {admin} | "
+            f"{r.guesses_per_year:,.0f} | {r.locks * r.scale:,.0f} | {disabled} | "
+            f"{r.mean_fresh:.2f} | {percent(r.p_year())} | {percent(r.p_year(False))} |"
+        )
     verdicts = []
     print()
     for token_type in (TokenType.TOTP, TokenType.HOTP):
@@ -518,39 +547,50 @@ def print_attacks(results: list[AttackResult]) -> list[str]:
                     continue
                 worst = max(scenario, key=lambda r: r.p_year())
                 label = "administrator re-enables daily" if acting else "no administrator action"
-                print(f"* worst for {token_type.value.upper()}, {name}, {label}: {worst.strategy}, "
-                      f"{percent(worst.p_year())}/year "
-                      f"(published estimate for the old policy: "
-                      f"{percent(published_estimate(POLICIES['old'], token_type))})")
+                print(
+                    f"* worst for {token_type.value.upper()}, {name}, {label}: {worst.strategy}, "
+                    f"{percent(worst.p_year())}/year "
+                    f"(published estimate for the old policy: "
+                    f"{percent(published_estimate(POLICIES['old'], token_type))})"
+                )
                 if name == "new (defaults)":
                     failing = [r for r in scenario if r.p_year() >= GOAL]
                     for r in failing:
-                        verdicts.append(f"GOAL NOT MET: {token_type.value.upper()}, {r.strategy} "
-                                        f"attacker, {label}: {percent(r.p_year())}/year "
-                                        f"(goal < {percent(GOAL)})")
+                        verdicts.append(
+                            f"GOAL NOT MET: {token_type.value.upper()}, {r.strategy} "
+                            f"attacker, {label}: {percent(r.p_year())}/year "
+                            f"(goal < {percent(GOAL)})"
+                        )
     return verdicts
 
 
 def print_population(results: list[PopulationResult]) -> None:
-    print("| policy | typo rate | logins | typos | locks/user-year | users ever locked | "
-          "disabled (events / users) | extra wait s/login | delayed logins | wait per delayed login, s |")
+    print(
+        "| policy | typo rate | logins | typos | locks/user-year | users ever locked | "
+        "disabled (events / users) | extra wait s/login | delayed logins | wait per delayed login, s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for r in results:
-        print(f"| {r.policy_name} | {r.typo_rate * 100:.0f} % | {r.logins:,} | {r.typos:,} | "
-              f"{r.locks_per_user_year:.3f} | {r.users_locked} / {r.users} | "
-              f"{r.disables} / {r.users_disabled} | {r.mean_wait:.2f} | {r.delayed_logins:,} | "
-              f"{r.mean_delay:.0f} |")
+        print(
+            f"| {r.policy_name} | {r.typo_rate * 100:.0f} % | {r.logins:,} | {r.typos:,} | "
+            f"{r.locks_per_user_year:.3f} | {r.users_locked} / {r.users} | "
+            f"{r.disables} / {r.users_disabled} | {r.mean_wait:.2f} | {r.delayed_logins:,} | "
+            f"{r.mean_delay:.0f} |"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="short horizon scaled to a year (smoke test, < 1 min)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short horizon scaled to a year (smoke test, < 1 min)"
+    )
     parser.add_argument("--days", type=float, help="attack horizon in days (default 365; quick 60)")
     parser.add_argument("--users", type=int, help="simulated real users (default 200; quick 50)")
-    parser.add_argument("--population-days", type=int,
-                        help="days simulated for the real users (default 365; quick 60)")
+    parser.add_argument(
+        "--population-days", type=int, help="days simulated for the real users (default 365; quick 60)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the real users' typos")
     options = parser.parse_args()
     days = options.days or (60 if options.quick else YEAR_DAYS)
@@ -558,24 +598,31 @@ def main() -> None:
     population_days = options.population_days or (60 if options.quick else YEAR_DAYS)
     logging.getLogger("otp_agent").setLevel(logging.ERROR)  # no "token locked" per lock
     started = time.perf_counter()
+
     def progress(what: str) -> None:
         print(f"  ... {what} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
-    print(f"otp-agent brute-force economics: real Validator + SQLite store + software key backend, "
-          f"fake clock; {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"otp-agent brute-force economics: real Validator + SQLite store + software key backend, "
+        f"fake clock; {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     for name, policy in POLICIES.items():
-        print(f"  policy {name}: lock_threshold={policy.lock_threshold}, "
-              f"lock_base_seconds={policy.lock_base_seconds}, lock_max_seconds={policy.lock_max_seconds}, "
-              f"failure_decay_seconds={policy.failure_decay_seconds}, "
-              f"lock_decay_seconds={policy.lock_decay_seconds}, "
-              f"disable_after_locks={policy.disable_after_locks}, totp_window=±{policy.totp_window}, "
-              f"hotp_lookahead={policy.hotp_lookahead}")
+        print(
+            f"  policy {name}: lock_threshold={policy.lock_threshold}, "
+            f"lock_base_seconds={policy.lock_base_seconds}, lock_max_seconds={policy.lock_max_seconds}, "
+            f"failure_decay_seconds={policy.failure_decay_seconds}, "
+            f"lock_decay_seconds={policy.lock_decay_seconds}, "
+            f"disable_after_locks={policy.disable_after_locks}, totp_window=±{policy.totp_window}, "
+            f"hotp_lookahead={policy.hotp_lookahead}"
+        )
     scaled = "" if days == YEAR_DAYS else f" ({days:g} days simulated, counts scaled to a year)"
     print(f"\nAttacker holding the first factor, one year{scaled}; 6-digit codes, TOTP period 30 s.")
-    print("P(year) = 1 - prod(1 - w/10^6) over the guesses the engine evaluated (reason bad_code); "
-          "'w exact' = fresh factors the engine compared for each guess (TOTP <= 2*window+1, fewer "
-          "just after the user's login; HOTP = look-ahead+1), 'w = window' = the policy's window "
-          "size.\n")
+    print(
+        "P(year) = 1 - prod(1 - w/10^6) over the guesses the engine evaluated (reason bad_code); "
+        "'w exact' = fresh factors the engine compared for each guess (TOTP <= 2*window+1, fewer "
+        "just after the user's login; HOTP = look-ahead+1), 'w = window' = the policy's window "
+        "size.\n"
+    )
     attacks = attack_rows(days, progress)
     verdicts = print_attacks(attacks)
     print()
@@ -586,18 +633,22 @@ def main() -> None:
     else:
         print("Goal met: every strategy stays below 1 %/year for TOTP and HOTP with the defaults.")
 
-    scaled = "" if population_days == YEAR_DAYS else \
-        f" ({population_days} days simulated, locks scaled to a year)"
-    print(f"\nReal users: {users} users with one TOTP token each, one login a day between 08:45 and "
-          f"09:15, retry {RETRY_SECONDS} s after a typo until accepted, seed {options.seed}{scaled}. "
-          f"Extra wait = seconds spent waiting for a lock to end before the successful login; a "
-          f"disabled token is re-enabled by the helpdesk {HELPDESK_SECONDS} s after the call.\n")
+    scaled = (
+        "" if population_days == YEAR_DAYS else f" ({population_days} days simulated, locks scaled to a year)"
+    )
+    print(
+        f"\nReal users: {users} users with one TOTP token each, one login a day between 08:45 and "
+        f"09:15, retry {RETRY_SECONDS} s after a typo until accepted, seed {options.seed}{scaled}. "
+        f"Extra wait = seconds spent waiting for a lock to end before the successful login; a "
+        f"disabled token is re-enabled by the helpdesk {HELPDESK_SECONDS} s after the call.\n"
+    )
     population = []
     for rate in (0.02, 0.10, 0.30):
         for name, policy in POLICIES.items():
             progress(f"population {name} {rate:.0%}")
-            population.append(simulate_population(policy, rate, users, population_days,
-                                                  options.seed, policy_name=name))
+            population.append(
+                simulate_population(policy, rate, users, population_days, options.seed, policy_name=name)
+            )
     print_population(population)
     print(f"\n(run time {time.perf_counter() - started:.0f} s)")
 

@@ -51,7 +51,7 @@ def hotp(key: bytes, counter: int, digits: int = 6) -> str:
     """RFC 4226 HOTP (the benchmark's own phone)."""
     mac = hmac.new(key, counter.to_bytes(8, "big"), "sha1").digest()
     offset = mac[-1] & 0x0F
-    value = int.from_bytes(mac[offset:offset + 4], "big") & 0x7FFFFFFF
+    value = int.from_bytes(mac[offset : offset + 4], "big") & 0x7FFFFFFF
     return str(value % 10**digits).zfill(digits)
 
 
@@ -97,7 +97,9 @@ class Pam:
         pamela = self.pamela
         self.answer = answer.encode()
         handle = pamela.PamHandle()
-        status = pamela.PAM_START(service.encode(), user.encode(), ctypes.byref(self.conv), ctypes.byref(handle))
+        status = pamela.PAM_START(
+            service.encode(), user.encode(), ctypes.byref(self.conv), ctypes.byref(handle)
+        )
         if status != 0:
             raise RuntimeError(f"pam_start({service}) failed with {status}")
         try:
@@ -126,7 +128,8 @@ def services(texts: dict[str, str]) -> Iterator[dict[str, str]]:
     try:
         for key, text in texts.items():
             (Path("/etc/pam.d") / names[key]).write_text(
-                text + "account required pam_permit.so\nsession required pam_permit.so\n", encoding="utf-8")
+                text + "account required pam_permit.so\nsession required pam_permit.so\n", encoding="utf-8"
+            )
         yield names
     finally:
         for name in names.values():
@@ -136,8 +139,11 @@ def services(texts: dict[str, str]) -> Iterator[dict[str, str]]:
 @contextlib.contextmanager
 def bench_user(home_root: Path) -> Iterator[str]:
     name = f"otpbench{secrets.token_hex(2)}"
-    subprocess.run(["useradd", "-M", "-d", str(home_root / name), "-s", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["useradd", "-M", "-d", str(home_root / name), "-s", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield name
     finally:
@@ -165,7 +171,9 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true", help="print only the Markdown table")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        print("bench_pam.py needs root (PAM services in /etc/pam.d, a benchmark user, apt-get)", file=sys.stderr)
+        print(
+            "bench_pam.py needs root (PAM services in /etc/pam.d, a benchmark user, apt-get)", file=sys.stderr
+        )
         return 2
     if not os.path.exists("/usr/bin/python3"):
         print("/usr/bin/python3 is missing", file=sys.stderr)
@@ -197,18 +205,25 @@ def main() -> int:
         sshd_stack = (REPO / "contrib" / "pam.d" / "sshd").read_text(encoding="utf-8")
         sshd_auth = "".join(line + "\n" for line in sshd_stack.splitlines() if line.startswith("auth"))
         ours = sshd_auth.replace(PACKAGED_HELPER, f"{wrapper} --socket {agent.socket_path}")
-        names = stack.enter_context(services({
-            "true": "auth required pam_exec.so quiet /bin/true\n",
-            "python": "auth required pam_exec.so quiet /usr/bin/python3 -I -S -c pass\n",
-            "ours": ours,
-            "oath": f"auth required pam_oath.so usersfile={oath_file} window=5\n",
-            "ga": f"auth required pam_google_authenticator.so secret={ga_dir}/${{USER}}\n",
-        }))
+        names = stack.enter_context(
+            services(
+                {
+                    "true": "auth required pam_exec.so quiet /bin/true\n",
+                    "python": "auth required pam_exec.so quiet /usr/bin/python3 -I -S -c pass\n",
+                    "ours": ours,
+                    "oath": f"auth required pam_oath.so usersfile={oath_file} window=5\n",
+                    "ga": f"auth required pam_google_authenticator.so secret={ga_dir}/${{USER}}\n",
+                }
+            )
+        )
         cases = [
             Case("pam_exec /bin/true", names["true"], lambda i: ""),
             Case("pam_exec python3 -I -S -c pass (floor)", names["python"], lambda i: ""),
-            Case("otp-agent: contrib sshd stack + pam-helper + agent (accept)", names["ours"],
-                 lambda i: code_for_uri(uri, counter=i)),
+            Case(
+                "otp-agent: contrib sshd stack + pam-helper + agent (accept)",
+                names["ours"],
+                lambda i: code_for_uri(uri, counter=i),
+            ),
             Case("pam_oath HOTP (accept)", names["oath"], lambda i: hotp(RFC4226_KEY, i)),
             Case("pam_google_authenticator HOTP (accept)", names["ga"], lambda i: hotp(RFC4226_KEY, i + 1)),
         ]
@@ -229,13 +244,17 @@ def main() -> int:
     ]
     for case in cases:
         median = statistics.median(case.samples)
-        lines.append(f"| {case.label} | {len(case.samples)} | {case.failures} | {median * 1e3:.2f} | "
-                     f"{percentile(case.samples, 0.99) * 1e3:.2f} | {median / floor:.2f} |")
+        lines.append(
+            f"| {case.label} | {len(case.samples)} | {case.failures} | {median * 1e3:.2f} | "
+            f"{percentile(case.samples, 0.99) * 1e3:.2f} | {median / floor:.2f} |"
+        )
     if not args.markdown:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
-        print(f"# bench_pam: {platform.node()} {platform.platform()}, {os.cpu_count()} CPUs, "
-              f"RLIMIT_NOFILE {nofile}, {args.iterations} calls per case after {args.warmup} warm-up rounds, "
-              "round-robin; time of pam_authenticate only")
+        print(
+            f"# bench_pam: {platform.node()} {platform.platform()}, {os.cpu_count()} CPUs, "
+            f"RLIMIT_NOFILE {nofile}, {args.iterations} calls per case after {args.warmup} warm-up rounds, "
+            "round-robin; time of pam_authenticate only"
+        )
     print("\n".join(lines))
     ratio = statistics.median(cases[2].samples) / floor
     if not args.markdown:

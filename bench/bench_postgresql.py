@@ -35,8 +35,9 @@ from bench_agent import import_tokens, percentile, worker  # noqa: E402
 
 from otp_agent.testing import RunningAgent, running_agent  # noqa: E402
 
-ADMIN_DSN = os.environ.get("OTP_BENCH_PG_DSN",
-                           os.environ.get("OTP_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
+ADMIN_DSN = os.environ.get(
+    "OTP_BENCH_PG_DSN", os.environ.get("OTP_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+)
 TOKENS = 400
 POLICY = {"lock_threshold": 100, "hotp_lookahead": 10}
 
@@ -46,6 +47,7 @@ def scratch_database() -> Iterator[str]:
     """A new empty database on the benchmark server; its DSN; dropped afterwards."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
     name = f"otp_bench_{secrets.token_hex(4)}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
@@ -78,8 +80,11 @@ def measure(label: str, agents: list[RunningAgent], rounds: int) -> None:
     for clients in (1, 2, 4, 8):
         rate, latencies = run(paths, clients, counter, rounds)
         counter += rounds
-        print(f"| {label:<34} | {clients:>7} | {rate:>8.0f} | {percentile(latencies, .5):>6.2f} | "
-              f"{percentile(latencies, .99):>6.2f} |", flush=True)
+        print(
+            f"| {label:<34} | {clients:>7} | {rate:>8.0f} | {percentile(latencies, 0.5):>6.2f} | "
+            f"{percentile(latencies, 0.99):>6.2f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -87,22 +92,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
     rounds = 1 if parser.parse_args().quick else 3
     directory = Path(tempfile.mkdtemp(prefix="otp-bench-pg-"))
-    print(f"otp-agent benchmark: accept path (durable commit), software keystore, "
-          f"{multiprocessing.cpu_count()} cores, {TOKENS} HOTP tokens, {rounds} code(s) per token "
-          "per row\n")
-    print("| store                              | clients |  valid/s | p50 ms | p99 ms |\n"
-          "|------------------------------------|--------:|---------:|-------:|-------:|")
+    print(
+        f"otp-agent benchmark: accept path (durable commit), software keystore, "
+        f"{multiprocessing.cpu_count()} cores, {TOKENS} HOTP tokens, {rounds} code(s) per token "
+        "per row\n"
+    )
+    print(
+        "| store                              | clients |  valid/s | p50 ms | p99 ms |\n"
+        "|------------------------------------|--------:|---------:|-------:|-------:|"
+    )
     try:
-        with running_agent(directory / "sqlite", policy=POLICY,
-                           sections={"audit": {"path": ""}}) as agent:
+        with running_agent(directory / "sqlite", policy=POLICY, sections={"audit": {"path": ""}}) as agent:
             measure("SQLite, one daemon", [agent], rounds)
-        with scratch_database() as dsn, running_agent(
-                directory / "pg1", policy=POLICY,
-                sections={"store": {"backend": "postgresql", "dsn": dsn}, "audit": {"path": ""}}) as agent:
+        with (
+            scratch_database() as dsn,
+            running_agent(
+                directory / "pg1",
+                policy=POLICY,
+                sections={"store": {"backend": "postgresql", "dsn": dsn}, "audit": {"path": ""}},
+            ) as agent,
+        ):
             measure("PostgreSQL, one daemon", [agent], rounds)
         with scratch_database() as dsn, ExitStack() as stack:
             sections: dict[str, dict[str, Any]] = {
-                "store": {"backend": "postgresql", "dsn": dsn}, "audit": {"path": ""}}
+                "store": {"backend": "postgresql", "dsn": dsn},
+                "audit": {"path": ""},
+            }
             first = stack.enter_context(running_agent(directory / "pgA", policy=POLICY, sections=sections))
             sections["keystore"] = {"master_key_file": str(first.directory / "master.key")}
             second = stack.enter_context(running_agent(directory / "pgB", policy=POLICY, sections=sections))

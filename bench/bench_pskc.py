@@ -75,15 +75,16 @@ def run(count: int, protection: str, parse_only: bool) -> None:
     tokens = parse_pskc(data, **options)
     parse_seconds = time.perf_counter() - started
     assert len(tokens) == count
-    line = (f"{count:>7} tokens {protection.upper():3}  file {len(data) / 1e6:6.1f} MB  "
-            f"parse+decrypt+check {parse_seconds:6.2f} s = {count / parse_seconds:8.0f} keys/s")
+    line = (
+        f"{count:>7} tokens {protection.upper():3}  file {len(data) / 1e6:6.1f} MB  "
+        f"parse+decrypt+check {parse_seconds:6.2f} s = {count / parse_seconds:8.0f} keys/s"
+    )
     if not parse_only:
         records = [record_from_token(token) for token in tokens]
         with tempfile.TemporaryDirectory() as workdir:
             store_seconds = store_import(records, Path(workdir))
         total = parse_seconds + store_seconds
-        line += (f"  seal+store {store_seconds:6.2f} s  total {total:6.2f} s = "
-                 f"{count / total:8.0f} keys/s")
+        line += f"  seal+store {store_seconds:6.2f} s  total {total:6.2f} s = {count / total:8.0f} keys/s"
     print(line, flush=True)
 
 
@@ -91,11 +92,14 @@ def main() -> int:
     """Parse the options and run every size with PBE and PSK."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated token counts")
-    parser.add_argument("--parse-only", action="store_true",
-                        help="time the PSKC library only, not the sealing and the store")
+    parser.add_argument(
+        "--parse-only", action="store_true", help="time the PSKC library only, not the sealing and the store"
+    )
     arguments = parser.parse_args()
-    print(f"PBE: PBKDF2-HMAC-SHA256 x {PBKDF2_ITERATIONS} + AES-256-CBC; "
-          "PSK: AES-256-CBC; HMAC-SHA256 ValueMACs")
+    print(
+        f"PBE: PBKDF2-HMAC-SHA256 x {PBKDF2_ITERATIONS} + AES-256-CBC; "
+        "PSK: AES-256-CBC; HMAC-SHA256 ValueMACs"
+    )
     for count in (int(size) for size in arguments.sizes.split(",")):
         for protection in ("pbe", "psk"):
             run(count, protection, arguments.parse_only)

@@ -30,10 +30,15 @@ _BUFFER_MAX = 1 << 20
 
 
 class _Passwd(ctypes.Structure):
-    _fields_ = [("pw_name", ctypes.c_char_p), ("pw_passwd", ctypes.c_char_p),
-                ("pw_uid", ctypes.c_uint), ("pw_gid", ctypes.c_uint),
-                ("pw_gecos", ctypes.c_char_p), ("pw_dir", ctypes.c_char_p),
-                ("pw_shell", ctypes.c_char_p)]
+    _fields_ = [
+        ("pw_name", ctypes.c_char_p),
+        ("pw_passwd", ctypes.c_char_p),
+        ("pw_uid", ctypes.c_uint),
+        ("pw_gid", ctypes.c_uint),
+        ("pw_gecos", ctypes.c_char_p),
+        ("pw_dir", ctypes.c_char_p),
+        ("pw_shell", ctypes.c_char_p),
+    ]
 
 
 _libc: ctypes.CDLL | None = None
@@ -45,8 +50,13 @@ def _getpwnam_r() -> Any:
     with _libc_lock:
         if _libc is None:
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _libc.getpwnam_r.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Passwd), ctypes.c_char_p,
-                                         ctypes.c_size_t, ctypes.POINTER(ctypes.POINTER(_Passwd))]
+            _libc.getpwnam_r.argtypes = [
+                ctypes.c_char_p,
+                ctypes.POINTER(_Passwd),
+                ctypes.c_char_p,
+                ctypes.c_size_t,
+                ctypes.POINTER(ctypes.POINTER(_Passwd)),
+            ]
             _libc.getpwnam_r.restype = ctypes.c_int
         return _libc.getpwnam_r
 
@@ -69,8 +79,10 @@ def lookup_account(name: str) -> str | None:
             size *= 4
             continue
         if status != 0:
-            raise AccountLookupError(f"the account lookup failed ({errno.errorcode.get(status, status)}): "
-                                     "refusing rather than treating the user as unknown")
+            raise AccountLookupError(
+                f"the account lookup failed ({errno.errorcode.get(status, status)}): "
+                "refusing rather than treating the user as unknown"
+            )
         if not result:
             return None
         return os.fsdecode(result.contents.pw_name)

@@ -41,10 +41,16 @@ _MAX_NAME = 256
 
 def check_name(value: object, what: str) -> str:
     """Validate a user name or issuer: 1-256 printable characters, no ':'-free requirement."""
-    if not isinstance(value, str) or not value or len(value) > _MAX_NAME \
-            or not value.isprintable() or value != value.strip():
-        raise UsageError(f"{what} must be 1 to {_MAX_NAME} printable characters without "
-                         "leading or trailing spaces")
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > _MAX_NAME
+        or not value.isprintable()
+        or value != value.strip()
+    ):
+        raise UsageError(
+            f"{what} must be 1 to {_MAX_NAME} printable characters without leading or trailing spaces"
+        )
     return value
 
 
@@ -72,27 +78,40 @@ class TokenSpec:
 class Administration:
     """Administrative operations on tokens."""
 
-    def __init__(self, store: TokenStore, keys: KeyBackend, audit: AuditLog, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: TokenStore, keys: KeyBackend, audit: AuditLog, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store, self.keys, self.audit = store, keys, audit
         self.clock = clock
 
     def _sealed_token(self, spec: TokenSpec, fingerprint: bytes) -> Token:
         check_key_size(spec.params.algorithm, len(spec.secret))
         identity = TokenIdentity(spec.serial, spec.params.algorithm)
-        return self.bound(Token(serial=spec.serial, token_type=spec.params.token_type,
-                     algorithm=spec.params.algorithm, digits=spec.params.digits,
-                     period=spec.params.period, t0=spec.params.t0,
-                     sealed=self.keys.seal_secret(identity, spec.secret), fingerprint=fingerprint,
-                     user=spec.user, counter=spec.counter, drift=spec.drift, issuer=spec.issuer,
-                     not_before=spec.not_before, not_after=spec.not_after, created=time.time()))
+        return self.bound(
+            Token(
+                serial=spec.serial,
+                token_type=spec.params.token_type,
+                algorithm=spec.params.algorithm,
+                digits=spec.params.digits,
+                period=spec.params.period,
+                t0=spec.params.t0,
+                sealed=self.keys.seal_secret(identity, spec.secret),
+                fingerprint=fingerprint,
+                user=spec.user,
+                counter=spec.counter,
+                drift=spec.drift,
+                issuer=spec.issuer,
+                not_before=spec.not_before,
+                not_after=spec.not_after,
+                created=time.time(),
+            )
+        )
 
     def bound(self, token: Token) -> Token:
         """The token with a fresh binding tag over its owner and parameters."""
         return replace(token, binding=self.keys.binding_tag(token.binding_message()))
 
-    def enroll(self, user: str, params: OathParams, issuer: str,
-               context: RequestContext) -> dict[str, Any]:
+    def enroll(self, user: str, params: OathParams, issuer: str, context: RequestContext) -> dict[str, Any]:
         """Create a token with a fresh random secret; return its serial, URI and public view."""
         check_name(user, "user")
         check_name(issuer, "issuer")
@@ -113,8 +132,9 @@ class Administration:
         self.audit.record("enroll", context, user=user, serial=token.serial, result="ok")
         return {"serial": token.serial, "uri": uri, "token": token.public()}
 
-    def import_tokens(self, records: Sequence[Mapping[str, Any]], *, dry_run: bool,
-                      context: RequestContext) -> dict[str, Any]:
+    def import_tokens(
+        self, records: Sequence[Mapping[str, Any]], *, dry_run: bool, context: RequestContext
+    ) -> dict[str, Any]:
         """Import token records (from a PSKC file), all or nothing.
 
         :raises PskcError: one or more records are invalid, duplicated or already present; the
@@ -144,24 +164,30 @@ class Administration:
             except (UsageError, InvalidToken, Conflict, KeyBackendError, AccountLookupError) as exc:
                 problems.append(f"{label}: {exc}")
         duplicates = self.store.existing_fingerprints(seen_fingerprints)
-        problems += [f"{seen_fingerprints[fp]}: a token with the same secret is already in the store"
-                     for fp in duplicates]
+        problems += [
+            f"{seen_fingerprints[fp]}: a token with the same secret is already in the store"
+            for fp in duplicates
+        ]
         if problems:
             self.audit.record("import", context, result="refused", reason=f"{len(problems)} problems")
             raise PskcError(f"import refused, nothing was imported ({len(problems)} problems)", problems)
         if not dry_run:
             self.store.add_tokens(tokens)
-        self.audit.record("import", context, result="dry_run" if dry_run else "ok",
-                          count=len(tokens))
-        return {"imported": 0 if dry_run else len(tokens), "checked": len(tokens),
-                "dry_run": dry_run, "serials": [t.serial for t in tokens]}
+        self.audit.record("import", context, result="dry_run" if dry_run else "ok", count=len(tokens))
+        return {
+            "imported": 0 if dry_run else len(tokens),
+            "checked": len(tokens),
+            "dry_run": dry_run,
+            "serials": [t.serial for t in tokens],
+        }
 
     def export_tokens(self, context: RequestContext) -> dict[str, Any]:
         """Return every token with its secret, for an encrypted PSKC export (software backend)."""
         open_secret = getattr(self.keys, "export_secret", None)
         if open_secret is None:
-            raise KeyBackendError(f"the {self.keys.name} key backend cannot export secrets in "
-                                  "clear: they never leave the HSM")
+            raise KeyBackendError(
+                f"the {self.keys.name} key backend cannot export secrets in clear: they never leave the HSM"
+            )
         exported = []
         for token in self.store.all_tokens():
             with open_secret(token.identity, token.sealed) as secret:
@@ -192,8 +218,9 @@ class Administration:
     def set_enabled(self, serial: str, enabled: bool, context: RequestContext) -> Token:
         """Enable or disable a token."""
         token = self.store.set_enabled(serial, enabled)
-        self.audit.record("enable" if enabled else "disable", context, serial=serial,
-                          user=token.user, result="ok")
+        self.audit.record(
+            "enable" if enabled else "disable", context, serial=serial, user=token.user, result="ok"
+        )
         return token
 
     def remove(self, serial: str, context: RequestContext) -> None:
@@ -220,8 +247,9 @@ def token_spec_from_record(message: Mapping[str, Any]) -> TokenSpec:
     if len(record.serial) > 64 or not record.serial.isprintable():
         raise UsageError("serial must be 1 to 64 printable characters")
     try:
-        params = OathParams(TokenType(record.type), HashAlgorithm(record.algorithm), record.digits,
-                            record.period, record.t0)
+        params = OathParams(
+            TokenType(record.type), HashAlgorithm(record.algorithm), record.digits, record.period, record.t0
+        )
     except ValueError as exc:
         raise UsageError(f"bad token parameters: {exc}") from None
     if not 0 <= record.counter <= MAX_COUNTER:
@@ -234,8 +262,14 @@ def token_spec_from_record(message: Mapping[str, Any]) -> TokenSpec:
         secret = Secret(base64.b64decode(record.secret_b64, validate=True))
     except (binascii.Error, ValueError):
         raise UsageError("secret is not valid base64") from None
-    return TokenSpec(serial=record.serial, params=params, secret=secret,
-                     user=check_name(record.user, "user") if record.user is not None else None,
-                     counter=record.counter, drift=record.drift,
-                     issuer=check_name(record.issuer, "issuer") if record.issuer is not None else None,
-                     not_before=record.not_before, not_after=record.not_after)
+    return TokenSpec(
+        serial=record.serial,
+        params=params,
+        secret=secret,
+        user=check_name(record.user, "user") if record.user is not None else None,
+        counter=record.counter,
+        drift=record.drift,
+        issuer=check_name(record.issuer, "issuer") if record.issuer is not None else None,
+        not_before=record.not_before,
+        not_after=record.not_after,
+    )

@@ -54,8 +54,14 @@ def _clean(value: object) -> object:
 class AuditLog:
     """Writes decision events; thread-safe."""
 
-    def __init__(self, path: Path | None, *, use_syslog: bool = False,
-                 on_failure: str = "continue", max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        use_syslog: bool = False,
+        on_failure: str = "continue",
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         self._path = path
         self._syslog = use_syslog
         #: "continue" (decide on, keep lines for later, alert) or "reject" (refuse decisions
@@ -82,8 +88,13 @@ class AuditLog:
         """Write one event; ``fields`` must never include a code, password or secret."""
         entry: dict[str, Any] = {"time": round(time.time(), 3), "event": event}
         if context is not None:
-            entry.update(peer_uid=context.peer_uid, peer_pid=context.peer_pid,
-                         service=context.service, rhost=context.rhost, tty=context.tty)
+            entry.update(
+                peer_uid=context.peer_uid,
+                peer_pid=context.peer_pid,
+                service=context.service,
+                rhost=context.rhost,
+                tty=context.tty,
+            )
         entry.update(fields)
         line = json.dumps({k: _clean(v) for k, v in entry.items()}, separators=(",", ":"))
         if self._descriptor is not None:
@@ -153,8 +164,9 @@ class AuditLog:
                 self._keep(lines, exc)
                 raise
             if self._failure is not None:
-                _log.warning("audit log %s is writable again (%d lines lost meanwhile)",
-                             self._path, self.lost)
+                _log.warning(
+                    "audit log %s is writable again (%d lines lost meanwhile)", self._path, self.lost
+                )
                 self._failure = None
 
     def _keep(self, lines: list[str], exc: OSError) -> None:
@@ -167,9 +179,11 @@ class AuditLog:
         if self._failure is None:
             reason = exc.strerror or str(exc)
             self._failure = reason
-            message = (f"audit log {self._path} cannot be written ({reason}): decisions are "
-                       + ("refused until it can" if self.on_failure == "reject"
-                          else "still made and their lines kept in memory"))
+            message = f"audit log {self._path} cannot be written ({reason}): decisions are " + (
+                "refused until it can"
+                if self.on_failure == "reject"
+                else "still made and their lines kept in memory"
+            )
             _log.critical(message)
             try:
                 syslog.syslog(syslog.LOG_AUTHPRIV | syslog.LOG_CRIT, message)
@@ -185,10 +199,13 @@ class AuditLog:
         """A JSON-able report: ``ok`` is False while lines cannot be written or were lost."""
         with self._condition:
             pending = len(self._pending)
-        report: dict[str, object] = {"ok": self._failure is None and self.lost == 0,
-                                     "path": str(self._path) if self._path else None,
-                                     "on_failure": self.on_failure, "pending": pending,
-                                     "lost": self.lost}
+        report: dict[str, object] = {
+            "ok": self._failure is None and self.lost == 0,
+            "path": str(self._path) if self._path else None,
+            "on_failure": self.on_failure,
+            "pending": pending,
+            "lost": self.lost,
+        }
         if self._failure is not None:
             report["error"] = f"cannot be written: {self._failure}"
         elif self.lost:

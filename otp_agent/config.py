@@ -151,17 +151,26 @@ class _Table:
         return value  # type: ignore[no-any-return]
 
     def integer(self, key: str, default: int, low: int, high: int) -> int:
-        return self.get(key, default, lambda v: isinstance(v, int) and low <= v <= high,
-                        f"an integer from {low} to {high}")
+        return self.get(
+            key,
+            default,
+            lambda v: isinstance(v, int) and low <= v <= high,
+            f"an integer from {low} to {high}",
+        )
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.get(key, default, lambda v: isinstance(v, (int, float)) and low <= v <= high,
-                         f"a number from {low} to {high}")
+        value = self.get(
+            key,
+            default,
+            lambda v: isinstance(v, (int, float)) and low <= v <= high,
+            f"a number from {low} to {high}",
+        )
         return float(value)
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        return self.get(key, default, lambda v: v in choices,
-                        "one of " + ", ".join(f'"{c}"' for c in choices))
+        return self.get(
+            key, default, lambda v: v in choices, "one of " + ", ".join(f'"{c}"' for c in choices)
+        )
 
     def string(self, key: str, default: str | None) -> str | None:
         return self.get(key, default, lambda v: isinstance(v, str) and v != "", "a non-empty string")
@@ -193,12 +202,15 @@ def resolve_path(value: str, base: Path, key: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def parse_config(document: Mapping[str, object], *, base: Path = Path("."),
-                 source: Path | None = None) -> Config:
+def parse_config(
+    document: Mapping[str, object], *, base: Path = Path("."), source: Path | None = None
+) -> Config:
     """Build a :class:`Config` from a parsed TOML document."""
     top = _Table("", document, base)
-    sections = {name: _Table(name, document.get(name, {}), base)
-                for name in ("agent", "store", "keystore", "policy", "audit")}
+    sections = {
+        name: _Table(name, document.get(name, {}), base)
+        for name in ("agent", "store", "keystore", "policy", "audit")
+    }
     top.used.update(sections)
     top.finish()
     a, s, k, p, au = (sections[n] for n in ("agent", "store", "keystore", "policy", "audit"))
@@ -218,15 +230,16 @@ def parse_config(document: Mapping[str, object], *, base: Path = Path("."),
         dsn=s.string("dsn", None),
     )
     if store.backend == "postgresql" and not store.dsn:
-        raise ConfigError("store.dsn: required when store.backend = \"postgresql\"")
+        raise ConfigError('store.dsn: required when store.backend = "postgresql"')
     s.finish()
 
     backend = k.choice("backend", "software", ("software", "payshield"))
     payshield = None
     if backend == "payshield":
         if "payshield" not in k.data:
-            raise ConfigError("keystore.payshield: table required when keystore.backend = \"payshield\"")
+            raise ConfigError('keystore.payshield: table required when keystore.backend = "payshield"')
         from otp_agent.keystore.payshield.config import parse_payshield_config
+
         payshield = parse_payshield_config(dict(k.data["payshield"]))
     keystore = KeystoreConfig(
         backend=backend,
@@ -260,7 +273,10 @@ def parse_config(document: Mapping[str, object], *, base: Path = Path("."),
         audit_path = None
     else:
         audit_path = au.path("path", AuditConfig.path)  # type: ignore[arg-type]
-    audit = AuditConfig(path=audit_path, syslog=au.boolean("syslog", False),
-                        on_failure=au.choice("on_failure", "continue", ("continue", "reject")))
+    audit = AuditConfig(
+        path=audit_path,
+        syslog=au.boolean("syslog", False),
+        on_failure=au.choice("on_failure", "continue", ("continue", "reject")),
+    )
     au.finish()
     return Config(agent=agent, store=store, keystore=keystore, policy=policy, audit=audit, source=source)

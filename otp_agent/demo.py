@@ -42,8 +42,9 @@ def run_demo() -> int:
         with running_agent(directory) as agent:
             print(agent.otpctl("status").stdout, end="")
             _say(f"Enrolling {user}: scan the QR code with an authenticator app")
-            enrolled = agent.otpctl("enroll", user, "--issuer", "otp-agent demo", "--qr", "always",
-                                    check=True)
+            enrolled = agent.otpctl(
+                "enroll", user, "--issuer", "otp-agent demo", "--qr", "always", check=True
+            )
             print(enrolled.stdout, end="")
             uri = next(line for line in enrolled.stdout.splitlines() if line.startswith("otpauth://"))
 
@@ -52,17 +53,21 @@ def run_demo() -> int:
             confdir = directory / "pam.d"
             confdir.mkdir()
             (confdir / "otp-agent-demo").write_text(_STACK.format(helper=helper))
-            _say(f"PAM service otp-agent-demo (through pam_start_confdir):\n{(confdir / 'otp-agent-demo').read_text()}")
+            _say(
+                f"PAM service otp-agent-demo (through pam_start_confdir):\n{(confdir / 'otp-agent-demo').read_text()}"
+            )
 
             code = code_for_uri(uri)
             _say(f"The phone shows {code}; logging in as {user} through Linux-PAM")
-            accepted = check_password(user, code, service="otp-agent-demo", confdir=str(confdir),
-                                      check_account=True, timeout=15)
+            accepted = check_password(
+                user, code, service="otp-agent-demo", confdir=str(confdir), check_account=True, timeout=15
+            )
             print("PAM_SUCCESS: login accepted" if accepted else "login REJECTED (unexpected)")
 
             _say(f"Replaying the same code {code}")
-            replayed = check_password(user, code, service="otp-agent-demo", confdir=str(confdir),
-                                      check_account=True, timeout=15)
+            replayed = check_password(
+                user, code, service="otp-agent-demo", confdir=str(confdir), check_account=True, timeout=15
+            )
             print("login REJECTED: replay refused" if not replayed else "replay ACCEPTED (unexpected)")
         _say("The agent stopped; its audit log (no codes, no secrets):")
         print((directory / "audit.log").read_text(), end="")

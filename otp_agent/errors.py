@@ -129,9 +129,21 @@ class PskcError(OtpAgentError):
 ERRORS_BY_CODE: dict[str, type[OtpAgentError]] = {
     cls.code: cls
     for cls in (
-        OtpAgentError, ConfigError, UsageError, ProtocolError, AgentUnreachable, PermissionDenied,
-        NotFound, Conflict, InvalidToken, KeyBackendError, KeyBackendUnavailable,
-        SealedSecretInvalid, StoreError, StoreUnavailable, PskcError,
+        OtpAgentError,
+        ConfigError,
+        UsageError,
+        ProtocolError,
+        AgentUnreachable,
+        PermissionDenied,
+        NotFound,
+        Conflict,
+        InvalidToken,
+        KeyBackendError,
+        KeyBackendUnavailable,
+        SealedSecretInvalid,
+        StoreError,
+        StoreUnavailable,
+        PskcError,
     )
 }
 

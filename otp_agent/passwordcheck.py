@@ -254,8 +254,13 @@ class _Refusals:
             if now - self._logged_at < _WARNING_INTERVAL:
                 return
             count, self._count, self._logged_at = self._count, 0, now
-        _log.warning("PAM service %s: %d password checks still running (a module is stuck?); "
-                     "%d check(s) refused without asking PAM", service, MAX_TRANSACTIONS, count)
+        _log.warning(
+            "PAM service %s: %d password checks still running (a module is stuck?); "
+            "%d check(s) refused without asking PAM",
+            service,
+            MAX_TRANSACTIONS,
+            count,
+        )
 
 
 _refused = _Refusals()

@@ -47,4 +47,5 @@ def require_row_binding(store: TokenStore, keys: KeyBackend) -> None:
     if found is None or not hmac.compare_digest(found, _marker(keys)):
         raise StoreUnavailable(
             "the token store has no valid row-binding marker: it was created by an older "
-            "otp-agent or changed outside otp-agent; check it, then run: otp-agent init")
+            "otp-agent or changed outside otp-agent; check it, then run: otp-agent init"
+        )

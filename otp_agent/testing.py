@@ -86,15 +86,24 @@ class RunningAgent:
     log_path: Path
     environment: dict[str, str] = field(default_factory=dict)
 
-    def otpctl(self, *args: str, input: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def otpctl(
+        self, *args: str, input: str | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real ``otpctl`` against this agent."""
-        return subprocess.run([sys.executable, "-m", "otp_agent.cli", "--config", str(self.config_path), *args],
-                              input=input, capture_output=True, text=True, check=check, timeout=120,
-                              env=self.environment or None)
+        return subprocess.run(
+            [sys.executable, "-m", "otp_agent.cli", "--config", str(self.config_path), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+            env=self.environment or None,
+        )
 
     def enroll(self, user: str, *options: str) -> tuple[str, str]:
         """Enroll ``user``; return (serial, otpauth URI)."""
         import json
+
         result = self.otpctl("enroll", user, "--json", *options, check=True)
         reply = json.loads(result.stdout)
         return reply["serial"], reply["uri"]
@@ -114,9 +123,15 @@ class RunningAgent:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def start_agent(directory: Path, config_path: Path, socket_path: Path, *, timeout: float = 20.0,
-                environment: dict[str, str] | None = None,
-                wrapper: Sequence[str] = ()) -> RunningAgent:
+def start_agent(
+    directory: Path,
+    config_path: Path,
+    socket_path: Path,
+    *,
+    timeout: float = 20.0,
+    environment: dict[str, str] | None = None,
+    wrapper: Sequence[str] = (),
+) -> RunningAgent:
     """Start the daemon on an existing configuration and wait until it answers.
 
     ``wrapper`` is a command that runs the daemon's command line (e.g. in a private mount
@@ -125,12 +140,18 @@ def start_agent(directory: Path, config_path: Path, socket_path: Path, *, timeou
     log_path = directory / "agent.log"
     env = dict(environment or os.environ)
     log = open(log_path, "ab")
-    process = subprocess.Popen([*wrapper, sys.executable, "-m", "otp_agent.daemon", "--config", str(config_path)],
-                               stdout=log, stderr=log, env=env, start_new_session=True)
+    process = subprocess.Popen(
+        [*wrapper, sys.executable, "-m", "otp_agent.daemon", "--config", str(config_path)],
+        stdout=log,
+        stderr=log,
+        env=env,
+        start_new_session=True,
+    )
     log.close()
     agent = RunningAgent(directory, config_path, socket_path, process, log_path, env)
     deadline = time.monotonic() + timeout
     import socket
+
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"otp-agent exited with {process.returncode}: {agent.log()[-2000:]}")
@@ -147,9 +168,13 @@ def start_agent(directory: Path, config_path: Path, socket_path: Path, *, timeou
 
 
 @contextmanager
-def running_agent(directory: Path, *, policy: Mapping[str, Any] | None = None,
-                  sections: Mapping[str, Mapping[str, Any]] | None = None,
-                  environment: dict[str, str] | None = None) -> Iterator[RunningAgent]:
+def running_agent(
+    directory: Path,
+    *,
+    policy: Mapping[str, Any] | None = None,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
+    environment: dict[str, str] | None = None,
+) -> Iterator[RunningAgent]:
     """Init and start an agent whose files all live in ``directory``; stop it afterwards."""
     directory.mkdir(parents=True, exist_ok=True)
     config_sections = default_sections(directory)
@@ -157,10 +182,16 @@ def running_agent(directory: Path, *, policy: Mapping[str, Any] | None = None,
         config_sections[name] = {**config_sections.get(name, {}), **table}
     config_sections["policy"].update(policy or {})
     config_path = write_config(directory, config_sections)
-    subprocess.run([sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(config_path)],
-                   check=True, capture_output=True, timeout=60, env=environment)
-    agent = start_agent(directory, config_path, Path(config_sections["agent"]["socket"]),
-                        environment=environment)
+    subprocess.run(
+        [sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(config_path)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        env=environment,
+    )
+    agent = start_agent(
+        directory, config_path, Path(config_sections["agent"]["socket"]), environment=environment
+    )
     try:
         yield agent
     finally:

@@ -25,8 +25,14 @@ from dataclasses import dataclass, replace
 from otp_agent.config import PolicyConfig
 from otp_agent.store import Token, TokenState
 
-__all__ = ["FailureOutcome", "after_success", "decayed_failures", "decayed_lock_level",
-           "failure_outcome", "is_locked"]
+__all__ = [
+    "FailureOutcome",
+    "after_success",
+    "decayed_failures",
+    "decayed_lock_level",
+    "failure_outcome",
+    "is_locked",
+]
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,7 @@ def decayed_lock_level(token: Token, policy: PolicyConfig, now: float) -> int:
 
 def lock_seconds(level: int, policy: PolicyConfig) -> int:
     """How long a lock of this level (1 = first) lasts."""
-    return int(min(policy.lock_base_seconds * 2 ** min(max(level, 1) - 1, 30),
-                   policy.lock_max_seconds))
+    return int(min(policy.lock_base_seconds * 2 ** min(max(level, 1) - 1, 30), policy.lock_max_seconds))
 
 
 def failure_outcome(token: Token, policy: PolicyConfig, now: float) -> FailureOutcome:

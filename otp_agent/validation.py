@@ -48,8 +48,7 @@ class Decision:
 
     def wire(self) -> ValidateReply:
         """The decision as the protocol's reply type."""
-        return ValidateReply(Result.ACCEPT if self.accepted else Result.REJECT, self.reason,
-                             self.serial)
+        return ValidateReply(Result.ACCEPT if self.accepted else Result.REJECT, self.reason, self.serial)
 
     def reply(self) -> dict[str, Any]:
         """The reply fields sent to the client."""
@@ -71,9 +70,16 @@ def is_valid_code(code: object) -> bool:
 class Validator:
     """Validates codes for users against their tokens."""
 
-    def __init__(self, store: TokenStore, keys: KeyBackend, policy: PolicyConfig, audit: AuditLog,
-                 *, clock: Callable[[], float] = time.time,
-                 password_checker: PasswordChecker | None = None) -> None:
+    def __init__(
+        self,
+        store: TokenStore,
+        keys: KeyBackend,
+        policy: PolicyConfig,
+        audit: AuditLog,
+        *,
+        clock: Callable[[], float] = time.time,
+        password_checker: PasswordChecker | None = None,
+    ) -> None:
         self.store, self.keys, self.policy, self.audit = store, keys, policy, audit
         self.clock = clock
         self.password_checker = password_checker
@@ -84,15 +90,28 @@ class Validator:
     def validate(self, user: str, code: str, context: RequestContext) -> Decision:
         """Validate ``code`` for ``user`` and commit the outcome; audit it."""
         decision = self._one_at_a_time(user, lambda: self._validate_code(user, code, context))
-        self.audit.record("validate", context, user=user, serial=decision.serial,
-                          result="accept" if decision.accepted else "reject", reason=decision.reason)
+        self.audit.record(
+            "validate",
+            context,
+            user=user,
+            serial=decision.serial,
+            result="accept" if decision.accepted else "reject",
+            reason=decision.reason,
+        )
         return decision
 
     def validate_password_and_code(self, user: str, answer: str, context: RequestContext) -> Decision:
         """Validate a password immediately followed by a code; never tell which part failed."""
         decision = self._one_at_a_time(user, lambda: self._password_and_code(user, answer, context))
-        self.audit.record("validate", context, user=user, serial=decision.serial, mode="password+code",
-                          result="accept" if decision.accepted else "reject", reason=decision.reason)
+        self.audit.record(
+            "validate",
+            context,
+            user=user,
+            serial=decision.serial,
+            mode="password+code",
+            result="accept" if decision.accepted else "reject",
+            reason=decision.reason,
+        )
         return decision
 
     def is_enrolled(self, user: str) -> bool:
@@ -120,8 +139,14 @@ class Validator:
                 if state is None:
                     continue
                 if self.store.compare_and_set(token.serial, token.version, state):
-                    self.audit.record("resync", context, user=user, serial=token.serial,
-                                      result="accept", reason="resynchronised")
+                    self.audit.record(
+                        "resync",
+                        context,
+                        user=user,
+                        serial=token.serial,
+                        result="accept",
+                        reason="resynchronised",
+                    )
                     return token.serial
                 break
             else:
@@ -150,9 +175,13 @@ class Validator:
 
     def _usable(self, user: str, tokens: list[Token] | None = None) -> list[Token]:
         now = self.clock()
-        return [t for t in (self.store.tokens_for_user(user) if tokens is None else tokens)
-                if t.enabled and (t.not_before is None or t.not_before <= now)
-                and (t.not_after is None or now < t.not_after)]
+        return [
+            t
+            for t in (self.store.tokens_for_user(user) if tokens is None else tokens)
+            if t.enabled
+            and (t.not_before is None or t.not_before <= now)
+            and (t.not_after is None or now < t.not_after)
+        ]
 
     def _validate_code(self, user: str, code: str, context: RequestContext) -> Decision:
         if not is_valid_code(code):
@@ -177,16 +206,18 @@ class Validator:
             hit = next(((t, m) for t, m in matches if m.factor is not None), None)
             if hit is not None:
                 token, match = hit
-                if self.store.compare_and_set(token.serial, token.version,
-                                              self._success_state(token, match)):
+                if self.store.compare_and_set(token.serial, token.version, self._success_state(token, match)):
                     return Decision(True, Reason.ACCEPTED, token.serial)
                 continue  # Someone else changed the token: decide again on fresh state.
             # A replay tells a guesser nothing and is not counted (parallel logins with one
             # code must not lock their user); every other token of the user counts a failure.
             replayed = [t for t, m in matches if m.replay]
             self._record_failures([t for t in unlocked if t not in replayed], context)
-            return Decision(False, Reason.REPLAY if replayed else Reason.BAD_CODE,
-                            unlocked[0].serial if len(unlocked) == 1 else None)
+            return Decision(
+                False,
+                Reason.REPLAY if replayed else Reason.BAD_CODE,
+                unlocked[0].serial if len(unlocked) == 1 else None,
+            )
         raise StoreError("too many concurrent changes to this user's tokens")
 
     def check_binding(self, token: Token) -> None:
@@ -199,7 +230,8 @@ class Validator:
         if token.binding is None or not hmac.compare_digest(expected, token.binding):
             raise SealedSecretInvalid(
                 f"token {token.serial} failed its binding check: its owner or parameters were "
-                "changed outside otp-agent; refusing it (see docs/security.md)")
+                "changed outside otp-agent; refusing it (see docs/security.md)"
+            )
 
     def _password_and_code(self, user: str, answer: str, context: RequestContext) -> Decision:
         if self.password_checker is None:
@@ -260,8 +292,10 @@ class Validator:
 
     def _hmacs_of(self, token: Token) -> Callable[[Sequence[bytes]], list[bytes]]:
         """The token's HMAC function, computed by the key backend (a batch per call)."""
+
         def hmacs(messages: Sequence[bytes]) -> list[bytes]:
             return self.keys.compute_hmacs(token.identity, token.sealed, messages)
+
         return hmacs
 
     def _success_state(self, token: Token, match: _Match) -> TokenState:
@@ -271,8 +305,7 @@ class Validator:
             return replace(state, counter=match.factor + 1)
         offset = match.factor - match.time_step
         bound = max(self.policy.totp_max_drift, abs(token.drift))
-        return replace(state, last_step=match.factor,
-                       drift=offset if abs(offset) <= bound else token.drift)
+        return replace(state, last_step=match.factor, drift=offset if abs(offset) <= bound else token.drift)
 
     def _record_failures(self, tokens: Sequence[Token], context: RequestContext) -> None:
         for token in tokens:
@@ -286,43 +319,70 @@ class Validator:
                     break
                 current = self.store.get(current.serial)
             else:
-                _log.error("token %s: a failure could not be recorded after %d concurrent changes",
-                           token.serial, _CAS_ATTEMPTS)
+                _log.error(
+                    "token %s: a failure could not be recorded after %d concurrent changes",
+                    token.serial,
+                    _CAS_ATTEMPTS,
+                )
 
     def _report_lock(self, token: Token, outcome: FailureOutcome, context: RequestContext) -> None:
         if outcome.event == "locked":
-            _log.warning("token %s locked for %d s (lock level %d)", token.serial,
-                         outcome.lock_seconds, outcome.level)
-            self.audit.record("lock", context, user=token.user, serial=token.serial,
-                              result="locked", reason="too_many_failures",
-                              seconds=outcome.lock_seconds, level=outcome.level)
+            _log.warning(
+                "token %s locked for %d s (lock level %d)", token.serial, outcome.lock_seconds, outcome.level
+            )
+            self.audit.record(
+                "lock",
+                context,
+                user=token.user,
+                serial=token.serial,
+                result="locked",
+                reason="too_many_failures",
+                seconds=outcome.lock_seconds,
+                level=outcome.level,
+            )
         elif outcome.event == "disabled":
-            _log.warning("token %s disabled after %d locks: an administrator must re-enable it "
-                         "(otpctl enable)", token.serial, outcome.level)
-            self.audit.record("disable", context, user=token.user, serial=token.serial,
-                              result="disabled", reason="repeated_locks", level=outcome.level)
+            _log.warning(
+                "token %s disabled after %d locks: an administrator must re-enable it (otpctl enable)",
+                token.serial,
+                outcome.level,
+            )
+            self.audit.record(
+                "disable",
+                context,
+                user=token.user,
+                serial=token.serial,
+                result="disabled",
+                reason="repeated_locks",
+                level=outcome.level,
+            )
 
     def _resync_state(self, token: Token, code1: str, code2: str) -> TokenState | None:
         hmacs = self._hmacs_of(token)
         now = self.clock()
         if token.token_type is TokenType.HOTP:
-            factors = list(range(token.counter, min(token.counter + self.policy.hotp_resync_window + 2,
-                                                    MAX_COUNTER - 2)))
+            factors = list(
+                range(token.counter, min(token.counter + self.policy.hotp_resync_window + 2, MAX_COUNTER - 2))
+            )
         else:
             current = time_step(now, token.period, token.t0)
             reach = self.policy.totp_resync_window
-            factors = [s for s in range(current - reach, current + reach + 1)
-                       if s >= 0 and (token.last_step is None or s > token.last_step)]
+            factors = [
+                s
+                for s in range(current - reach, current + reach + 1)
+                if s >= 0 and (token.last_step is None or s > token.last_step)
+            ]
         codes = codes_for(hmacs, factors, token.digits)
-        pairs = [(factors[i], codes[i] + codes[i + 1]) for i in range(len(factors) - 1)
-                 if factors[i + 1] == factors[i] + 1]
+        pairs = [
+            (factors[i], codes[i] + codes[i + 1])
+            for i in range(len(factors) - 1)
+            if factors[i + 1] == factors[i] + 1
+        ]
         found = match_code(code1 + code2, pairs)
         if found is None:
             return None
         # Two consecutive codes prove the token: its failures and any running lock end (the lock
         # level decays as usual).
-        reset = replace(token.state, failures=0, failures_at=now,
-                        locked_until=min(token.locked_until, now))
+        reset = replace(token.state, failures=0, failures_at=now, locked_until=min(token.locked_until, now))
         if token.token_type is TokenType.HOTP:
             return replace(reset, counter=found + 2)
         return replace(reset, last_step=found + 1, drift=found + 1 - current)

@@ -29,9 +29,23 @@ _LENGTH = struct.Struct(">I")
 #: Operations a non-admin peer may call (anything else needs uid 0 or the admin group).
 VALIDATION_OPS = frozenset({"validate", "enrolled", "ping"})
 #: Every operation the agent answers (docs/protocol.md documents each; a test checks that).
-OPERATIONS = VALIDATION_OPS | frozenset({
-    "check", "enroll", "import", "export", "list", "show", "assign", "disable", "enable",
-    "remove", "unlock", "resync", "status"})
+OPERATIONS = VALIDATION_OPS | frozenset(
+    {
+        "check",
+        "enroll",
+        "import",
+        "export",
+        "list",
+        "show",
+        "assign",
+        "disable",
+        "enable",
+        "remove",
+        "unlock",
+        "resync",
+        "status",
+    }
+)
 
 
 class Result(str, enum.Enum):
@@ -89,6 +103,7 @@ class ValidateRequest:
     @classmethod
     def parse(cls, message: dict[str, Any]) -> ValidateRequest:
         """Check the fields of a ``validate`` message.  :raises UsageError: a bad field."""
+
         def text(name: str, required: bool = False) -> str | None:
             value = message.get(name)
             if value is None and not required:
@@ -96,14 +111,16 @@ class ValidateRequest:
             if not isinstance(value, str):
                 raise UsageError(f"field {name!r} must be a string")
             return value
+
         user = text("user", required=True)
         assert user is not None
         code, combined = text("code"), text("password_and_code")
         if (code is None) == (combined is None):
-            raise UsageError("a validate request carries exactly one of 'code' and "
-                             "'password_and_code'")
-        context = {name: (value[:256] if isinstance(value := message.get(name), str) else None)
-                   for name in ("service", "rhost", "tty")}
+            raise UsageError("a validate request carries exactly one of 'code' and 'password_and_code'")
+        context = {
+            name: (value[:256] if isinstance(value := message.get(name), str) else None)
+            for name in ("service", "rhost", "tty")
+        }
         return cls(user, code, combined, **context)
 
 
@@ -128,8 +145,11 @@ class ValidateReply:
     def parse(cls, reply: dict[str, Any]) -> ValidateReply:
         """Read a ``validate`` reply.  :raises ProtocolError: not one."""
         try:
-            return cls(Result(reply.get("result")), Reason(reply.get("reason")),
-                       reply.get("serial") if isinstance(reply.get("serial"), str) else None)
+            return cls(
+                Result(reply.get("result")),
+                Reason(reply.get("reason")),
+                reply.get("serial") if isinstance(reply.get("serial"), str) else None,
+            )
         except ValueError:
             raise ProtocolError("not a validate reply") from None
 
@@ -231,12 +251,22 @@ class TokenRecord:
 
 
 _RECORD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
-    "type": ((str,), False), "algorithm": ((str,), False), "digits": ((int,), False),
-    "period": ((int,), False), "t0": ((int,), False), "counter": ((int,), True),
-    "drift": ((int,), True), "user": ((str,), True), "issuer": ((str,), True),
-    "last_step": ((int,), True), "enabled": ((bool,), False), "failures": ((int,), False),
-    "lock_count": ((int,), False), "locked_until": ((int, float), False),
-    "created": ((int, float), False), "secret_b64": ((str,), True),
+    "type": ((str,), False),
+    "algorithm": ((str,), False),
+    "digits": ((int,), False),
+    "period": ((int,), False),
+    "t0": ((int,), False),
+    "counter": ((int,), True),
+    "drift": ((int,), True),
+    "user": ((str,), True),
+    "issuer": ((str,), True),
+    "last_step": ((int,), True),
+    "enabled": ((bool,), False),
+    "failures": ((int,), False),
+    "lock_count": ((int,), False),
+    "locked_until": ((int, float), False),
+    "created": ((int, float), False),
+    "secret_b64": ((str,), True),
 }
 _RECORD_FIELDS = set(_RECORD_TYPES) | {"serial", "not_before", "not_after"}
 _STATE_FIELDS = ("last_step", "enabled", "failures", "lock_count", "locked_until", "created")
@@ -279,8 +309,9 @@ def _recv_exact(sock: socket.socket, size: int, deadline: float | None) -> bytes
     return bytes(chunks)
 
 
-def recv_frame(sock: socket.socket, *, max_frame: int = MAX_FRAME,
-               deadline: float | None = None) -> dict[str, Any] | None:
+def recv_frame(
+    sock: socket.socket, *, max_frame: int = MAX_FRAME, deadline: float | None = None
+) -> dict[str, Any] | None:
     """Read one message; ``None`` on a clean end of stream between frames.
 
     ``deadline`` (a ``time.monotonic()`` value) bounds the whole frame, so a client trickling
@@ -308,8 +339,13 @@ def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(encode_frame(message))
 
 
-def exchange(sock: socket.socket, message: dict[str, Any], *, max_frame: int = MAX_ADMIN_FRAME,
-             deadline: float | None = None) -> dict[str, Any] | None:
+def exchange(
+    sock: socket.socket,
+    message: dict[str, Any],
+    *,
+    max_frame: int = MAX_ADMIN_FRAME,
+    deadline: float | None = None,
+) -> dict[str, Any] | None:
     """Send one request and read its reply.
 
     An agent that refuses a connection (busy) answers and closes before reading the request; the

@@ -221,7 +221,7 @@ def password_and_code_field(answer: bytes) -> str:
         raise Failure(EXIT_REJECT, "empty answer")
     if b"\0" in answer:
         raise Failure(EXIT_REJECT, "answer contains a NUL byte")
-    if len(answer) <= CODE_DIGITS[0] or not answer[-CODE_DIGITS[0]:].isdigit():
+    if len(answer) <= CODE_DIGITS[0] or not answer[-CODE_DIGITS[0] :].isdigit():
         raise Failure(EXIT_REJECT, "answer is not a password followed by a code")
     try:
         return answer.decode("utf-8", "strict")
@@ -261,7 +261,12 @@ def encode_request(fields: dict[str, str]) -> bytes:
     Only string values are needed, so the encoder is :func:`json_string` (importing ``json``
     or even ``_json`` costs more than the rest of the helper).
     """
-    body = '{"v":' + str(PROTOCOL_VERSION) + "".join("," + json_string(k) + ":" + json_string(v) for k, v in fields.items()) + "}"
+    body = (
+        '{"v":'
+        + str(PROTOCOL_VERSION)
+        + "".join("," + json_string(k) + ":" + json_string(v) for k, v in fields.items())
+        + "}"
+    )
     payload = body.encode("ascii")
     return len(payload).to_bytes(4, "big") + payload
 
@@ -277,7 +282,7 @@ def _skip(text: str, pos: int) -> int:
 
 
 def _hex4(text: str, pos: int) -> int:
-    digits = text[pos:pos + 4]
+    digits = text[pos : pos + 4]
     if len(digits) != 4 or not set(digits) <= _HEX:
         raise JSONError("bad \\u escape")
     return int(digits, 16)
@@ -298,11 +303,11 @@ def _string(text: str, pos: int) -> tuple[str, int]:
             return "".join(out), end + 1
         if char != "\\":
             raise JSONError("control character in string")
-        escape = text[end + 1:end + 2]
+        escape = text[end + 1 : end + 2]
         if escape == "u":
             point = _hex4(text, end + 2)
             pos = end + 6
-            if 0xD800 <= point < 0xDC00 and text[pos:pos + 2] == "\\u":
+            if 0xD800 <= point < 0xDC00 and text[pos : pos + 2] == "\\u":
                 low = _hex4(text, pos + 2)
                 if 0xDC00 <= low < 0xE000:
                     point = 0x10000 + ((point - 0xD800) << 10) + (low - 0xDC00)
@@ -323,9 +328,9 @@ def _digits(text: str, pos: int) -> int:
 
 def _number(text: str, pos: int) -> tuple[object, int]:
     start = pos
-    if text[pos:pos + 1] == "-":
+    if text[pos : pos + 1] == "-":
         pos += 1
-    first = text[pos:pos + 1]
+    first = text[pos : pos + 1]
     if first == "0":
         pos += 1
     elif first and "1" <= first <= "9":
@@ -333,14 +338,14 @@ def _number(text: str, pos: int) -> tuple[object, int]:
     else:
         raise JSONError("unexpected character")
     is_float = False
-    if text[pos:pos + 1] == ".":
+    if text[pos : pos + 1] == ".":
         after = _digits(text, pos + 1)
         if after == pos + 1:
             raise JSONError("bad fraction")
         pos, is_float = after, True
-    if text[pos:pos + 1] in ("e", "E") and pos < len(text):
+    if text[pos : pos + 1] in ("e", "E") and pos < len(text):
         pos += 1
-        if text[pos:pos + 1] in ("+", "-") and pos < len(text):
+        if text[pos : pos + 1] in ("+", "-") and pos < len(text):
             pos += 1
         after = _digits(text, pos)
         if after == pos:
@@ -359,7 +364,7 @@ def _number(text: str, pos: int) -> tuple[object, int]:
 
 def _value(text: str, pos: int, depth: int) -> tuple[object, int]:
     pos = _skip(text, pos)
-    char = text[pos:pos + 1]
+    char = text[pos : pos + 1]
     if char == '"':
         return _string(text, pos + 1)
     if char in ("{", "[") and char:
@@ -369,23 +374,23 @@ def _value(text: str, pos: int, depth: int) -> tuple[object, int]:
         items: list[object] = []
         members: dict[str, object] = {}
         pos = _skip(text, pos + 1)
-        if text[pos:pos + 1] == closing:
+        if text[pos : pos + 1] == closing:
             return (members if char == "{" else items), pos + 1
         while True:
             if char == "{":
                 pos = _skip(text, pos)
-                if text[pos:pos + 1] != '"':
+                if text[pos : pos + 1] != '"':
                     raise JSONError("object key is not a string")
                 key, pos = _string(text, pos + 1)
                 pos = _skip(text, pos)
-                if text[pos:pos + 1] != ":":
+                if text[pos : pos + 1] != ":":
                     raise JSONError("missing colon")
                 members[key], pos = _value(text, pos + 1, depth + 1)
             else:
                 item, pos = _value(text, pos, depth + 1)
                 items.append(item)
             pos = _skip(text, pos)
-            separator = text[pos:pos + 1]
+            separator = text[pos : pos + 1]
             if separator == closing:
                 return (members if char == "{" else items), pos + 1
             if separator != ",":
@@ -589,8 +594,11 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
             log_line(priority, f"refused {who}: {failure.text}{extra}", log_path)
         return failure.status
     except BaseException as exc:  # Fail closed on anything unforeseen, without its (unsafe) text.
-        log_line("LOG_ERR", f"refused user={user_label} service={service_label}: internal error "
-                 f"{type(exc).__name__}", log_path)
+        log_line(
+            "LOG_ERR",
+            f"refused user={user_label} service={service_label}: internal error {type(exc).__name__}",
+            log_path,
+        )
         return EXIT_UNAVAILABLE
 
 

@@ -72,6 +72,7 @@ def key_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyB
     require(_payshield_available(), "payShield backend or simulator not installed")
     from otp_agent.keystore.payshield.backend import PayShieldKeyBackend
     from otp_agent.payshield_sim.testing import running_simulator
+
     with running_simulator() as simulator:
         hsm_backend = PayShieldKeyBackend(simulator.config())
         yield hsm_backend
@@ -98,8 +99,9 @@ def audit(tmp_path: Path) -> Iterator[AuditLog]:
     log.close()
 
 
-def make_validator(store: Any, keys: KeyBackend, audit: AuditLog, clock: FakeClock,
-                   **policy: Any) -> Validator:
+def make_validator(
+    store: Any, keys: KeyBackend, audit: AuditLog, clock: FakeClock, **policy: Any
+) -> Validator:
     return Validator(store, keys, PolicyConfig(**policy), audit, clock=clock)
 
 

@@ -27,10 +27,14 @@ class AgentClient:
                 connection.connect(str(self.socket_path))
             except (FileNotFoundError, ConnectionRefusedError):
                 connection.close()
-                raise AgentUnreachable(f"the agent is not running (no listener on {self.socket_path})") from None
+                raise AgentUnreachable(
+                    f"the agent is not running (no listener on {self.socket_path})"
+                ) from None
             except OSError as exc:
                 connection.close()
-                raise AgentUnreachable(f"cannot reach the agent at {self.socket_path}: {exc.strerror or exc}") from None
+                raise AgentUnreachable(
+                    f"cannot reach the agent at {self.socket_path}: {exc.strerror or exc}"
+                ) from None
             self._socket = connection
         return self._socket
 
@@ -39,8 +43,9 @@ class AgentClient:
         connection = self._connect()
         try:
             connection.settimeout(self.timeout)
-            reply = wire.exchange(connection, {"v": wire.VERSION, "op": op, **fields},
-                                  deadline=time.monotonic() + self.timeout)
+            reply = wire.exchange(
+                connection, {"v": wire.VERSION, "op": op, **fields}, deadline=time.monotonic() + self.timeout
+            )
         except TimeoutError:
             self.close()
             raise AgentUnreachable(f"the agent did not answer within {self.timeout:g} s") from None

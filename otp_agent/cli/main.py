@@ -37,9 +37,15 @@ def _emit(arguments: argparse.Namespace, out: TextIO, reply: dict[str, Any], tex
 
 
 def cmd_enroll(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
-    reply = client.request("enroll", user=arguments.user, type=arguments.type,
-                           algorithm=arguments.algorithm, digits=arguments.digits,
-                           period=arguments.period, issuer=arguments.issuer)
+    reply = client.request(
+        "enroll",
+        user=arguments.user,
+        type=arguments.type,
+        algorithm=arguments.algorithm,
+        digits=arguments.digits,
+        period=arguments.period,
+        issuer=arguments.issuer,
+    )
     if arguments.json:
         _emit(arguments, out, reply, "")
         return 0
@@ -75,6 +81,7 @@ def _simple(op: str, fields: tuple[str, ...], message: str) -> Command:
         reply = client.request(op, **values)
         _emit(arguments, out, reply, message.format(**values, **reply))
         return 0
+
     return command
 
 
@@ -94,8 +101,10 @@ def read_codes(prompts: list[str]) -> list[str]:
         if not code:
             if interactive:
                 raise UsageError("no code entered")
-            raise UsageError(f"expected {len(prompts)} code{'s' if len(prompts) > 1 else ''} on "
-                             f"standard input, one per line; got {len(codes)}")
+            raise UsageError(
+                f"expected {len(prompts)} code{'s' if len(prompts) > 1 else ''} on "
+                f"standard input, one per line; got {len(codes)}"
+            )
         codes.append(code)
     return codes
 
@@ -129,8 +138,9 @@ def cmd_status(arguments: argparse.Namespace, client: AgentClient, out: TextIO) 
         _emit(arguments, out, reply, "")
     else:
         print_status(reply, out)
-    healthy = all(reply.get(part, {}).get("ok") for part in ("agent", "store", "keystore")) \
-        and reply.get("audit", {}).get("ok", True)
+    healthy = all(reply.get(part, {}).get("ok") for part in ("agent", "store", "keystore")) and reply.get(
+        "audit", {}
+    ).get("ok", True)
     return 0 if healthy else 4
 
 
@@ -138,21 +148,33 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``otpctl`` argument parser."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a value given before the verb must survive the verb's own parser.
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                        help="configuration file (default $OTP_AGENT_CONFIG or /etc/otp-agent/agent.toml)")
-    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
-                        help="seconds to wait for the agent (default 60)")
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="configuration file (default $OTP_AGENT_CONFIG or /etc/otp-agent/agent.toml)",
+    )
+    common.add_argument(
+        "--timeout", type=float, default=argparse.SUPPRESS, help="seconds to wait for the agent (default 60)"
+    )
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="machine-readable output")
 
-    parser = argparse.ArgumentParser(prog="otpctl", parents=[common],
-                                     description="Administer otp-agent tokens.")
+    parser = argparse.ArgumentParser(
+        prog="otpctl", parents=[common], description="Administer otp-agent tokens."
+    )
     parser.add_argument("--version", action="version", version=f"otpctl {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    def verb(name: str, handler: Command, help_text: str, *, with_json: bool = True) -> argparse.ArgumentParser:
-        sub = verbs.add_parser(name, parents=[common, json_flag] if with_json else [common],
-                               help=help_text, description=help_text)
+    def verb(
+        name: str, handler: Command, help_text: str, *, with_json: bool = True
+    ) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(
+            name,
+            parents=[common, json_flag] if with_json else [common],
+            help=help_text,
+            description=help_text,
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -163,10 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--digits", type=int, choices=[6, 8], default=6)
     enroll.add_argument("--period", type=int, default=30, help="TOTP time step in seconds")
     enroll.add_argument("--issuer", default="otp-agent", help="name shown by the authenticator app")
-    enroll.add_argument("--qr", choices=["auto", "always", "never"], default="auto",
-                        help="print a QR code (auto: only on a terminal)")
+    enroll.add_argument(
+        "--qr",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="print a QR code (auto: only on a terminal)",
+    )
 
     from otp_agent.cli import pskc_commands  # lxml is loaded only by the verbs that need it
+
     importer = verb("import", pskc_commands.run_import, "import tokens from a PSKC file (RFC 6030)")
     pskc_commands.add_import_arguments(importer)
     exporter = verb("export", pskc_commands.run_export, "export tokens to a protected PSKC file")
@@ -175,21 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     verb("list", cmd_list, "list tokens (never secrets)")
     show = verb("show", cmd_show, "show the tokens of a serial or a user")
     show.add_argument("target", metavar="SERIAL|USER")
-    assign = verb("assign", _simple("assign", ("serial", "user"), "Token {serial} assigned to {user}."),
-                  "give a token to a user")
+    assign = verb(
+        "assign",
+        _simple("assign", ("serial", "user"), "Token {serial} assigned to {user}."),
+        "give a token to a user",
+    )
     assign.add_argument("serial")
     assign.add_argument("user")
     for name, text in (("disable", "disabled"), ("enable", "enabled"), ("remove", "removed")):
         sub = verb(name, _simple(name, ("serial",), f"Token {{serial}} {text}."), f"{name} a token")
         sub.add_argument("serial")
-    on_argv = "visible to other users in ps: leave out to be asked for it (no echo) or to " \
-              "give it on standard input"
+    on_argv = (
+        "visible to other users in ps: leave out to be asked for it (no echo) or to give it on standard input"
+    )
     resync = verb("resync", cmd_resync, "resynchronise a token of USER from two consecutive codes")
     resync.add_argument("user")
-    resync.add_argument("codes", nargs="*", metavar="CODE1 CODE2",
-                        help=f"two consecutive codes; {on_argv.replace('it', 'them')}, one per line")
-    unlock = verb("unlock", _simple("unlock", ("target",), "{unlocked} token(s) unlocked."),
-                  "clear the throttling lock of a serial or a user's tokens")
+    resync.add_argument(
+        "codes",
+        nargs="*",
+        metavar="CODE1 CODE2",
+        help=f"two consecutive codes; {on_argv.replace('it', 'them')}, one per line",
+    )
+    unlock = verb(
+        "unlock",
+        _simple("unlock", ("target",), "{unlocked} token(s) unlocked."),
+        "clear the throttling lock of a serial or a user's tokens",
+    )
     unlock.add_argument("target", metavar="USER|SERIAL")
     check = verb("check", cmd_check, "validate USER's CODE exactly as a login would (consumes it)")
     check.add_argument("user")

@@ -46,32 +46,53 @@ class AdminClient(Protocol):
 
 def _add_protection(parser: argparse.ArgumentParser, *, required: bool, password_min: int) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--password-file", type=Path, metavar="F",
-                       help=f"file holding the PBE password as text ({password_min} to "
-                            f"{crypto.PASSWORD_MAX} characters)")
-    group.add_argument("--key-file", type=Path, metavar="F",
-                       help="file holding the pre-shared AES key in hex (16, 24 or 32 bytes)")
+    group.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="F",
+        help=f"file holding the PBE password as text ({password_min} to {crypto.PASSWORD_MAX} characters)",
+    )
+    group.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="F",
+        help="file holding the pre-shared AES key in hex (16, 24 or 32 bytes)",
+    )
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``otpctl import`` (``--json`` comes from the common options)."""
     parser.add_argument("file", type=Path, metavar="FILE", help="PSKC file (RFC 6030)")
     _add_protection(parser, required=False, password_min=crypto.PASSWORD_MIN)
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check everything, against the store too, and write nothing")
-    parser.add_argument("--any-id", action="store_true",
-                        help="accept Key Ids that are not OATH token identifiers "
-                             "(1 to 64 printable ASCII characters without spaces)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check everything, against the store too, and write nothing"
+    )
+    parser.add_argument(
+        "--any-id",
+        action="store_true",
+        help="accept Key Ids that are not OATH token identifiers "
+        "(1 to 64 printable ASCII characters without spaces)",
+    )
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``otpctl export``: a protection is required, clear export impossible."""
-    parser.add_argument("--output", "-o", type=Path, required=True, metavar="FILE",
-                        help="PSKC file to create (mode 0600; an existing file is never overwritten)")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="PSKC file to create (mode 0600; an existing file is never overwritten)",
+    )
     _add_protection(parser, required=True, password_min=EXPORT_PASSWORD_MIN)
-    parser.add_argument("--iterations", type=int, default=DEFAULT_EXPORT_ITERATIONS,
-                        help="PBKDF2 iterations for a password-protected export (at least and "
-                             f"by default {DEFAULT_EXPORT_ITERATIONS})")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=DEFAULT_EXPORT_ITERATIONS,
+        help="PBKDF2 iterations for a password-protected export (at least and "
+        f"by default {DEFAULT_EXPORT_ITERATIONS})",
+    )
 
 
 def _read_password(path: Path) -> str:
@@ -142,8 +163,13 @@ class _Progress:
 def _summary(token: ImportedToken) -> dict[str, Any]:
     params = token.params
     return {
-        "serial": token.serial, "type": params.token_type.value, "algorithm": params.algorithm.value,
-        "digits": params.digits, "period": params.period, "user": token.user, "line": token.line,
+        "serial": token.serial,
+        "type": params.token_type.value,
+        "algorithm": params.algorithm.value,
+        "digits": params.digits,
+        "period": params.period,
+        "user": token.user,
+        "line": token.line,
     }
 
 
@@ -155,8 +181,9 @@ def _agent_problem(text: str, lines: dict[str, int]) -> dict[str, Any]:
     return {"line": None, "key_id": None, "message": text}
 
 
-def _print_refusal(exc: PskcError, args: argparse.Namespace, out: TextIO,
-                   lines: dict[str, int] | None = None) -> int:
+def _print_refusal(
+    exc: PskcError, args: argparse.Namespace, out: TextIO, lines: dict[str, int] | None = None
+) -> int:
     """Print a refusal (the file's or the agent's) and return exit status 1."""
     details = getattr(exc, "details", None)
     problems: list[dict[str, Any]]
@@ -170,10 +197,14 @@ def _print_refusal(exc: PskcError, args: argparse.Namespace, out: TextIO,
     else:
         out.write(f"{exc}\n")
         for problem in problems:
-            where = ", ".join(part for part in (
-                f"line {problem['line']}" if problem["line"] is not None else "",
-                f"key {printable(problem['key_id'])!r}" if problem["key_id"] is not None else "")
-                if part)
+            where = ", ".join(
+                part
+                for part in (
+                    f"line {problem['line']}" if problem["line"] is not None else "",
+                    f"key {printable(problem['key_id'])!r}" if problem["key_id"] is not None else "",
+                )
+                if part
+            )
             out.write(f"  - {where + ': ' if where else ''}{problem['message']}\n")
     return 1
 
@@ -187,9 +218,9 @@ def run_import(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
         return _print_refusal(exc, args, out)
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
-        tokens, notes = parse_pskc_report(data, password=password, psk=key,
-                                          strict_ids=not getattr(args, "any_id", False),
-                                          progress=progress)
+        tokens, notes = parse_pskc_report(
+            data, password=password, psk=key, strict_ids=not getattr(args, "any_id", False), progress=progress
+        )
     except PskcImportError as exc:
         return _print_refusal(exc, args, out)
     dry_run = bool(getattr(args, "dry_run", False))
@@ -206,9 +237,18 @@ def run_import(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
         del records  # Drop the base64 secrets as soon as the request is sent.
     summaries = [_summary(token) for token in tokens]
     if getattr(args, "json", False):
-        json.dump({"ok": True, "dry_run": dry_run, "imported": reply.get("imported", 0),
-                   "checked": reply.get("checked", len(tokens)), "tokens": summaries,
-                   "notes": notes}, out, indent=2)
+        json.dump(
+            {
+                "ok": True,
+                "dry_run": dry_run,
+                "imported": reply.get("imported", 0),
+                "checked": reply.get("checked", len(tokens)),
+                "tokens": summaries,
+                "notes": notes,
+            },
+            out,
+            indent=2,
+        )
         out.write("\n")
         return 0
     _print_table(summaries, out)
@@ -258,8 +298,11 @@ def run_export(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
     try:
         reply = client.request("export")
     except KeyBackendError as exc:
-        print(f"otpctl export: refused: {exc}. A payShield export would need a transport key "
-              "(not implemented); no file was written.", file=sys.stderr)
+        print(
+            f"otpctl export: refused: {exc}. A payShield export would need a transport key "
+            "(not implemented); no file was written.",
+            file=sys.stderr,
+        )
         return exc.exit_status
     tokens: list[ExportedToken] = []
     try:
@@ -279,11 +322,17 @@ def run_export(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
         raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
     protection = "pbe" if password is not None else "psk"
     if getattr(args, "json", False):
-        json.dump({"ok": True, "exported": len(tokens), "file": str(output),
-                   "protection": protection}, out, indent=2)
+        json.dump(
+            {"ok": True, "exported": len(tokens), "file": str(output), "protection": protection},
+            out,
+            indent=2,
+        )
         out.write("\n")
     else:
-        scheme = ("PBKDF2-HMAC-SHA256 + AES-256-CBC" if password is not None
-                  else f"pre-shared key + AES-{len(key or b'') * 8}-CBC")
+        scheme = (
+            "PBKDF2-HMAC-SHA256 + AES-256-CBC"
+            if password is not None
+            else f"pre-shared key + AES-{len(key or b'') * 8}-CBC"
+        )
         out.write(f"{len(tokens)} token(s) exported to {output} ({scheme}, HMAC-SHA256 MACs).\n")
     return 0

@@ -30,17 +30,41 @@ def print_tokens(tokens: list[dict[str, Any]], out: TextIO, *, detailed: bool = 
     if detailed:
         for token in tokens:
             print(f"{token['serial']}:", file=out)
-            for key in ("user", "type", "algorithm", "digits", "period", "t0", "counter",
-                        "last_step", "drift", "failures", "issuer", "created"):
+            for key in (
+                "user",
+                "type",
+                "algorithm",
+                "digits",
+                "period",
+                "t0",
+                "counter",
+                "last_step",
+                "drift",
+                "failures",
+                "issuer",
+                "created",
+            ):
                 print(f"  {key:<10} {token.get(key)}", file=out)
             print(f"  {'state':<10} {token_state(token)}", file=out)
         return
     rows = [("SERIAL", "USER", "TYPE", "ALGORITHM", "DIGITS", "PERIOD", "STATE")]
-    rows += [(t["serial"], t.get("user") or "-", t["type"], t["algorithm"], str(t["digits"]),
-              str(t["period"]) if t["type"] == "totp" else "-", token_state(t)) for t in tokens]
+    rows += [
+        (
+            t["serial"],
+            t.get("user") or "-",
+            t["type"],
+            t["algorithm"],
+            str(t["digits"]),
+            str(t["period"]) if t["type"] == "totp" else "-",
+            token_state(t),
+        )
+        for t in tokens
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out
+        )
 
 
 def print_decision(reply: dict[str, Any], out: TextIO) -> None:
@@ -60,19 +84,24 @@ def print_status(reply: dict[str, Any], out: TextIO) -> None:
         if part not in reply:
             continue
         section = reply.get(part, {})
-        details = ", ".join(f"{k}={v}" for k, v in section.items()
-                            if k not in ("ok", "warning") and not isinstance(v, (list, dict)))
+        details = ", ".join(
+            f"{k}={v}"
+            for k, v in section.items()
+            if k not in ("ok", "warning") and not isinstance(v, (list, dict))
+        )
         print(f"{part:<9} {'ok' if section.get('ok') else 'FAILING'}  {details}", file=out)
         if section.get("warning"):
             print(f"  WARNING: {section['warning']}", file=out)
         for host in section.get("hosts", []) if isinstance(section.get("hosts"), list) else []:
             state = "up" if host.get("up") else "DOWN"
-            extra = ", ".join(f"{k}={v}" for k, v in host.items()
-                              if k not in ("address", "up") and v not in (None, ""))
+            extra = ", ".join(
+                f"{k}={v}" for k, v in host.items() if k not in ("address", "up") and v not in (None, "")
+            )
             print(f"  hsm {host.get('address')}: {state}  {extra}", file=out)
 
 
 def show_qr(uri: str, out: TextIO) -> None:
     """Draw the otpauth:// URI as a QR code on the terminal."""
     import segno
+
     segno.make(uri, error="m").terminal(out=out, compact=True)

@@ -53,8 +53,14 @@ def _optional_context(request: dict[str, Any], key: str) -> str | None:
 class Dispatcher:
     """Maps operation names to handlers and enforces who may call them."""
 
-    def __init__(self, validator: Validator, admin: Administration, *,
-                 admin_group: str | None, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        validator: Validator,
+        admin: Administration,
+        *,
+        admin_group: str | None,
+        status: Callable[[], dict[str, Any]],
+    ) -> None:
         self.validator, self.admin, self.status = validator, admin, status
         self._admin_gid: int | None = None
         if admin_group:
@@ -65,8 +71,9 @@ class Dispatcher:
 
     def is_admin(self, peer: Peer) -> bool:
         """True for uid 0 or a member of the admin group."""
-        return peer.uid == 0 or (self._admin_gid is not None
-                                 and (peer.gid == self._admin_gid or self._admin_gid in peer.groups))
+        return peer.uid == 0 or (
+            self._admin_gid is not None and (peer.gid == self._admin_gid or self._admin_gid in peer.groups)
+        )
 
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Answer one request; every error becomes an error reply."""
@@ -79,8 +86,9 @@ class Dispatcher:
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
                 raise UsageError(f"unknown operation {op!r}")
-            context = RequestContext(peer.uid, peer.pid,
-                                     *(_optional_context(request, k) for k in _CONTEXT_FIELDS))
+            context = RequestContext(
+                peer.uid, peer.pid, *(_optional_context(request, k) for k in _CONTEXT_FIELDS)
+            )
             return wire.ok_reply(**handler(request, peer, context))
         except PskcError as exc:
             reply = wire.error_reply(exc.code, str(exc))
@@ -105,11 +113,13 @@ class Dispatcher:
     def op_ping(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         return {"version": __version__}
 
-    def _refuse_lookup(self, name: str, op: str, exc: AccountLookupError,
-                       context: RequestContext) -> dict[str, Any]:
+    def _refuse_lookup(
+        self, name: str, op: str, exc: AccountLookupError, context: RequestContext
+    ) -> dict[str, Any]:
         _log.error("%s for %r refused: %s", op, name[:64], exc)
-        self.validator.audit.record(op, context, user=name, result=wire.Result.REJECT,
-                                    reason=wire.Reason.ACCOUNT_LOOKUP)
+        self.validator.audit.record(
+            op, context, user=name, result=wire.Result.REJECT, reason=wire.Reason.ACCOUNT_LOOKUP
+        )
         return wire.ValidateReply(wire.Result.REJECT, wire.Reason.ACCOUNT_LOOKUP).fields()
 
     def op_validate(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
@@ -120,8 +130,9 @@ class Dispatcher:
             # Fail closed: a lookup error must never look like "no such user" (not enrolled).
             return self._refuse_lookup(validate.user, "validate", exc, context)
         if validate.password_and_code is not None:
-            return self.validator.validate_password_and_code(user, validate.password_and_code,
-                                                             context).reply()
+            return self.validator.validate_password_and_code(
+                user, validate.password_and_code, context
+            ).reply()
         assert validate.code is not None
         return self.validator.validate(user, validate.code, context).reply()
 
@@ -138,9 +149,12 @@ class Dispatcher:
 
     def op_enroll(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         try:
-            params = OathParams(TokenType(request.get("type", "totp")),
-                                HashAlgorithm(request.get("algorithm", "sha1")),
-                                request.get("digits", 6), request.get("period", 30))
+            params = OathParams(
+                TokenType(request.get("type", "totp")),
+                HashAlgorithm(request.get("algorithm", "sha1")),
+                request.get("digits", 6),
+                request.get("period", 30),
+            )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         issuer = request.get("issuer") or "otp-agent"

@@ -112,15 +112,19 @@ def refuse_unsafe_database(database: Path) -> bool:
             raise StoreUnavailable(
                 f"database file {path} is a symbolic link (to {os.readlink(path)}); otp-agent "
                 "init does not follow links in the database's directory: remove the link, or "
-                "set [store] path to the real file")
+                "set [store] path to the real file"
+            )
         if not stat.S_ISREG(info.st_mode):
-            raise StoreUnavailable(f"database file {path} is not a regular file; remove it or "
-                                   "set [store] path elsewhere")
+            raise StoreUnavailable(
+                f"database file {path} is not a regular file; remove it or set [store] path elsewhere"
+            )
     existed = os.path.lexists(database)
     wal = _database_files(database)[1]
     if not existed and os.path.lexists(wal):
-        raise StoreUnavailable(f"{wal} exists but the database does not (a leftover of a database "
-                               "moved away?); move it with its database, or remove it")
+        raise StoreUnavailable(
+            f"{wal} exists but the database does not (a leftover of a database "
+            "moved away?); move it with its database, or remove it"
+        )
     return existed
 
 
@@ -137,8 +141,10 @@ def create_database(database: Path, prepare: Callable[[TokenStore], list[str]]) 
     try:
         descriptor = os.open(database, flags | (0 if existed else os.O_CREAT | os.O_EXCL), 0o600)
     except OSError as exc:
-        raise StoreUnavailable(f"database {database} cannot be {'opened' if existed else 'created'} "
-                               f"as uid {os.geteuid()}: {exc.strerror}") from None
+        raise StoreUnavailable(
+            f"database {database} cannot be {'opened' if existed else 'created'} "
+            f"as uid {os.geteuid()}: {exc.strerror}"
+        ) from None
     try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise StoreUnavailable(f"database file {database} is not a regular file")
@@ -179,14 +185,15 @@ def _child(write_end: int, work: Callable[[], dict[str, Any]]) -> None:
         except OtpAgentError as exc:
             answer = {"error": exc.code, "message": str(exc)}
         except OSError as exc:
-            answer = {"error": StoreUnavailable.code,
-                      "message": f"{exc.filename or 'database'}: {exc.strerror or exc} "
-                                 f"(as uid {os.geteuid()})"}
+            answer = {
+                "error": StoreUnavailable.code,
+                "message": f"{exc.filename or 'database'}: {exc.strerror or exc} (as uid {os.geteuid()})",
+            }
         except BaseException as exc:  # Anything: the parent must hear of it, never a traceback here.
             answer = {"error": StoreUnavailable.code, "message": f"{type(exc).__name__}: {exc}"}
         data = json.dumps(answer).encode("utf-8")
         while data:
-            data = data[os.write(write_end, data):]
+            data = data[os.write(write_end, data) :]
         status = 0
     finally:
         os._exit(status)
@@ -239,7 +246,8 @@ def _master_key_directory(path: Path, *, create: bool) -> None:
         raise KeyBackendUnavailable(
             f"refusing to create the master key {path}: {found[0]} is owned by "
             f"{_owner_of(found)[2]}; put the master key in a directory only root controls "
-            "(such as /etc/otp-agent)")
+            "(such as /etc/otp-agent)"
+        )
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -247,8 +255,10 @@ def _master_key_directory(path: Path, *, create: bool) -> None:
 def _initialise_keys(config: Config) -> list[str]:
     if config.keystore.backend != "software":
         from otp_agent.keystore.payshield.backend import initialise_payshield
+
         return initialise_payshield(config.keystore.payshield)
     from otp_agent.keystore.software import create_master_key
+
     path = config.keystore.master_key_file
     _master_key_directory(path, create=True)
     if create_master_key(path):
@@ -290,7 +300,8 @@ def _initialise_sqlite(config: Config) -> list[str]:
                 raise StoreUnavailable(
                     f"{exc.filename or database}: permission denied to {name}, who owns "
                     f"{found[0]} and so creates the database (the agent running as {name} "
-                    "needs the same access)") from None
+                    "needs the same access)"
+                ) from None
             return {"existed": existed, "lines": lines}
 
         outcome = run_in_child(as_owner)

@@ -42,8 +42,10 @@ def open_key_backend(config: Config) -> KeyBackend:
     """Build the configured key backend."""
     if config.keystore.backend == "payshield":
         from otp_agent.keystore.payshield.backend import PayShieldKeyBackend
+
         return PayShieldKeyBackend(config.keystore.payshield)
     from otp_agent.keystore.software import SoftwareKeyBackend
+
     return SoftwareKeyBackend(config.keystore.master_key_file)
 
 
@@ -51,9 +53,11 @@ def open_store(config: Config, *, create: bool = False) -> TokenStore:
     """Build the configured token store."""
     if config.store.backend == "postgresql":
         from otp_agent.store.postgresql import PostgreSQLStore
+
         store: TokenStore = PostgreSQLStore(config.store.dsn, create=create)
         return store
     from otp_agent.store.sqlite import SQLiteStore
+
     return SQLiteStore(config.store.path, create=create)
 
 
@@ -70,12 +74,15 @@ def require_backend_binding(keys: KeyBackend, store: TokenStore) -> None:
     """
     stored = store.get_meta(_CHECK_VALUE_KEY)
     if stored is None:
-        raise StoreUnavailable("the token store is not bound to a key backend (it was not "
-                               "created by otp-agent init); refusing to start")
+        raise StoreUnavailable(
+            "the token store is not bound to a key backend (it was not "
+            "created by otp-agent init); refusing to start"
+        )
     if stored != _check_value(keys):
         raise KeyBackendUnavailable(
             "the key backend does not match the one this database was created with "
-            "(wrong master key file or HSM key); refusing to start")
+            "(wrong master key file or HSM key); refusing to start"
+        )
 
 
 def bind_backend_to_store(keys: KeyBackend, store: TokenStore) -> None:
@@ -86,7 +93,8 @@ def bind_backend_to_store(keys: KeyBackend, store: TokenStore) -> None:
     if store.claim_meta(_CHECK_VALUE_KEY, value) != value:
         raise KeyBackendUnavailable(
             "the key backend does not match the one this database was created with "
-            "(wrong master key file or HSM key); refusing to start")
+            "(wrong master key file or HSM key); refusing to start"
+        )
 
 
 class Agent:
@@ -103,27 +111,37 @@ class Agent:
         except BaseException:
             self.keys.close()
             raise
-        self.audit = AuditLog(config.audit.path, use_syslog=config.audit.syslog,
-                              on_failure=config.audit.on_failure)
+        self.audit = AuditLog(
+            config.audit.path, use_syslog=config.audit.syslog, on_failure=config.audit.on_failure
+        )
         checker = None
         if config.policy.password_service:
             service = config.policy.password_service
 
             def checker(user: str, password: str) -> bool:
                 from otp_agent.passwordcheck import check_password
+
                 return bool(check_password(user, password, service=service))
-        self.validator = Validator(self.store, self.keys, config.policy, self.audit,
-                                   password_checker=checker)
+
+        self.validator = Validator(self.store, self.keys, config.policy, self.audit, password_checker=checker)
         self.admin = Administration(self.store, self.keys, self.audit)
-        self.dispatcher = Dispatcher(self.validator, self.admin, admin_group=config.agent.admin_group,
-                                     status=self.status)
+        self.dispatcher = Dispatcher(
+            self.validator, self.admin, admin_group=config.agent.admin_group, status=self.status
+        )
 
     def status(self) -> dict[str, Any]:
         """Health of the agent, the store and the key backend."""
-        return {"agent": {"ok": True, "version": __version__, "pid": os.getpid(),
-                          "uptime": round(time.time() - self.started, 1)},
-                "store": self.store.health(), "keystore": self.keys.health(),
-                "audit": self.audit.health()}
+        return {
+            "agent": {
+                "ok": True,
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime": round(time.time() - self.started, 1),
+            },
+            "store": self.store.health(),
+            "keystore": self.keys.health(),
+            "audit": self.audit.health(),
+        }
 
     def close(self) -> None:
         """Release every resource."""
@@ -134,14 +152,26 @@ class Agent:
 
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="otp-agent", description="OATH second-factor agent daemon.")
-    parser.add_argument("command", nargs="?", choices=["run", "init"], default="run",
-                        help="run (default) the daemon, or init: create the master key and database")
-    parser.add_argument("--config", type=Path, help="configuration file (default $OTP_AGENT_CONFIG "
-                        "or /etc/otp-agent/agent.toml)")
-    parser.add_argument("--check-config", action="store_true",
-                        help="check the configuration and the backends, then exit")
-    parser.add_argument("--log-level", default=os.environ.get("OTP_AGENT_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["run", "init"],
+        default="run",
+        help="run (default) the daemon, or init: create the master key and database",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="configuration file (default $OTP_AGENT_CONFIG or /etc/otp-agent/agent.toml)",
+    )
+    parser.add_argument(
+        "--check-config", action="store_true", help="check the configuration and the backends, then exit"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("OTP_AGENT_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
     parser.add_argument("--version", action="version", version=f"otp-agent {__version__}")
     return parser.parse_args(argv)
 
@@ -151,9 +181,13 @@ def serve(config: Config) -> int:
     notifier = Notifier()
     agent = Agent(config)
     listener = inherited_socket() or bind_socket(config.agent.socket, config.agent.socket_mode)
-    server = AgentServer(listener, agent.dispatcher.handle, agent.dispatcher.is_admin,
-                         client_timeout=config.agent.client_timeout,
-                         max_clients=config.agent.max_clients)
+    server = AgentServer(
+        listener,
+        agent.dispatcher.handle,
+        agent.dispatcher.is_admin,
+        client_timeout=config.agent.client_timeout,
+        max_clients=config.agent.max_clients,
+    )
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         _log.info("signal %d: stopping after requests in flight", signum)
@@ -165,14 +199,18 @@ def serve(config: Config) -> int:
         try:
             agent.audit.reopen()
         except OSError as exc:  # Raised here, it would end serve_forever: keep the old file.
-            _log.error("SIGHUP: the audit log cannot be reopened, still writing to the old "
-                       "file: %s", exc)
+            _log.error("SIGHUP: the audit log cannot be reopened, still writing to the old file: %s", exc)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reopen)
-    _log.info("otp-agent %s listening on %s (store %s, key backend %s)", __version__,
-              config.agent.socket, agent.store.name, agent.keys.name)
+    _log.info(
+        "otp-agent %s listening on %s (store %s, key backend %s)",
+        __version__,
+        config.agent.socket,
+        agent.store.name,
+        agent.keys.name,
+    )
     notifier.notify(f"READY=1\nSTATUS=serving on {config.agent.socket}\nMAINPID={os.getpid()}")
     try:
         server.serve_forever(tick=notifier.watchdog_tick)
@@ -186,13 +224,17 @@ def serve(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``otp-agent``."""
     arguments = _parse_arguments(argv)
-    logging.basicConfig(level=arguments.log_level, stream=sys.stderr,
-                        format="otp-agent[%(process)d]: %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=arguments.log_level,
+        stream=sys.stderr,
+        format="otp-agent[%(process)d]: %(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = load_config(arguments.config)
         if arguments.command == "init":
             # Imported here: the init module builds on this composition root's factories.
             from otp_agent.daemon.initialise import initialise
+
             for line in initialise(config):
                 print(line)
             return 0

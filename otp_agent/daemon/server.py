@@ -52,8 +52,7 @@ class _RateLimitedWarning:
 
 def peer_credentials(connection: socket.socket) -> Peer:
     """Read the connecting process's pid, uid, gid and groups from the kernel."""
-    pid, uid, gid = _UCRED.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                        _UCRED.size))
+    pid, uid, gid = _UCRED.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     groups: tuple[int, ...] = ()
     try:
         raw = connection.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * 256)
@@ -66,8 +65,15 @@ def peer_credentials(connection: socket.socket) -> Peer:
 class AgentServer:
     """Serves framed requests on a listening Unix stream socket."""
 
-    def __init__(self, listener: socket.socket, handle: Callable[[dict[str, Any], Peer], dict[str, Any]],
-                 is_admin: Callable[[Peer], bool], *, client_timeout: float, max_clients: int) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        handle: Callable[[dict[str, Any], Peer], dict[str, Any]],
+        is_admin: Callable[[Peer], bool],
+        *,
+        client_timeout: float,
+        max_clients: int,
+    ) -> None:
         self.listener = listener
         self._handle = handle
         self._is_admin = is_admin
@@ -150,8 +156,10 @@ class AgentServer:
             return True
         with self._uid_lock:
             non_root = sum(self._by_uid.values())
-            if (self._by_uid.get(peer.uid, 0) >= self._per_uid_limit
-                    or non_root >= self.max_clients - self._reserved_for_root):
+            if (
+                self._by_uid.get(peer.uid, 0) >= self._per_uid_limit
+                or non_root >= self.max_clients - self._reserved_for_root
+            ):
                 return False
             self._by_uid[peer.uid] = self._by_uid.get(peer.uid, 0) + 1
             return True

@@ -40,9 +40,7 @@ class KeyBackend(Protocol):
         :raises KeyBackendError: the backend refused or failed.
         """
 
-    def compute_hmacs(
-        self, identity: TokenIdentity, sealed: bytes, messages: Sequence[bytes]
-    ) -> list[bytes]:
+    def compute_hmacs(self, identity: TokenIdentity, sealed: bytes, messages: Sequence[bytes]) -> list[bytes]:
         """Return HMAC-<identity.algorithm>(secret, m) for each message, in order.
 
         A backend should compute the whole batch in about one round trip (the payShield backend

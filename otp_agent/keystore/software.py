@@ -55,8 +55,9 @@ def _is_systemd_credential(path: Path) -> bool:
     if not directory:
         return False
     try:
-        return os.path.samefile(path, os.path.join(directory, path.name)) or \
-            os.path.samefile(path, os.path.join(directory, "master.key"))
+        return os.path.samefile(path, os.path.join(directory, path.name)) or os.path.samefile(
+            path, os.path.join(directory, "master.key")
+        )
     except OSError:
         return False
 
@@ -69,8 +70,9 @@ def read_master_key(path: Path) -> Secret:
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise KeyBackendUnavailable(f"master key file {path} does not exist "
-                                    "(create it with: otp-agent init)") from None
+        raise KeyBackendUnavailable(
+            f"master key file {path} does not exist (create it with: otp-agent init)"
+        ) from None
     except OSError as exc:
         raise KeyBackendUnavailable(f"master key file {path} cannot be opened: {exc.strerror}") from None
     try:
@@ -80,13 +82,13 @@ def read_master_key(path: Path) -> Secret:
         if info.st_mode & (0o077 if not _is_systemd_credential(path) else 0o037):
             raise KeyBackendUnavailable(
                 f"master key file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}")
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
+            )
         data = os.read(descriptor, MASTER_KEY_SIZE + 1)
     finally:
         os.close(descriptor)
     if len(data) != MASTER_KEY_SIZE:
-        raise KeyBackendUnavailable(
-            f"master key file {path} must hold exactly {MASTER_KEY_SIZE} bytes")
+        raise KeyBackendUnavailable(f"master key file {path} must hold exactly {MASTER_KEY_SIZE} bytes")
     return Secret(data)
 
 
@@ -119,17 +121,16 @@ class SoftwareKeyBackend:
     def _open(self, identity: TokenIdentity, sealed: bytes) -> Secret:
         if len(sealed) < 1 + _NONCE_SIZE + 16 or sealed[:1] != _BLOB_VERSION:
             raise SealedSecretInvalid(f"sealed secret of token {identity.serial} is malformed")
-        nonce, body = sealed[1:1 + _NONCE_SIZE], sealed[1 + _NONCE_SIZE:]
+        nonce, body = sealed[1 : 1 + _NONCE_SIZE], sealed[1 + _NONCE_SIZE :]
         try:
             return Secret(self._aead.decrypt(nonce, body, identity.binding()))
         except InvalidTag:
             raise SealedSecretInvalid(
                 f"sealed secret of token {identity.serial} failed its integrity check "
-                "(tampered, copied from another token, or a different master key)") from None
+                "(tampered, copied from another token, or a different master key)"
+            ) from None
 
-    def compute_hmacs(
-        self, identity: TokenIdentity, sealed: bytes, messages: Sequence[bytes]
-    ) -> list[bytes]:
+    def compute_hmacs(self, identity: TokenIdentity, sealed: bytes, messages: Sequence[bytes]) -> list[bytes]:
         """Open the sealed secret and compute one HMAC per message."""
         digest = identity.algorithm.value
         with self._open(identity, sealed) as secret:

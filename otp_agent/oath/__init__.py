@@ -18,6 +18,16 @@ from otp_agent.oath.params import (
 from otp_agent.oath.totp import time_step
 
 __all__ = [
-    "DEFAULT_PERIOD", "HashAlgorithm", "HmacBatch", "OathParams", "TokenType", "check_key_size",
-    "codes_for", "counter_message", "dynamic_truncate", "format_code", "match_code", "time_step",
+    "DEFAULT_PERIOD",
+    "HashAlgorithm",
+    "HmacBatch",
+    "OathParams",
+    "TokenType",
+    "check_key_size",
+    "codes_for",
+    "counter_message",
+    "dynamic_truncate",
+    "format_code",
+    "match_code",
+    "time_step",
 ]

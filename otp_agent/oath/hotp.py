@@ -26,7 +26,7 @@ def counter_message(counter: int) -> bytes:
 def dynamic_truncate(mac: bytes) -> int:
     """Return the 31-bit value selected by RFC 4226 dynamic truncation."""
     offset = mac[-1] & 0x0F
-    return int.from_bytes(mac[offset:offset + 4], "big") & 0x7FFFFFFF
+    return int.from_bytes(mac[offset : offset + 4], "big") & 0x7FFFFFFF
 
 
 def format_code(mac: bytes, digits: int) -> str:

@@ -58,8 +58,9 @@ class OathParams:
         if not isinstance(self.period, int) or not 1 <= self.period <= 3600:
             raise InvalidToken(f"period must be an integer from 1 to 3600 seconds, not {self.period!r}")
         if not isinstance(self.t0, int) or not 0 <= self.t0 <= MAX_T0:
-            raise InvalidToken(f"T0 must be an integer from 0 to {MAX_T0} (seconds since the "
-                               f"epoch), not {self.t0!r}")
+            raise InvalidToken(
+                f"T0 must be an integer from 0 to {MAX_T0} (seconds since the epoch), not {self.t0!r}"
+            )
 
 
 def check_key_size(algorithm: HashAlgorithm, size: int) -> None:

@@ -13,12 +13,17 @@ def base32_secret(secret: bytes) -> str:
     return base64.b32encode(secret).decode("ascii").rstrip("=")
 
 
-def provisioning_uri(secret: bytes, params: OathParams, *, account: str, issuer: str,
-                     counter: int = 0) -> str:
+def provisioning_uri(
+    secret: bytes, params: OathParams, *, account: str, issuer: str, counter: int = 0
+) -> str:
     """Build ``otpauth://TYPE/ISSUER:ACCOUNT?secret=...&issuer=...&algorithm=...&digits=...``."""
     label = quote(f"{issuer}:{account}", safe=":@")
-    query = {"secret": base32_secret(secret), "issuer": issuer,
-             "algorithm": params.algorithm.value.upper(), "digits": str(params.digits)}
+    query = {
+        "secret": base32_secret(secret),
+        "issuer": issuer,
+        "algorithm": params.algorithm.value.upper(),
+        "digits": str(params.digits),
+    }
     if params.token_type is TokenType.TOTP:
         query["period"] = str(params.period)
     else:

@@ -61,8 +61,15 @@ class CommandProcessor:
         self.firmware = firmware
         self.sockets = sockets
         self._handlers: dict[str, Callable[[FieldReader], bytes]] = {
-            "NC": self._nc, "NO": self._no, "B2": self._b2, "N0": self._n0, "L0": self._l0,
-            "LQ": self._lq, "LS": self._ls, "LU": self._lu, "A0": self._a0,
+            "NC": self._nc,
+            "NO": self._no,
+            "B2": self._b2,
+            "N0": self._n0,
+            "L0": self._l0,
+            "LQ": self._lq,
+            "LS": self._ls,
+            "LU": self._lu,
+            "A0": self._a0,
         }
 
     def handle(self, payload: bytes) -> bytes:
@@ -154,13 +161,13 @@ class CommandProcessor:
         request = codec.parse_lq_request(reader)
         digest, key = self._open_hmac_key(request)
         mac = hmac.new(key, request.data, _HASHES[digest]).digest()
-        return f"{request.hmac_length:04d}".encode() + mac[:request.hmac_length]
+        return f"{request.hmac_length:04d}".encode() + mac[: request.hmac_length]
 
     def _ls(self, reader: FieldReader) -> bytes:
         request = codec.parse_ls(reader)
         digest, key = self._open_hmac_key(request)
         mac = hmac.new(key, request.data, _HASHES[digest]).digest()
-        if not hmac.compare_digest(mac[:request.hmac_length], request.mac):
+        if not hmac.compare_digest(mac[: request.hmac_length], request.mac):
             raise _Refused("01")
         return b""
 

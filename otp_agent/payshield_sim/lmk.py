@@ -112,13 +112,13 @@ class Lmk:
         data, mac = bytes.fromhex(body[:-_MAC_HEX]), bytes.fromhex(body[-_MAC_HEX:])
         decryptor = Cipher(algorithms.AES(self._encryption), modes.CBC(self._iv(mac))).decryptor()
         clear = decryptor.update(data) + decryptor.finalize()
-        expected = _cmac(self._authentication, text[:header.encoded_length].encode("ascii") + clear)
+        expected = _cmac(self._authentication, text[: header.encoded_length].encode("ascii") + clear)
         if not hmac.compare_digest(expected[:8], mac):
             raise KeyBlockRejected("A4")
         bits = int.from_bytes(clear[:2], "big")
         if bits % 8 or bits // 8 > len(clear) - 2 or bits == 0:
             raise KeyBlockRejected("A4")
-        return header, clear[2:2 + bits // 8]
+        return header, clear[2 : 2 + bits // 8]
 
     def _iv(self, mac: bytes) -> bytes:
         return _cmac(self._authentication, b"IV" + mac)

@@ -30,23 +30,37 @@ def _listen(value: str) -> tuple[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="payshield-sim", description="payShield host-command simulator (test use only)")
+        prog="payshield-sim", description="payShield host-command simulator (test use only)"
+    )
     parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 1500), metavar="HOST:PORT")
-    parser.add_argument("--lmk-file", type=Path, required=True,
-                        help="AES-256 LMK file (created with mode 0600 if absent)")
+    parser.add_argument(
+        "--lmk-file", type=Path, required=True, help="AES-256 LMK file (created with mode 0600 if absent)"
+    )
     parser.add_argument("--header-length", type=int, default=4, choices=range(0, 33), metavar="N")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every command")
-    parser.add_argument("--calls-per-second", type=float, default=0.0,
-                        help="licence limit; commands beyond it queue (0 = unlimited)")
-    parser.add_argument("--fault", choices=FAULTS, default="none",
-                        help="misbehave on every request (for tests); wrong_hmac answers LQ "
-                        "with a wrong HMAC, the other commands normally")
+    parser.add_argument(
+        "--calls-per-second",
+        type=float,
+        default=0.0,
+        help="licence limit; commands beyond it queue (0 = unlimited)",
+    )
+    parser.add_argument(
+        "--fault",
+        choices=FAULTS,
+        default="none",
+        help="misbehave on every request (for tests); wrong_hmac answers LQ "
+        "with a wrong HMAC, the other commands normally",
+    )
     parser.add_argument("--fault-error-code", default="41", help="error code for --fault error")
     parser.add_argument("--max-connections", type=int, default=64)
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    parser.add_argument("--make-zmk", type=Path, metavar="DIR",
-                        help="write DIR/zmk.hex (clear) and DIR/zmk.kb (under the LMK) and exit")
+    parser.add_argument(
+        "--make-zmk",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/zmk.hex (clear) and DIR/zmk.kb (under the LMK) and exit",
+    )
     parser.add_argument("--verbose", action="store_true")
     return parser
 
@@ -65,11 +79,13 @@ def _make_zmk(lmk: Lmk, directory: Path) -> int:
     return 0
 
 
-async def _serve(server: SimulatorServer, host: str, port: int,
-                 tls: ssl.SSLContext | None) -> None:
+async def _serve(server: SimulatorServer, host: str, port: int, tls: ssl.SSLContext | None) -> None:
     bound = await server.start(host, port, tls)
-    print(f"payshield-sim listening on {host}:{bound}, header length {server.header_length}, "
-          f"LMK check value {server.processor.lmk.check_value}", flush=True)
+    print(
+        f"payshield-sim listening on {host}:{bound}, header length {server.header_length}, "
+        f"LMK check value {server.processor.lmk.check_value}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -93,15 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.make_zmk is not None:
         return _make_zmk(lmk, args.make_zmk)
     knobs = Knobs()
-    knobs.set(latency=args.latency_ms / 1000.0, calls_per_second=args.calls_per_second,
-              fault=args.fault, fault_error_code=args.fault_error_code)
+    knobs.set(
+        latency=args.latency_ms / 1000.0,
+        calls_per_second=args.calls_per_second,
+        fault=args.fault,
+        fault_error_code=args.fault_error_code,
+    )
     server = SimulatorServer(CommandProcessor(lmk), args.header_length, knobs, args.max_connections)
     try:
         tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
         asyncio.run(_serve(server, args.listen[0], args.listen[1], tls))
     except (OSError, ssl.SSLError) as exc:
-        print(f"payshield-sim: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc}",
-              file=sys.stderr)
+        print(f"payshield-sim: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc}", file=sys.stderr)
         return 1
     return 0
 

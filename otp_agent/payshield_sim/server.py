@@ -22,8 +22,7 @@ from otp_agent.payshield_sim.commands import CommandProcessor
 
 logger = logging.getLogger(__name__)
 
-FAULTS = ("none", "drop", "garbage", "silent", "error", "wrong_header", "wrong_response",
-          "wrong_hmac")
+FAULTS = ("none", "drop", "garbage", "silent", "error", "wrong_header", "wrong_response", "wrong_hmac")
 #: Faults that apply to some commands only (others are answered normally and not counted).
 _FAULT_SCOPE = {"wrong_hmac": frozenset({"LQ"})}
 
@@ -80,8 +79,13 @@ class Knobs:
 class SimulatorServer:
     """One simulated HSM listening on a TCP port."""
 
-    def __init__(self, processor: CommandProcessor, header_length: int = 4,
-                 knobs: Knobs | None = None, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        processor: CommandProcessor,
+        header_length: int = 4,
+        knobs: Knobs | None = None,
+        max_connections: int = 64,
+    ) -> None:
         self.processor = processor
         self.header_length = header_length
         self.knobs = knobs or Knobs()
@@ -151,7 +155,7 @@ class SimulatorServer:
             await asyncio.sleep(slot - now)
 
     async def _request(self, body: bytes, writer: asyncio.StreamWriter, lock: asyncio.Lock) -> None:
-        header, payload = body[:self.header_length], body[self.header_length:]
+        header, payload = body[: self.header_length], body[self.header_length :]
         if len(payload) < 2:
             writer.transport.abort()
             return

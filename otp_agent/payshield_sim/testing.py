@@ -40,8 +40,9 @@ _T = TypeVar("_T")
 class RunningSimulator:
     """Handle on a simulator running in a background thread."""
 
-    def __init__(self, directory: Path, lmk_file: Path, header_length: int, knobs: Knobs,
-                 tls: bool = True) -> None:
+    def __init__(
+        self, directory: Path, lmk_file: Path, header_length: int, knobs: Knobs, tls: bool = True
+    ) -> None:
         self.host = "127.0.0.1"
         self.tls_cert: Path | None = None
         self._tls: ssl.SSLContext | None = None
@@ -75,12 +76,14 @@ class RunningSimulator:
             # What `otp-agent init` would have created with a ZMK: the public test key imported
             # (here wrapped directly under the LMK) and its known answer.
             header = parse_header("1000063HG00N0000")
-            write_self_test_file(self.self_test_key_file,
-                                 "S" + self.lmk.wrap(header, SELF_TEST_KEY),
-                                 self_test_answer(), SELF_TEST_PUBLIC)
+            write_self_test_file(
+                self.self_test_key_file,
+                "S" + self.lmk.wrap(header, SELF_TEST_KEY),
+                self_test_answer(),
+                SELF_TEST_PUBLIC,
+            )
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="payshield-sim",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="payshield-sim", daemon=True)
         self._thread.start()
         self.port = 0
         self.running = False
@@ -129,14 +132,20 @@ class RunningSimulator:
         """
         link: dict[str, Any] = (
             {"tls_ca_file": self.tls_cert, "tls_server_name": "localhost"}
-            if self.tls_cert is not None else {"tls": False, "insecure_plaintext": True})
+            if self.tls_cert is not None
+            else {"tls": False, "insecure_plaintext": True}
+        )
         base = PayShieldConfig(
             hosts=(HsmAddress(self.host, self.port),),
             lmk_check_value=self.lmk_check_value[:6],
             header_length=self.server.header_length,
-            connect_timeout=2.0, request_timeout=2.0, health_interval=0.0,
-            retry_initial=0.05, retry_max=0.5,
-            zmk_file=self.zmk_file, zmk_key_block_file=self.zmk_key_block_file,
+            connect_timeout=2.0,
+            request_timeout=2.0,
+            health_interval=0.0,
+            retry_initial=0.05,
+            retry_max=0.5,
+            zmk_file=self.zmk_file,
+            zmk_key_block_file=self.zmk_key_block_file,
             fingerprint_key_file=self.fingerprint_key_file,
             self_test_key_file=self.self_test_key_file,
             **link,
@@ -160,9 +169,14 @@ def config_for(*simulators: RunningSimulator, **overrides: object) -> PayShieldC
 
 
 @contextmanager
-def running_simulator(*, header_length: int = 4, lmk_file: Path | None = None,
-                      directory: Path | None = None, tls: bool = True,
-                      **knobs: Any) -> Iterator[RunningSimulator]:
+def running_simulator(
+    *,
+    header_length: int = 4,
+    lmk_file: Path | None = None,
+    directory: Path | None = None,
+    tls: bool = True,
+    **knobs: Any,
+) -> Iterator[RunningSimulator]:
     """Run a simulator on 127.0.0.1 for the duration of the ``with`` block.
 
     ``knobs`` are :class:`Knobs` fields (latency, calls_per_second, fault, ...).  The simulator

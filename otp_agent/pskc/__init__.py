@@ -21,8 +21,16 @@ from otp_agent.pskc.writer import write_pskc
 from otp_agent.pskc.xmlsafe import MAX_FILE_SIZE, Document
 
 __all__ = [
-    "ExportedToken", "ImportedToken", "MAX_FILE_SIZE", "Problem", "PskcImportError",
-    "parse_pskc", "parse_pskc_report", "record_from_token", "token_from_record", "write_pskc",
+    "ExportedToken",
+    "ImportedToken",
+    "MAX_FILE_SIZE",
+    "Problem",
+    "PskcImportError",
+    "parse_pskc",
+    "parse_pskc_report",
+    "record_from_token",
+    "token_from_record",
+    "write_pskc",
 ]
 
 PSK_SIZES = (16, 24, 32)
@@ -39,8 +47,10 @@ def parse_pskc_report(
 ) -> tuple[list[ImportedToken], list[str]]:
     """Like :func:`parse_pskc`, and also return informational notes (nothing refused by them)."""
     if password is not None and psk is not None:
-        raise PskcImportError("PSKC file refused: give a password or a key, not both",
-                              [Problem("give a password or a pre-shared key, not both")])
+        raise PskcImportError(
+            "PSKC file refused: give a password or a key, not both",
+            [Problem("give a password or a pre-shared key, not both")],
+        )
     if password is not None:
         try:
             crypto.check_password(password)
@@ -52,8 +62,7 @@ def parse_pskc_report(
     document = Document(data, max_size=max_size)
     problems: list[Problem] = []
     notes: list[str] = []
-    raws = read_keys(document, password=password, psk=psk, problems=problems, notes=notes,
-                     progress=progress)
+    raws = read_keys(document, password=password, psk=psk, problems=problems, notes=notes, progress=progress)
     tokens = apply_rules(raws, strict_ids=strict_ids, problems=problems, notes=notes)
     if problems:
         for raw in raws:
@@ -83,6 +92,7 @@ def parse_pskc(
     :param progress: called with (keys done, keys total) while keys are read.
     :raises PskcImportError: (a :class:`~otp_agent.errors.PskcError`) listing every problem.
     """
-    tokens, _notes = parse_pskc_report(data, password=password, psk=psk,
-                                       strict_ids=strict_ids, progress=progress)
+    tokens, _notes = parse_pskc_report(
+        data, password=password, psk=psk, strict_ids=strict_ids, progress=progress
+    )
     return tokens

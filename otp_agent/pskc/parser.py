@@ -23,9 +23,15 @@ from otp_agent.sensitive import Secret
 Progress = Callable[[int, int], None]
 
 
-def read_keys(document: Document, *, password: str | None, psk: bytes | None,
-              problems: list[Problem], notes: list[str],
-              progress: Progress | None = None) -> list[RawKey]:
+def read_keys(
+    document: Document,
+    *,
+    password: str | None,
+    psk: bytes | None,
+    problems: list[Problem],
+    notes: list[str],
+    progress: Progress | None = None,
+) -> list[RawKey]:
     """Read every ``KeyPackage/Key`` of ``document`` as it streams by.
 
     Problems and notes are appended as they are found.  The container's protection is read when
@@ -57,8 +63,9 @@ def read_keys(document: Document, *, password: str | None, psk: bytes | None,
     return result
 
 
-def _read_key(key: etree._Element, package: etree._Element, protection: Protection,
-              problems: list[Problem]) -> RawKey:
+def _read_key(
+    key: etree._Element, package: etree._Element, protection: Protection, problems: list[Problem]
+) -> RawKey:
     raw = RawKey(line=key.sourceline or 0, key_id=key.get("Id"), algorithm=key.get("Algorithm"))
     device = package.find(C["p:DeviceInfo"])
     if device is not None:
@@ -109,12 +116,15 @@ def _read_policy(policy: etree._Element | None, raw: RawKey) -> None:
             raw.unknown_policy.append(name.localname)
 
 
-_INT_FIELDS = (("Counter", "counter"), ("Time", "time"), ("TimeInterval", "time_interval"),
-               ("TimeDrift", "time_drift"))
+_INT_FIELDS = (
+    ("Counter", "counter"),
+    ("Time", "time"),
+    ("TimeInterval", "time_interval"),
+    ("TimeDrift", "time_drift"),
+)
 
 
-def _read_data(data: etree._Element, raw: RawKey, protection: Protection,
-               problems: list[Problem]) -> None:
+def _read_data(data: etree._Element, raw: RawKey, protection: Protection, problems: list[Problem]) -> None:
     def problem(message: str, element: etree._Element) -> None:
         """Report a problem of this key at ``element``'s line."""
         problems.append(Problem(message, element.sourceline, raw.key_id))

@@ -64,8 +64,9 @@ def local_name(element: etree._Element) -> str:
 class Protection:
     """The container's encryption key and MAC key, derived once and only when a value needs them."""
 
-    def __init__(self, root: etree._Element, password: str | None, psk: bytes | None,
-                 problems: list[Problem]) -> None:
+    def __init__(
+        self, root: etree._Element, password: str | None, psk: bytes | None, problems: list[Problem]
+    ) -> None:
         self._problems = problems
         self._password = password
         self._psk = psk
@@ -95,27 +96,39 @@ class Protection:
             self.kind = "pbe"
             self._read_pbkdf2(derived)
         elif element.find(C["ds:KeyName"]) is not None or not any(
-                isinstance(child.tag, str) for child in element):
+            isinstance(child.tag, str) for child in element
+        ):
             # A named key, or an empty EncryptionKey (python-pskc writes one): pre-shared.
             self.kind = "psk"
         elif element.find(C["ds:X509Data"]) is not None:
             self.kind = "asymmetric"
-            self._fail("file is encrypted to an X.509 certificate (asymmetric encryption); "
-                       "that needs the recipient's private key and is not supported", line)
+            self._fail(
+                "file is encrypted to an X.509 certificate (asymmetric encryption); "
+                "that needs the recipient's private key and is not supported",
+                line,
+            )
         else:
             self.kind = "unknown"
-            self._fail("EncryptionKey names neither a pre-shared key (ds:KeyName) nor a "
-                       "PBKDF2 derived key (xenc11:DerivedKey)", line)
+            self._fail(
+                "EncryptionKey names neither a pre-shared key (ds:KeyName) nor a "
+                "PBKDF2 derived key (xenc11:DerivedKey)",
+                line,
+            )
 
     def _read_pbkdf2(self, derived: etree._Element) -> None:
         method = derived.find(C["xenc11:KeyDerivationMethod"])
         line = derived.sourceline
         if method is None or method.get("Algorithm") != crypto.PBKDF2_URI:
             algorithm = None if method is None else method.get("Algorithm")
-            self._fail(f"unsupported key derivation method {str(algorithm)[:120]!r}; "
-                       "only PBKDF2 (RFC 6030 §6.2) is accepted", line)
+            self._fail(
+                f"unsupported key derivation method {str(algorithm)[:120]!r}; "
+                "only PBKDF2 (RFC 6030 §6.2) is accepted",
+                line,
+            )
             return
-        params = next((c for c in method if isinstance(c.tag, str) and local_name(c) == "PBKDF2-params"), None)
+        params = next(
+            (c for c in method if isinstance(c.tag, str) and local_name(c) == "PBKDF2-params"), None
+        )
         if params is None:
             self._fail("PBKDF2 key derivation has no PBKDF2-params", method.sourceline)
             return
@@ -124,8 +137,9 @@ class Protection:
             salt_element = fields.get("Salt")
             specified = None
             if salt_element is not None:
-                specified = next((c for c in salt_element if isinstance(c.tag, str)
-                                  and local_name(c) == "Specified"), None)
+                specified = next(
+                    (c for c in salt_element if isinstance(c.tag, str) and local_name(c) == "Specified"), None
+                )
             if specified is None:
                 raise CryptoProblem("PBKDF2-params has no Salt/Specified value")
             salt = b64decode(specified.text or "")
@@ -171,8 +185,11 @@ class Protection:
         mac_key = element.find(C["p:MACKey"])
         if mac_key is None:
             self._mac_failed = True
-            reason = ("MACKeyReference is not supported" if element.find(C["p:MACKeyReference"])
-                      is not None else "MACMethod has no MACKey")
+            reason = (
+                "MACKeyReference is not supported"
+                if element.find(C["p:MACKeyReference"]) is not None
+                else "MACMethod has no MACKey"
+            )
             self._problems.append(Problem(reason, line))
             return
         try:
@@ -194,16 +211,20 @@ class Protection:
             self._fail("a value is encrypted but the file has no EncryptionKey", line)
         elif self.kind == "psk":
             if self._psk is None:
-                self._fail("file is protected by a pre-shared key: give the key file "
-                           "(--key-file)" + (", not a password" if self._password else ""),
-                           self._line)
+                self._fail(
+                    "file is protected by a pre-shared key: give the key file "
+                    "(--key-file)" + (", not a password" if self._password else ""),
+                    self._line,
+                )
             else:
                 self._key = self._psk
         elif self.kind == "pbe" and self._pbkdf2 is not None:
             if self._password is None:
-                self._fail("file is protected by a password (PBE): give the password file "
-                           "(--password-file)" + (", not a key" if self._psk else ""),
-                           self._line)
+                self._fail(
+                    "file is protected by a password (PBE): give the password file "
+                    "(--password-file)" + (", not a key" if self._psk else ""),
+                    self._line,
+                )
             else:
                 salt, iterations, key_length, prf = self._pbkdf2
                 try:
@@ -250,8 +271,10 @@ class Protection:
                 if value_mac_text is not None:
                     raise CryptoProblem(self._no_mac_reason())
                 if cipher.mode == "cbc":
-                    raise CryptoProblem("value is AES-CBC encrypted without integrity and the file "
-                                        "has no MACMethod (RFC 6030 §6.1.1 requires one)")
+                    raise CryptoProblem(
+                        "value is AES-CBC encrypted without integrity and the file "
+                        "has no MACMethod (RFC 6030 §6.1.1 requires one)"
+                    )
             else:
                 self._check_mac(data, value_mac_text)
             key = self.encryption_key(encrypted.sourceline)
@@ -295,5 +318,3 @@ class Reported(Exception):
 
 def _attr(element: etree._Element | None, name: str) -> str | None:
     return None if element is None else element.get(name)
-
-

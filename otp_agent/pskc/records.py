@@ -33,10 +33,18 @@ def record_from_token(token: ExportedToken) -> dict[str, Any]:
     """Return the wire record of ``token``, its secret base64-encoded in ``secret_b64``."""
     params = token.params
     return TokenRecord(
-        serial=token.serial, type=params.token_type.value, algorithm=params.algorithm.value,
-        digits=params.digits, period=params.period, t0=params.t0, counter=token.counter,
-        drift=token.drift, user=token.user, issuer=token.issuer,
-        not_before=_timestamp(token.not_before), not_after=_timestamp(token.not_after),
+        serial=token.serial,
+        type=params.token_type.value,
+        algorithm=params.algorithm.value,
+        digits=params.digits,
+        period=params.period,
+        t0=params.t0,
+        counter=token.counter,
+        drift=token.drift,
+        user=token.user,
+        issuer=token.issuer,
+        not_before=_timestamp(token.not_before),
+        not_after=_timestamp(token.not_after),
         secret_b64=base64.b64encode(token.secret.reveal()).decode("ascii"),
     ).message(state=False)
 
@@ -57,7 +65,13 @@ def token_from_record(message: Mapping[str, Any]) -> ExportedToken:
     except (binascii.Error, ValueError):
         raise UsageError(f"token {record.serial!r}: secret_b64 is not valid base64") from None
     return ExportedToken(
-        serial=record.serial, params=params, secret=secret, counter=record.counter,
-        drift=record.drift, user=record.user, issuer=record.issuer,
-        not_before=_date(record.not_before), not_after=_date(record.not_after),
+        serial=record.serial,
+        params=params,
+        secret=secret,
+        counter=record.counter,
+        drift=record.drift,
+        user=record.user,
+        issuer=record.issuer,
+        not_before=_date(record.not_before),
+        not_after=_date(record.not_after),
     )

@@ -40,15 +40,20 @@ USER_NAME = re.compile(r"^[^\s,=+<>#;\"]{1,256}$")
 #: ``Suite`` values, compared upper-case without "-", "_" or spaces (vendors write
 #: ``HMAC-SHA256``, ``HMAC-SHA-256``, ``SHA256``...).
 SUITES = {
-    "HMACSHA1": HashAlgorithm.SHA1, "SHA1": HashAlgorithm.SHA1,
-    "HMACSHA256": HashAlgorithm.SHA256, "SHA256": HashAlgorithm.SHA256,
-    "HMACSHA512": HashAlgorithm.SHA512, "SHA512": HashAlgorithm.SHA512,
+    "HMACSHA1": HashAlgorithm.SHA1,
+    "SHA1": HashAlgorithm.SHA1,
+    "HMACSHA256": HashAlgorithm.SHA256,
+    "SHA256": HashAlgorithm.SHA256,
+    "HMACSHA512": HashAlgorithm.SHA512,
+    "SHA512": HashAlgorithm.SHA512,
 }
 
 
 def suite_hash(suite: str) -> HashAlgorithm | None:
     """Return the hash named by a ``Suite`` value, or ``None`` when it is not one we accept."""
     return SUITES.get(re.sub(r"[-_\s]", "", suite).upper())
+
+
 #: Largest time-step drift accepted from a file, in steps either way.
 MAX_DRIFT = 1000
 EXPECTED_PERIOD = 30
@@ -59,9 +64,11 @@ def check_serial(key_id: str, strict: bool) -> str | None:
     if strict:
         if STRICT_ID.match(key_id):
             return None
-        return ("Key Id is not an OATH token identifier (12 characters: 2-character manufacturer "
-                "prefix and 2-character token type, letters A-Z or digits, then an 8-digit serial); "
-                "use the any-id option to accept other formats")
+        return (
+            "Key Id is not an OATH token identifier (12 characters: 2-character manufacturer "
+            "prefix and 2-character token type, letters A-Z or digits, then an 8-digit serial); "
+            "use the any-id option to accept other formats"
+        )
     if ANY_ID.match(key_id):
         return None
     return "Key Id must be 1 to 64 printable ASCII characters without whitespace"
@@ -76,8 +83,11 @@ def user_from(user_id: str) -> str | None:
     value = user_id.strip()
     if "=" not in value:
         return _user_name(value)
-    uids = [part.split("=", 1)[1].strip() for part in value.split(",")
-            if "=" in part and part.split("=", 1)[0].strip().lower() == "uid"]
+    uids = [
+        part.split("=", 1)[1].strip()
+        for part in value.split(",")
+        if "=" in part and part.split("=", 1)[0].strip().lower() == "uid"
+    ]
     return _user_name(uids[0]) if len(uids) == 1 else None
 
 
@@ -98,8 +108,9 @@ class _Report(Protocol):
 class RuleChecker:
     """Judges records one by one and remembers what uniqueness needs across the file."""
 
-    def __init__(self, *, strict_ids: bool, problems: list[Problem], notes: list[str],
-                 local_pin_ids: set[str]) -> None:
+    def __init__(
+        self, *, strict_ids: bool, problems: list[Problem], notes: list[str], local_pin_ids: set[str]
+    ) -> None:
         self.strict_ids = strict_ids
         self.problems = problems
         self.notes = notes
@@ -116,8 +127,10 @@ class RuleChecker:
             self.problems.append(Problem(message, line or raw.line, raw.key_id))
 
         if raw.algorithm in PIN_ALGORITHMS and raw.key_id in self.local_pin_ids:
-            self.notes.append(f"line {raw.line}: key {printable(raw.key_id or '')!r} is a device "
-                              "PIN checked on the token itself (PINUsageMode Local); not imported")
+            self.notes.append(
+                f"line {raw.line}: key {printable(raw.key_id or '')!r} is a device "
+                "PIN checked on the token itself (PINUsageMode Local); not imported"
+            )
             return None
         serial = self._check_id(raw, problem)
         token_type = self._check_algorithm(raw, problem)
@@ -143,9 +156,17 @@ class RuleChecker:
             problem(str(exc))
             return None
         return ImportedToken(
-            serial=serial, params=params, secret=raw.secret, counter=counter, drift=drift,
-            not_before=not_before, not_after=not_after, user=user, issuer=raw.issuer,
-            manufacturer=raw.manufacturer, line=raw.line,
+            serial=serial,
+            params=params,
+            secret=raw.secret,
+            counter=counter,
+            drift=drift,
+            not_before=not_before,
+            not_after=not_after,
+            user=user,
+            issuer=raw.issuer,
+            manufacturer=raw.manufacturer,
+            line=raw.line,
         )
 
     def _check_id(self, raw: RawKey, problem: _Report) -> str | None:
@@ -175,16 +196,18 @@ class RuleChecker:
     @staticmethod
     def _check_response_format(raw: RawKey, problem: _Report) -> int:
         if raw.response_format_line is None:
-            problem("Key has no AlgorithmParameters/ResponseFormat (the profile requires "
-                    "Encoding DECIMAL and Length 6 or 8)")
+            problem(
+                "Key has no AlgorithmParameters/ResponseFormat (the profile requires "
+                "Encoding DECIMAL and Length 6 or 8)"
+            )
             return 6
         line = raw.response_format_line
         if raw.response_encoding != "DECIMAL":
-            problem(f"ResponseFormat Encoding is {printable(str(raw.response_encoding))!r}, "
-                    "not DECIMAL", line)
+            problem(
+                f"ResponseFormat Encoding is {printable(str(raw.response_encoding))!r}, not DECIMAL", line
+            )
         if raw.response_length not in ("6", "8"):
-            problem(f"ResponseFormat Length is {printable(str(raw.response_length))!r}, "
-                    "not 6 or 8", line)
+            problem(f"ResponseFormat Length is {printable(str(raw.response_length))!r}, not 6 or 8", line)
         if raw.check_digits is not None and raw.check_digits.strip() in ("true", "1"):
             problem("ResponseFormat CheckDigits (Luhn check digit) is not supported", line)
         return 8 if raw.response_length == "8" else 6
@@ -194,8 +217,7 @@ class RuleChecker:
             if raw.secret_error:
                 return
             if raw.key_reference is not None:
-                problem("Key has no Secret but a KeyReference (server-side key derivation is "
-                        "not supported)")
+                problem("Key has no Secret but a KeyReference (server-side key derivation is not supported)")
             else:
                 problem("Key has no Data/Secret")
             return
@@ -207,11 +229,14 @@ class RuleChecker:
         fingerprint = hashlib.sha256(raw.secret.reveal()).digest()
         first = self._secrets.setdefault(fingerprint, (raw.key_id, raw.line))
         if first[1] != raw.line:
-            problem(f"Secret is the same as the one of key {printable(str(first[0]))!r} "
-                    f"(line {first[1]}); secrets must be unique")
+            problem(
+                f"Secret is the same as the one of key {printable(str(first[0]))!r} "
+                f"(line {first[1]}); secrets must be unique"
+            )
 
-    def _check_time(self, raw: RawKey, token_type: TokenType | None,
-                    problem: _Report) -> tuple[int, int, int]:
+    def _check_time(
+        self, raw: RawKey, token_type: TokenType | None, problem: _Report
+    ) -> tuple[int, int, int]:
         if token_type is not TokenType.TOTP:
             return 30, 0, 0
         t0 = raw.time if raw.time is not None else 0
@@ -225,8 +250,10 @@ class RuleChecker:
         elif not 1 <= period <= 3600:
             problem(f"TimeInterval must be from 1 to 3600 seconds, not {period}")
         elif period != EXPECTED_PERIOD:
-            self.notes.append(f"line {raw.line}: key {printable(raw.key_id or '')!r} has a "
-                              f"{period}-second time step (30 expected); stored for this token")
+            self.notes.append(
+                f"line {raw.line}: key {printable(raw.key_id or '')!r} has a "
+                f"{period}-second time step (30 expected); stored for this token"
+            )
         drift = raw.time_drift or 0
         if abs(drift) > MAX_DRIFT:
             problem(f"TimeDrift must be within {MAX_DRIFT} time steps either way, not {drift}")
@@ -256,45 +283,54 @@ class RuleChecker:
         if start is not None and expiry is not None and expiry <= start:
             problem("ExpiryDate is not after StartDate")
         elif expiry is not None and expiry <= datetime.now(UTC):
-            self.notes.append(f"line {raw.line}: key {printable(raw.key_id or '')!r} expired on "
-                              f"{expiry.isoformat()}")
+            self.notes.append(
+                f"line {raw.line}: key {printable(raw.key_id or '')!r} expired on {expiry.isoformat()}"
+            )
         return start, expiry
 
     def _check_user(self, raw: RawKey, problem: _Report) -> str | None:
         if raw.key_user is not None:
             user = user_from(raw.key_user)
             if user is None:
-                problem(f"UserId {printable(raw.key_user)!r} is neither a login name nor a DN "
-                        "with exactly one UID= naming a login name")
+                problem(
+                    f"UserId {printable(raw.key_user)!r} is neither a login name nor a DN "
+                    "with exactly one UID= naming a login name"
+                )
             return user
         if raw.device_user is not None:
             user = user_from(raw.device_user)
             if user is None:
-                self.notes.append(f"line {raw.line}: DeviceInfo UserId "
-                                  f"{printable(raw.device_user)!r} names no login; token left unassigned")
+                self.notes.append(
+                    f"line {raw.line}: DeviceInfo UserId "
+                    f"{printable(raw.device_user)!r} names no login; token left unassigned"
+                )
             return user
         return None
 
     @staticmethod
     def _check_policy(raw: RawKey, problem: _Report) -> None:
         if raw.key_usage and "OTP" not in raw.key_usage:
-            problem(f"Policy KeyUsage {', '.join(printable(u) for u in raw.key_usage)} "
-                    "does not allow OTP")
+            problem(f"Policy KeyUsage {', '.join(printable(u) for u in raw.key_usage)} does not allow OTP")
         if raw.pin_usage_mode is not None and raw.pin_usage_mode != "Local":
-            problem(f"PINPolicy PINUsageMode {printable(raw.pin_usage_mode)!r} needs a "
-                    "server-side PIN, which is not supported (only Local)")
+            problem(
+                f"PINPolicy PINUsageMode {printable(raw.pin_usage_mode)!r} needs a "
+                "server-side PIN, which is not supported (only Local)"
+            )
         for name in raw.unknown_policy:
-            problem(f"Policy element {printable(name)!r} is not understood; RFC 6030 forbids "
-                    "using a key with a policy the server cannot enforce")
+            problem(
+                f"Policy element {printable(name)!r} is not understood; RFC 6030 forbids "
+                "using a key with a policy the server cannot enforce"
+            )
 
 
-def apply_rules(raws: list[RawKey], *, strict_ids: bool, problems: list[Problem],
-                notes: list[str]) -> list[ImportedToken]:
+def apply_rules(
+    raws: list[RawKey], *, strict_ids: bool, problems: list[Problem], notes: list[str]
+) -> list[ImportedToken]:
     """Judge every record; return the tokens of the good ones (meaningful only if no problem)."""
-    local_pin_ids = {raw.pin_key_id for raw in raws
-                     if raw.pin_key_id is not None and raw.pin_usage_mode == "Local"}
-    checker = RuleChecker(strict_ids=strict_ids, problems=problems, notes=notes,
-                          local_pin_ids=local_pin_ids)
+    local_pin_ids = {
+        raw.pin_key_id for raw in raws if raw.pin_key_id is not None and raw.pin_usage_mode == "Local"
+    }
+    checker = RuleChecker(strict_ids=strict_ids, problems=problems, notes=notes, local_pin_ids=local_pin_ids)
     tokens = []
     for raw in raws:
         token = checker.judge(raw)

@@ -58,18 +58,20 @@ def check_export_password(password: str, iterations: int) -> None:
         raise UsageError(
             f"the export password must have {EXPORT_PASSWORD_MIN} to {crypto.PASSWORD_MAX} "
             f"characters, this one has {len(password)} (import still accepts "
-            f"{crypto.PASSWORD_MIN} to {crypto.PASSWORD_MAX} for files from elsewhere)")
+            f"{crypto.PASSWORD_MIN} to {crypto.PASSWORD_MAX} for files from elsewhere)"
+        )
     if not EXPORT_MIN_ITERATIONS <= iterations <= crypto.PBKDF2_MAX_ITERATIONS:
-        raise UsageError(f"--iterations must be from {EXPORT_MIN_ITERATIONS} to "
-                         f"{crypto.PBKDF2_MAX_ITERATIONS} for an export, not {iterations}")
+        raise UsageError(
+            f"--iterations must be from {EXPORT_MIN_ITERATIONS} to "
+            f"{crypto.PBKDF2_MAX_ITERATIONS} for an export, not {iterations}"
+        )
 
 
 def _p(name: str) -> str:
     return f"{{{PSKC_NS}}}{name}"
 
 
-def _sub(parent: etree._Element, tag: str, text: str | None = None,
-         **attributes: str) -> etree._Element:
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attributes: str) -> etree._Element:
     element = etree.SubElement(parent, tag, attributes)
     if text is not None:
         element.text = text
@@ -104,8 +106,7 @@ class _Encryptor:
         _sub(parent, _p("ValueMAC"), _b64(crypto.mac(self.mac_hash, self.mac_key, value)))
 
 
-def _encryption_key(root: etree._Element, password: str | None, psk: bytes | None,
-                    iterations: int) -> bytes:
+def _encryption_key(root: etree._Element, password: str | None, psk: bytes | None, iterations: int) -> bytes:
     holder = _sub(root, _p("EncryptionKey"))
     if psk is not None:
         if len(psk) not in _CBC_BY_SIZE:

@@ -44,11 +44,15 @@ def refuse(message: str, line: int | None = None) -> PskcImportError:
 def _doctype_reason(data: bytes) -> str:
     """Say which kind of document type declaration a file carries (none is ever accepted)."""
     if _EXTERNAL.search(data):
-        return ("file refers to an external DTD or entity (SYSTEM/PUBLIC); nothing is ever "
-                "fetched and no DTD is accepted")
+        return (
+            "file refers to an external DTD or entity (SYSTEM/PUBLIC); nothing is ever "
+            "fetched and no DTD is accepted"
+        )
     if _ENTITY.search(data):
-        return ("file declares XML entities; entity expansion (such as the 'billion laughs' "
-                "attack) is never performed and no DTD is accepted")
+        return (
+            "file declares XML entities; entity expansion (such as the 'billion laughs' "
+            "attack) is never performed and no DTD is accepted"
+        )
     return "file has a DOCTYPE declaration; PSKC files need none and no DTD is accepted"
 
 
@@ -98,14 +102,17 @@ def _check_root(root: etree._Element, data: bytes) -> None:
     try:
         qname = etree.QName(root)
     except ValueError:  # e.g. <pskc:KeyContainer> without a declaration of the prefix
-        raise refuse("the root element's name is not a valid XML name (an undeclared namespace "
-                     "prefix?)", root.sourceline) from None
+        raise refuse(
+            "the root element's name is not a valid XML name (an undeclared namespace prefix?)",
+            root.sourceline,
+        ) from None
     if qname.localname != "KeyContainer":
         raise refuse(f"root element is {qname.localname!r}, not a PSKC KeyContainer", root.sourceline)
     if qname.namespace != PSKC_NS:
         raise refuse(
             f"KeyContainer is in namespace {str(qname.namespace)[:120]!r}, "
-            f"not the PSKC namespace {PSKC_NS!r}", root.sourceline
+            f"not the PSKC namespace {PSKC_NS!r}",
+            root.sourceline,
         )
     version = root.get("Version")
     if version != "1.0":
@@ -140,8 +147,7 @@ class Document:
                 if event == "start":
                     depth += 1
                     if depth > MAX_DEPTH:
-                        raise refuse(f"elements nested deeper than {MAX_DEPTH} levels",
-                                     element.sourceline)
+                        raise refuse(f"elements nested deeper than {MAX_DEPTH} levels", element.sourceline)
                     if depth == 1:
                         _check_root(element, self._data)
                         self.root = element
@@ -159,8 +165,9 @@ class Document:
         except etree.XMLSyntaxError as exc:
             reason = str(exc.msg if hasattr(exc, "msg") else exc).splitlines()[0][:200]
             if "depth" in reason.lower():
-                raise refuse("elements nested deeper than the XML parser's hard limit "
-                             f"(ours is {MAX_DEPTH} levels)") from None
+                raise refuse(
+                    f"elements nested deeper than the XML parser's hard limit (ours is {MAX_DEPTH} levels)"
+                ) from None
             raise refuse(f"not well-formed XML ({reason})", getattr(exc, "lineno", None)) from None
         if self.root is None:
             raise refuse("document has no root element")

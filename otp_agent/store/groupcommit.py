@@ -29,8 +29,13 @@ class _Pending:
 class GroupCommitter:
     """Owns the one writing connection of a SQLite store and batches its transactions."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str = "sqlite-writer", *,
-                 check: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        name: str = "sqlite-writer",
+        *,
+        check: Callable[[], None] | None = None,
+    ) -> None:
         """``check`` runs before each batch; an exception from it fails the whole batch."""
         self._connect = connect
         self._check = check

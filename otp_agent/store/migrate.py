@@ -27,8 +27,15 @@ def migration_script(backend: Backend, version: int) -> str:
     raise StoreError(f"migration {version} is missing from the installation")
 
 
-def apply_migrations(execute: Callable[[str], object], backend: Backend, current: int, target: int,
-                     record_version: Callable[[int], object], *, database: str) -> None:
+def apply_migrations(
+    execute: Callable[[str], object],
+    backend: Backend,
+    current: int,
+    target: int,
+    record_version: Callable[[int], object],
+    *,
+    database: str,
+) -> None:
     """Bring a schema at version ``current`` to ``target``, one migration after the other.
 
     Every statement of each missing migration goes to ``execute``; ``record_version(version)``
@@ -39,8 +46,9 @@ def apply_migrations(execute: Callable[[str], object], backend: Backend, current
     :raises StoreError: a migration is missing from the installation.
     """
     if current > target:
-        raise StoreUnavailable(f"{database} has schema {current}, newer than this otp-agent "
-                               f"({target}); upgrade otp-agent")
+        raise StoreUnavailable(
+            f"{database} has schema {current}, newer than this otp-agent ({target}); upgrade otp-agent"
+        )
     for version in range(current + 1, target + 1):
         for statement in migration_script(backend, version).split(";"):
             if statement.strip():

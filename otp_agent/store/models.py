@@ -66,8 +66,16 @@ class Token:
     @property
     def state(self) -> TokenState:
         """The part of the token a validation changes."""
-        return TokenState(self.counter, self.last_step, self.drift, self.failures,
-                          self.failures_at, self.lock_count, self.locked_until, self.enabled)
+        return TokenState(
+            self.counter,
+            self.last_step,
+            self.drift,
+            self.failures,
+            self.failures_at,
+            self.lock_count,
+            self.locked_until,
+            self.enabled,
+        )
 
     @property
     def params(self) -> OathParams:
@@ -82,19 +90,43 @@ class Token:
     def binding_message(self) -> bytes:
         """Canonical bytes of what the binding tag covers: serial, owner and OATH parameters."""
         owner = "" if self.user is None else self.user
-        return "\x1f".join(("otp-agent/binding/v1", self.serial, str(len(owner)), owner,
-                             self.token_type.value, self.algorithm.value, str(self.digits),
-                             str(self.period), str(self.t0))).encode()
+        return "\x1f".join(
+            (
+                "otp-agent/binding/v1",
+                self.serial,
+                str(len(owner)),
+                owner,
+                self.token_type.value,
+                self.algorithm.value,
+                str(self.digits),
+                str(self.period),
+                str(self.t0),
+            )
+        ).encode()
 
     def record(self, *, secret_b64: str | None = None) -> TokenRecord:
         """The token as the protocol carries it (never the sealed secret nor the fingerprint)."""
         return TokenRecord(
-            serial=self.serial, type=self.token_type.value, algorithm=self.algorithm.value,
-            digits=self.digits, period=self.period, t0=self.t0, counter=self.counter,
-            drift=self.drift, user=self.user, issuer=self.issuer, not_before=self.not_before,
-            not_after=self.not_after, last_step=self.last_step, enabled=self.enabled,
-            failures=self.failures, lock_count=self.lock_count,
-            locked_until=float(self.locked_until), created=self.created, secret_b64=secret_b64)
+            serial=self.serial,
+            type=self.token_type.value,
+            algorithm=self.algorithm.value,
+            digits=self.digits,
+            period=self.period,
+            t0=self.t0,
+            counter=self.counter,
+            drift=self.drift,
+            user=self.user,
+            issuer=self.issuer,
+            not_before=self.not_before,
+            not_after=self.not_after,
+            last_step=self.last_step,
+            enabled=self.enabled,
+            failures=self.failures,
+            lock_count=self.lock_count,
+            locked_until=float(self.locked_until),
+            created=self.created,
+            secret_b64=secret_b64,
+        )
 
     def public(self) -> dict[str, Any]:
         """A JSON-able view for clients: everything but the sealed secret and fingerprint."""

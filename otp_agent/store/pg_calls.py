@@ -44,9 +44,17 @@ class Pool(Protocol):
 class Calls:
     """Runs the store's calls on ``pool``, or on new connections from ``connect``; thread-safe."""
 
-    def __init__(self, pool: Pool, connect: Callable[[], PgConnection], watchdog: Watchdog,
-                 dsn: Dsn, *, pool_timeout: float, answer_timeout: float,
-                 max_connections: int) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        connect: Callable[[], PgConnection],
+        watchdog: Watchdog,
+        dsn: Dsn,
+        *,
+        pool_timeout: float,
+        answer_timeout: float,
+        max_connections: int,
+    ) -> None:
         self._pool = pool
         self._connect = connect
         self._watchdog = watchdog
@@ -79,8 +87,15 @@ class Calls:
 
         threading.Thread(target=purge, name="otp-agent-pg-check", daemon=True).start()
 
-    def run(self, what: str, action: Callable[[PgConnection], _T], *, write: bool,
-            retry: bool = True, deadline: float | None = None) -> _T:
+    def run(
+        self,
+        what: str,
+        action: Callable[[PgConnection], _T],
+        *,
+        write: bool,
+        retry: bool = True,
+        deadline: float | None = None,
+    ) -> _T:
         """Run ``action`` on a connection; translate driver errors.
 
         When a pooled connection turns out broken (server restarted, session killed, network
@@ -93,11 +108,15 @@ class Calls:
         """
         import psycopg
         from psycopg_pool import PoolTimeout
+
         unsure = False  # A write was cut off after it was sent: it may have been committed.
         for attempt in range(2 if retry else 1):
-            bypass = (attempt == 0 and self.degraded
-                      and not self._pool.get_stats().get("pool_available", 0)
-                      and self._bypass_slots.acquire(blocking=False))
+            bypass = (
+                attempt == 0
+                and self.degraded
+                and not self._pool.get_stats().get("pool_available", 0)
+                and self._bypass_slots.acquire(blocking=False)
+            )
             direct = attempt > 0 or bypass
             used: PgConnection | None = None
             ticket: Ticket | None = None
@@ -111,9 +130,11 @@ class Calls:
                 return result
             except PoolTimeout:
                 # A busy pool, or one still reconnecting: not a reason to open more connections.
-                raise StoreUnavailable(f"PostgreSQL {self.where}: no connection within "
-                                       f"{self.pool_timeout:g} s ({what}"
-                                       f"{', nothing was written' if write else ''})") from None
+                raise StoreUnavailable(
+                    f"PostgreSQL {self.where}: no connection within "
+                    f"{self.pool_timeout:g} s ({what}"
+                    f"{', nothing was written' if write else ''})"
+                ) from None
             except psycopg.errors.UniqueViolation:
                 raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
             except psycopg.Error as exc:
@@ -130,15 +151,20 @@ class Calls:
                 if write:
                     tail = "; it may or may not have been committed" if unsure else ", nothing was written"
                 if used is None:
-                    raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached "
-                                           f"({what}{tail}): {message}") from None
+                    raise StoreUnavailable(
+                        f"PostgreSQL {self.where} cannot be reached ({what}{tail}): {message}"
+                    ) from None
                 if lost:
                     if retry and attempt == 0:
-                        _log.warning("PostgreSQL %s: connection lost (%s); retrying once on a new "
-                                     "connection", self.where, message)
+                        _log.warning(
+                            "PostgreSQL %s: connection lost (%s); retrying once on a new connection",
+                            self.where,
+                            message,
+                        )
                         continue
-                    raise StoreUnavailable(f"PostgreSQL {self.where}: connection lost while "
-                                           f"{what}{tail}: {message}") from None
+                    raise StoreUnavailable(
+                        f"PostgreSQL {self.where}: connection lost while {what}{tail}: {message}"
+                    ) from None
                 if write:
                     raise StoreError(f"PostgreSQL {self.where}: {what} failed{tail}: {message}") from None
                 raise StoreError(f"PostgreSQL {self.where}: read failed: {message}") from None

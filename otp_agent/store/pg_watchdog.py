@@ -53,8 +53,7 @@ class Watchdog:
         with self._lock:
             self._tickets.add(ticket)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name="otp-agent-pg-watchdog",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._watch, name="otp-agent-pg-watchdog", daemon=True)
                 self._thread.start()
         try:
             yield ticket

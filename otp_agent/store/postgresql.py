@@ -51,8 +51,7 @@ _log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 #: Key of the advisory lock taken while the schema is checked and migrated ("otp-agen").
 MIGRATION_LOCK = 0x6F74702D6167656E
-_INSERT = (f"INSERT INTO tokens ({', '.join(COLUMNS)}) "
-           f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
+_INSERT = f"INSERT INTO tokens ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
 _CHUNK = 1000
 
 
@@ -61,17 +60,26 @@ class PostgreSQLStore:
 
     name = "postgresql"
 
-    def __init__(self, dsn: str | None, *, create: bool = False, max_connections: int = 8,
-                 connect_timeout: float = 3.0, pool_timeout: float = 3.0,
-                 statement_timeout: float = 3.0, answer_timeout: float | None = None,
-                 network_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn: str | None,
+        *,
+        create: bool = False,
+        max_connections: int = 8,
+        connect_timeout: float = 3.0,
+        pool_timeout: float = 3.0,
+        statement_timeout: float = 3.0,
+        answer_timeout: float | None = None,
+        network_timeout: float = 10.0,
+    ) -> None:
         try:
             import psycopg  # noqa: F401
             from psycopg_pool import ConnectionPool
         except ImportError:
             raise StoreUnavailable(
                 'store.backend = "postgresql" needs psycopg 3 and psycopg_pool (install the '
-                "otp-agent[postgresql] extra, or python3-psycopg and python3-psycopg-pool)") from None
+                "otp-agent[postgresql] extra, or python3-psycopg and python3-psycopg-pool)"
+            ) from None
         if not dsn:
             raise StoreUnavailable('store.dsn: required when store.backend = "postgresql"')
         self._dsn = Dsn(dsn)
@@ -84,18 +92,36 @@ class PostgreSQLStore:
         self._lock_ms = str(int(max(statement_timeout - 1.0, 1.0) * 1000))
         # libpq settings the DSN itself does not set; the DSN wins where it does.
         defaults: dict[str, Any] = {
-            "connect_timeout": max(2, round(connect_timeout)), "application_name": "otp-agent",
-            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
-            "tcp_user_timeout": int(network_timeout * 1000)}
+            "connect_timeout": max(2, round(connect_timeout)),
+            "application_name": "otp-agent",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(network_timeout * 1000),
+        }
         self._kwargs = {k: v for k, v in defaults.items() if k not in self._dsn.params}
         self._kwargs["autocommit"] = True
         self._conninfo = dsn
         self._pool: ConnectionPool[_Connection] = ConnectionPool(
-            dsn, kwargs=self._kwargs, min_size=1, max_size=max_connections, open=False,
-            configure=self._configure, timeout=pool_timeout, name="otp-agent")
-        self._calls = Calls(self._pool, self._fresh_connection, self._watchdog, self._dsn,
-                            pool_timeout=pool_timeout, answer_timeout=self.answer_timeout,
-                            max_connections=max_connections)
+            dsn,
+            kwargs=self._kwargs,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            configure=self._configure,
+            timeout=pool_timeout,
+            name="otp-agent",
+        )
+        self._calls = Calls(
+            self._pool,
+            self._fresh_connection,
+            self._watchdog,
+            self._dsn,
+            pool_timeout=pool_timeout,
+            answer_timeout=self.answer_timeout,
+            max_connections=max_connections,
+        )
         try:
             self._migrate(dsn, create=create)
             self._pool.open(wait=True, timeout=connect_timeout + pool_timeout)
@@ -104,8 +130,9 @@ class PostgreSQLStore:
             self._watchdog.close()
             if isinstance(exc, StoreError) or not isinstance(exc, Exception):
                 raise
-            raise StoreUnavailable(f"PostgreSQL {self.where}: cannot open the connection pool: "
-                                   f"{self._dsn.redact(exc)}") from None
+            raise StoreUnavailable(
+                f"PostgreSQL {self.where}: cannot open the connection pool: {self._dsn.redact(exc)}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"PostgreSQLStore({self.where!r})"
@@ -119,16 +146,19 @@ class PostgreSQLStore:
                 "SELECT set_config('statement_timeout', %s, false),"
                 " set_config('lock_timeout', %s, false),"
                 " set_config('idle_in_transaction_session_timeout', %s, false)",
-                (self._statement_ms, self._lock_ms, "10000"))
+                (self._statement_ms, self._lock_ms, "10000"),
+            )
 
     def _migrate(self, dsn: str, *, create: bool) -> None:
         """Check the schema and apply missing migrations, once across hosts (advisory lock)."""
         import psycopg
+
         try:
             connection = psycopg.connect(dsn, **self._kwargs)
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"PostgreSQL {self.where} cannot be reached: "
-                                   f"{self._dsn.redact(exc)}") from None
+            raise StoreUnavailable(
+                f"PostgreSQL {self.where} cannot be reached: {self._dsn.redact(exc)}"
+            ) from None
         try:
             with self._watchdog.guard(connection, 150.0), connection, connection.transaction():
                 connection.execute("SET LOCAL lock_timeout = '60s'")
@@ -139,26 +169,37 @@ class PostgreSQLStore:
                     value = _scalar(connection, "SELECT value FROM meta WHERE key = 'schema_version'")
                     current = int(value) if value is not None else 0
                 elif not create:
-                    raise StoreUnavailable(f"PostgreSQL {self.where} has no otp-agent schema "
-                                           "(create it with: otp-agent init)")
+                    raise StoreUnavailable(
+                        f"PostgreSQL {self.where} has no otp-agent schema (create it with: otp-agent init)"
+                    )
 
                 def record_version(version: int) -> None:
                     connection.execute(
                         "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
-                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (str(version),))
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        (str(version),),
+                    )
                     _log.info("PostgreSQL %s: schema migrated to version %d", self.where, version)
 
-                apply_migrations(connection.execute, "postgresql", current, SCHEMA_VERSION,
-                                 record_version, database=f"PostgreSQL {self.where}")
+                apply_migrations(
+                    connection.execute,
+                    "postgresql",
+                    current,
+                    SCHEMA_VERSION,
+                    record_version,
+                    database=f"PostgreSQL {self.where}",
+                )
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"PostgreSQL {self.where} cannot be used: "
-                                   f"{self._dsn.redact(exc)}") from None
+            raise StoreUnavailable(
+                f"PostgreSQL {self.where} cannot be used: {self._dsn.redact(exc)}"
+            ) from None
         finally:
             connection.close()
 
     def _fresh_connection(self) -> _Connection:
         """A new connection outside the pool, set up like the pooled ones."""
         import psycopg
+
         connection = psycopg.connect(self._conninfo, **self._kwargs)
         try:
             self._configure(connection)
@@ -168,12 +209,10 @@ class PostgreSQLStore:
         return connection
 
     def _read(self, query: Any, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._calls.run("reading", lambda c: c.execute(query, parameters).fetchall(),
-                               write=False)
+        return self._calls.run("reading", lambda c: c.execute(query, parameters).fetchall(), write=False)
 
     def _write(self, what: str, query: Any, parameters: Sequence[Any], *, retry: bool = True) -> int:
-        return self._calls.run(what, lambda c: c.execute(query, parameters).rowcount, write=True,
-                               retry=retry)
+        return self._calls.run(what, lambda c: c.execute(query, parameters).rowcount, write=True, retry=retry)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -182,8 +221,7 @@ class PostgreSQLStore:
         return row_to_token(rows[0]) if rows else None
 
     def tokens_for_user(self, user: str) -> list[Token]:
-        rows = self._read(SELECT + ' WHERE user_name = %s ORDER BY created, serial COLLATE "C"',
-                          (user,))
+        rows = self._read(SELECT + ' WHERE user_name = %s ORDER BY created, serial COLLATE "C"', (user,))
         return [row_to_token(row) for row in rows]
 
     def all_tokens(self) -> list[Token]:
@@ -193,8 +231,10 @@ class PostgreSQLStore:
         wanted = [bytes(f) for f in fingerprints]
         found: set[bytes] = set()
         for start in range(0, len(wanted), _CHUNK):
-            rows = self._read("SELECT fingerprint FROM tokens WHERE fingerprint = ANY(%s)",
-                              (wanted[start:start + _CHUNK],))
+            rows = self._read(
+                "SELECT fingerprint FROM tokens WHERE fingerprint = ANY(%s)",
+                (wanted[start : start + _CHUNK],),
+            )
             found.update(bytes(row[0]) for row in rows)
         return found
 
@@ -214,22 +254,32 @@ class PostgreSQLStore:
 
         try:
             # Not retried: a commit whose answer was lost would come back as a false Conflict.
-            self._calls.run("adding tokens", insert, write=True, retry=False,
-                      deadline=self.answer_timeout + 0.001 * len(rows))
+            self._calls.run(
+                "adding tokens",
+                insert,
+                write=True,
+                retry=False,
+                deadline=self.answer_timeout + 0.001 * len(rows),
+            )
         except Conflict:
             serial = self._first_conflict(tokens)
             if serial is None:
                 raise
-            raise Conflict(f"token {serial}: a token with this serial or this "
-                           "same secret already exists") from None
+            raise Conflict(
+                f"token {serial}: a token with this serial or this same secret already exists"
+            ) from None
 
     def _first_conflict(self, tokens: Sequence[Token]) -> str | None:
         """Name the first token of a refused batch that clashes with the store or the batch."""
         serials = [t.serial for t in tokens]
         taken: set[str] = set()
         for start in range(0, len(serials), _CHUNK):
-            taken.update(row[0] for row in self._read(
-                "SELECT serial FROM tokens WHERE serial = ANY(%s)", (serials[start:start + _CHUNK],)))
+            taken.update(
+                row[0]
+                for row in self._read(
+                    "SELECT serial FROM tokens WHERE serial = ANY(%s)", (serials[start : start + _CHUNK],)
+                )
+            )
         used = self.existing_fingerprints(t.fingerprint for t in tokens)
         for token in tokens:
             if token.serial in taken or token.fingerprint in used:
@@ -239,8 +289,9 @@ class PostgreSQLStore:
         return None
 
     def compare_and_set(self, serial: str, expected_version: int, state: TokenState) -> bool:
-        rowcount = self._write(f"committing token {serial}", STATE_UPDATE,
-                               state_parameters(serial, expected_version, state))
+        rowcount = self._write(
+            f"committing token {serial}", STATE_UPDATE, state_parameters(serial, expected_version, state)
+        )
         return rowcount == 1
 
     def _update_one(self, what: str, query: str, parameters: tuple[Any, ...], serial: str) -> None:
@@ -271,13 +322,21 @@ class PostgreSQLStore:
 
     def remove(self, serial: str) -> None:
         # Not retried: a delete whose answer was lost would come back as a false NotFound.
-        if self._write(f"removing token {serial}", "DELETE FROM tokens WHERE serial = %s",
-                       (serial,), retry=False) != 1:
+        if (
+            self._write(
+                f"removing token {serial}", "DELETE FROM tokens WHERE serial = %s", (serial,), retry=False
+            )
+            != 1
+        ):
             raise NotFound(f"no token with serial {serial}")
 
     def set_meta(self, key: str, value: str) -> None:
-        self._write("writing settings", "INSERT INTO meta (key, value) VALUES (%s, %s) "
-                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (key, value))
+        self._write(
+            "writing settings",
+            "INSERT INTO meta (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (key, value),
+        )
 
     def claim_meta(self, key: str, value: str) -> str:
         """Write ``value`` under ``key`` unless a value is there already; return the stored one.
@@ -285,9 +344,16 @@ class PostgreSQLStore:
         Atomic across hosts: of several hosts claiming one key at once, all get the same value
         (for the key backend's check value: hosts with different master keys cannot both win).
         """
+
         def claim(connection: _Connection) -> str:
-            inserted = _scalar(connection, ("INSERT INTO meta (key, value) VALUES (%s, %s) "
-                                            "ON CONFLICT (key) DO NOTHING RETURNING value", (key, value)))
+            inserted = _scalar(
+                connection,
+                (
+                    "INSERT INTO meta (key, value) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO NOTHING RETURNING value",
+                    (key, value),
+                ),
+            )
             if inserted is not None:
                 return str(inserted)
             return str(_scalar(connection, ("SELECT value FROM meta WHERE key = %s", (key,))))
@@ -308,9 +374,15 @@ class PostgreSQLStore:
         except StoreError as exc:
             return {"ok": False, **base, "error": str(exc)}
         stats = self._pool.get_stats()
-        return {"ok": True, **base, "server_version": f"{server // 10000}.{server % 10000}",
-                "tokens": count, "schema_version": int(schema) if schema else None,
-                "connections": stats.get("pool_size", 0), "idle": stats.get("pool_available", 0)}
+        return {
+            "ok": True,
+            **base,
+            "server_version": f"{server // 10000}.{server % 10000}",
+            "tokens": count,
+            "schema_version": int(schema) if schema else None,
+            "connections": stats.get("pool_size", 0),
+            "idle": stats.get("pool_available", 0),
+        }
 
     def close(self) -> None:
         self._pool.close(timeout=5.0)

@@ -11,47 +11,94 @@ from otp_agent.oath.params import HashAlgorithm, TokenType
 # Moved to otp_agent.store.migrate; kept importable from here for otp_agent.daemon.initialise.
 from otp_agent.store.models import Token, TokenState
 
-COLUMNS = ("serial", "user_name", "token_type", "algorithm", "digits", "period", "t0", "sealed",
-           "fingerprint", "counter", "last_step", "drift", "enabled", "failures", "lock_count",
-           "locked_until", "issuer", "not_before", "not_after", "created", "version", "binding",
-           "failures_at")
+COLUMNS = (
+    "serial",
+    "user_name",
+    "token_type",
+    "algorithm",
+    "digits",
+    "period",
+    "t0",
+    "sealed",
+    "fingerprint",
+    "counter",
+    "last_step",
+    "drift",
+    "enabled",
+    "failures",
+    "lock_count",
+    "locked_until",
+    "issuer",
+    "not_before",
+    "not_after",
+    "created",
+    "version",
+    "binding",
+    "failures_at",
+)
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tokens"
 #: Token attribute names that differ from their column names.
 COLUMN_OF = {"user": "user_name"}
 #: The compare-and-set: every state field, then serial and expected version.
-STATE_UPDATE = ("UPDATE tokens SET counter = %s, last_step = %s, drift = %s, failures = %s, "
-                "failures_at = %s, lock_count = %s, locked_until = %s, enabled = %s, "
-                "version = version + 1 WHERE serial = %s AND version = %s")
+STATE_UPDATE = (
+    "UPDATE tokens SET counter = %s, last_step = %s, drift = %s, failures = %s, "
+    "failures_at = %s, lock_count = %s, locked_until = %s, enabled = %s, "
+    "version = version + 1 WHERE serial = %s AND version = %s"
+)
 ASSIGN = "UPDATE tokens SET user_name = %s, binding = %s, version = version + 1 WHERE serial = %s"
 SET_ENABLED = "UPDATE tokens SET enabled = %s, version = version + 1 WHERE serial = %s"
 SET_BINDING = "UPDATE tokens SET binding = %s, version = version + 1 WHERE serial = %s"
 #: ``otpctl unlock``: clear the failure count and end a running lock, keeping the lock level
 #: (it decays with time), so unlocking an attacked account gives the attacker no fresh ladder.
 #: Parameters: now, now, now, serial.
-RESET_THROTTLING = ("UPDATE tokens SET failures = 0, failures_at = %s, "
-                    "locked_until = CASE WHEN locked_until > %s THEN %s ELSE locked_until END, "
-                    "version = version + 1 WHERE serial = %s")
+RESET_THROTTLING = (
+    "UPDATE tokens SET failures = 0, failures_at = %s, "
+    "locked_until = CASE WHEN locked_until > %s THEN %s ELSE locked_until END, "
+    "version = version + 1 WHERE serial = %s"
+)
 
 
 def state_parameters(serial: str, expected_version: int, state: TokenState) -> tuple[Any, ...]:
     """The parameters of :data:`STATE_UPDATE`."""
-    return (state.counter, state.last_step, state.drift, state.failures, float(state.failures_at),
-            state.lock_count, float(state.locked_until), bool(state.enabled), serial, expected_version)
+    return (
+        state.counter,
+        state.last_step,
+        state.drift,
+        state.failures,
+        float(state.failures_at),
+        state.lock_count,
+        float(state.locked_until),
+        bool(state.enabled),
+        serial,
+        expected_version,
+    )
 
 
 def row_to_token(row: Sequence[Any]) -> Token:
     """Build a token from a row of :data:`COLUMNS`."""
     values = dict(zip(COLUMNS, row, strict=True))
     return Token(
-        serial=values["serial"], user=values["user_name"],
-        token_type=TokenType(values["token_type"]), algorithm=HashAlgorithm(values["algorithm"]),
-        digits=values["digits"], period=values["period"], t0=values["t0"],
-        sealed=bytes(values["sealed"]), fingerprint=bytes(values["fingerprint"]),
-        counter=values["counter"], last_step=values["last_step"], drift=values["drift"],
-        enabled=bool(values["enabled"]), failures=values["failures"],
-        lock_count=values["lock_count"], locked_until=values["locked_until"],
-        issuer=values["issuer"], not_before=values["not_before"], not_after=values["not_after"],
-        created=values["created"], version=values["version"],
+        serial=values["serial"],
+        user=values["user_name"],
+        token_type=TokenType(values["token_type"]),
+        algorithm=HashAlgorithm(values["algorithm"]),
+        digits=values["digits"],
+        period=values["period"],
+        t0=values["t0"],
+        sealed=bytes(values["sealed"]),
+        fingerprint=bytes(values["fingerprint"]),
+        counter=values["counter"],
+        last_step=values["last_step"],
+        drift=values["drift"],
+        enabled=bool(values["enabled"]),
+        failures=values["failures"],
+        lock_count=values["lock_count"],
+        locked_until=values["locked_until"],
+        issuer=values["issuer"],
+        not_before=values["not_before"],
+        not_after=values["not_after"],
+        created=values["created"],
+        version=values["version"],
         binding=None if values["binding"] is None else bytes(values["binding"]),
         failures_at=values["failures_at"],
     )
@@ -59,9 +106,28 @@ def row_to_token(row: Sequence[Any]) -> Token:
 
 def token_to_row(token: Token, now: float | None = None) -> tuple[Any, ...]:
     """The values of :data:`COLUMNS` for a token (``created`` defaults to ``now``)."""
-    return (token.serial, token.user, token.token_type.value, token.algorithm.value, token.digits,
-            token.period, token.t0, token.sealed, token.fingerprint, token.counter,
-            token.last_step, token.drift, bool(token.enabled), token.failures, token.lock_count,
-            float(token.locked_until), token.issuer, token.not_before, token.not_after,
-            token.created or (time.time() if now is None else now), token.version, token.binding,
-            float(token.failures_at))
+    return (
+        token.serial,
+        token.user,
+        token.token_type.value,
+        token.algorithm.value,
+        token.digits,
+        token.period,
+        token.t0,
+        token.sealed,
+        token.fingerprint,
+        token.counter,
+        token.last_step,
+        token.drift,
+        bool(token.enabled),
+        token.failures,
+        token.lock_count,
+        float(token.locked_until),
+        token.issuer,
+        token.not_before,
+        token.not_after,
+        token.created or (time.time() if now is None else now),
+        token.version,
+        token.binding,
+        float(token.failures_at),
+    )

@@ -82,8 +82,9 @@ class SQLiteStore:
         try:
             probe = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
             try:
-                found = probe.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                                      "AND name = 'meta'").fetchone()
+                found = probe.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                ).fetchone()
             finally:
                 probe.close()
         except _DATABASE_ERRORS as exc:
@@ -93,7 +94,8 @@ class SQLiteStore:
             # with unenrolled = "allow" that would let every enrolled user in.
             raise StoreUnavailable(
                 f"database {self.path} has no otp-agent schema (empty, or not made by otp-agent); "
-                "refusing to create one: only otp-agent init does that")
+                "refusing to create one: only otp-agent init does that"
+            )
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
@@ -114,10 +116,15 @@ class SQLiteStore:
         if self._file_identity() != self._identity:
             if not self._file_lost:
                 self._file_lost = True
-                _log.critical("database %s was deleted or replaced while the agent had it open: "
-                              "every write is refused until the agent is restarted on a database", self.path)
-            raise StoreUnavailable(f"database {self.path} was deleted or replaced while the agent "
-                                   "had it open; refusing to write (restore it and restart the agent)")
+                _log.critical(
+                    "database %s was deleted or replaced while the agent had it open: "
+                    "every write is refused until the agent is restarted on a database",
+                    self.path,
+                )
+            raise StoreUnavailable(
+                f"database {self.path} was deleted or replaced while the agent "
+                "had it open; refusing to write (restore it and restart the agent)"
+            )
 
     # -- connections -----------------------------------------------------------------------
 
@@ -126,8 +133,13 @@ class SQLiteStore:
         # worker thread) must fail on a deleted database, not create an empty one in its place.
         mode = "rwc" if self._may_create else "rw"
         try:
-            connection = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode={mode}", uri=True,
-                                         isolation_level=None, timeout=5.0, check_same_thread=False)
+            connection = sqlite3.connect(
+                f"{self.path.absolute().as_uri()}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                timeout=5.0,
+                check_same_thread=False,
+            )
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA secure_delete = ON")
@@ -171,21 +183,27 @@ class SQLiteStore:
         try:
             with self._transaction() as connection:
                 has_meta = connection.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                ).fetchone()
                 current = 0
                 if has_meta:
-                    row = connection.execute(
-                        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                    row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                     current = int(row[0]) if row else 0
                 elif not create:
-                    raise StoreUnavailable(f"database {self.path} has no otp-agent schema; "
-                                           "only otp-agent init creates one")
+                    raise StoreUnavailable(
+                        f"database {self.path} has no otp-agent schema; only otp-agent init creates one"
+                    )
                 apply_migrations(
-                    connection.execute, "sqlite", current, SCHEMA_VERSION,
+                    connection.execute,
+                    "sqlite",
+                    current,
+                    SCHEMA_VERSION,
                     lambda version: connection.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                        (str(version),)),
-                    database=f"database {self.path}")
+                        (str(version),),
+                    ),
+                    database=f"database {self.path}",
+                )
         except _DATABASE_ERRORS as exc:
             raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from None
 
@@ -206,7 +224,7 @@ class SQLiteStore:
         wanted = list(fingerprints)
         found: set[bytes] = set()
         for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
+            chunk = wanted[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             rows = self._read(f"SELECT fingerprint FROM tokens WHERE fingerprint IN ({marks})", chunk)
             found.update(bytes(row[0]) for row in rows)
@@ -235,15 +253,18 @@ class SQLiteStore:
                 try:
                     connection.execute(sql, token_to_row(token))
                 except sqlite3.IntegrityError:
-                    raise Conflict(f"token {token.serial}: a token with this serial or this "
-                                   "same secret already exists") from None
+                    raise Conflict(
+                        f"token {token.serial}: a token with this serial or this same secret already exists"
+                    ) from None
 
         self._write("adding tokens", insert)
 
     def compare_and_set(self, serial: str, expected_version: int, state: TokenState) -> bool:
         parameters = state_parameters(serial, expected_version, state)
-        rowcount = self._write(f"committing token {serial}",
-                               lambda connection: connection.execute(_STATE_UPDATE, parameters).rowcount)
+        rowcount = self._write(
+            f"committing token {serial}",
+            lambda connection: connection.execute(_STATE_UPDATE, parameters).rowcount,
+        )
         return bool(rowcount == 1)
 
     def _update_one(self, what: str, sql: str, parameters: tuple[Any, ...], serial: str) -> None:
@@ -282,8 +303,10 @@ class SQLiteStore:
             raise NotFound(f"no token with serial {serial}")
 
     def set_meta(self, key: str, value: str) -> None:
-        self._write("writing settings", lambda c: c.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)))
+        self._write(
+            "writing settings",
+            lambda c: c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)),
+        )
 
     def claim_meta(self, key: str, value: str) -> str:
         def claim(connection: sqlite3.Connection) -> str:
@@ -299,8 +322,13 @@ class SQLiteStore:
             self._read("PRAGMA quick_check(1)")
         except StoreError as exc:
             return {"ok": False, "backend": self.name, "path": str(self.path), "error": str(exc)}
-        return {"ok": True, "backend": self.name, "path": str(self.path), "tokens": count,
-                "schema_version": SCHEMA_VERSION}
+        return {
+            "ok": True,
+            "backend": self.name,
+            "path": str(self.path),
+            "tokens": count,
+            "schema_version": SCHEMA_VERSION,
+        }
 
     def close(self) -> None:
         self._writer.close()

@@ -46,7 +46,9 @@ class PtyProcess:
                 if needle in self.output:
                     return needle
             if time.monotonic() > deadline:
-                raise AssertionError(f"none of {needles!r} within {timeout} s; output so far: {self.output!r}")
+                raise AssertionError(
+                    f"none of {needles!r} within {timeout} s; output so far: {self.output!r}"
+                )
             if not self._read(0.1):
                 for needle in needles:
                     if needle in self.output:

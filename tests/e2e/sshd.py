@@ -60,7 +60,9 @@ def _free_port() -> int:
 def running_sshd(directory: Path, pam_text: str) -> Iterator[SshServer]:
     """Start sshd with a temporary PAM service holding ``pam_text``; stop it and clean up after."""
     require(os.path.exists(SSHD), "openssh-server is not installed (apt-get install openssh-server)")
-    require(subprocess.run(["which", "ssh-keygen"], capture_output=True).returncode == 0, "ssh-keygen missing")
+    require(
+        subprocess.run(["which", "ssh-keygen"], capture_output=True).returncode == 0, "ssh-keygen missing"
+    )
     directory.mkdir(parents=True, exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
     host_key = directory / "host_ed25519"
@@ -82,8 +84,9 @@ def running_sshd(directory: Path, pam_text: str) -> Iterator[SshServer]:
         assert check.returncode == 0, check.stderr
         log_path = directory / f"{service}.log"
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([str(program), "-D", "-e", "-f", str(config)],
-                                       stdout=log, stderr=log, start_new_session=True)
+            process = subprocess.Popen(
+                [str(program), "-D", "-e", "-f", str(config)], stdout=log, stderr=log, start_new_session=True
+            )
         server = SshServer(port, service, log_path, process)
         try:
             deadline = time.monotonic() + 20
@@ -118,8 +121,13 @@ def authorize_key(user: LocalUser, directory: Path) -> paramiko.Ed25519Key:
     return paramiko.Ed25519Key.from_private_key_file(str(key_file))
 
 
-def ssh_login(server: SshServer, user: str, key: paramiko.PKey, answer: str | None,
-              command: str = "echo hello-$(id -un)") -> Login:
+def ssh_login(
+    server: SshServer,
+    user: str,
+    key: paramiko.PKey,
+    answer: str | None,
+    command: str = "echo hello-$(id -un)",
+) -> Login:
     """Log in with ``key`` then answer every keyboard-interactive prompt with ``answer``; on
     success run ``command`` in a session and collect its output."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
@@ -132,6 +140,7 @@ def ssh_login(server: SshServer, user: str, key: paramiko.PKey, answer: str | No
         if transport.is_authenticated():
             login.accepted = True
         else:
+
             def handler(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
                 login.prompts.append((title, instructions, [text for text, _echo in prompts]))
                 return [answer or "" for _ in prompts]

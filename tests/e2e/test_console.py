@@ -67,7 +67,9 @@ def console(open_dir: Path) -> Iterator[Console]:
     sudoers.mkdir(mode=0o755)
     with contextlib.ExitStack() as stack:
         password_name = stack.enter_context(password_service())
-        agent = stack.enter_context(real_agent(base / "agent", lock_threshold=20, password_service=password_name))
+        agent = stack.enter_context(
+            real_agent(base / "agent", lock_threshold=20, password_service=password_name)
+        )
         helper = f"{wrapper} --socket {agent.socket_path}"
         stacks = {}
         for name in ("login", "su", "sudo"):
@@ -85,8 +87,9 @@ def console(open_dir: Path) -> Iterator[Console]:
 
 def run_login(console: Console, person: Person, answer: str) -> PtyProcess:
     require(os.path.exists("/bin/login"), "/bin/login (package login) missing")
-    process = PtyProcess([*private_mounts({"/etc/pam.d/login": console.stacks["login"]}), "/bin/login",
-                          person.user.name])
+    process = PtyProcess(
+        [*private_mounts({"/etc/pam.d/login": console.stacks["login"]}), "/bin/login", person.user.name]
+    )
     process.expect(b"immediately followed by your one-time code")
     process.expect(b"Password: ")
     process.send(answer.encode() + b"\n")
@@ -166,8 +169,10 @@ def test_sudo_with_password_and_code(console: Console) -> None:
     rule = console.sudoers / "otp-e2e"
     # sudo calls pam_authenticate with PAM_SILENT, which mutes pam_echo: the hint goes in
     # sudo's own prompt (docs/pam.md).
-    rule.write_text(f'Defaults:{person.user.name} passprompt="{SUDO_PROMPT}"\n'
-                    f"{person.user.name} ALL=(ALL) ALL\n", encoding="utf-8")
+    rule.write_text(
+        f'Defaults:{person.user.name} passprompt="{SUDO_PROMPT}"\n{person.user.name} ALL=(ALL) ALL\n',
+        encoding="utf-8",
+    )
     rule.chmod(0o440)
     mounts = private_mounts({"/etc/pam.d/sudo": console.stacks["sudo"], "/etc/sudoers.d": console.sudoers})
     command = [*mounts, *as_user(person), "sudo", "-k", "sh", "-c", "echo MARK-$(id -un)-END"]

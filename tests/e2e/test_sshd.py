@@ -157,8 +157,9 @@ def test_agent_hanging_refuses_within_the_helper_timeout(world: World) -> None:
         finally:
             repoint(world, world.agent.socket_path)
     assert not login.accepted and "Authentication failed" in login.error
-    assert any("(timeout)" in line and account.user.name in line
-               for line in world.syslog.helper_lines(expect=1)), world.syslog.lines
+    assert any(
+        "(timeout)" in line and account.user.name in line for line in world.syslog.helper_lines(expect=1)
+    ), world.syslog.lines
 
 
 def test_rollout_lets_an_unenrolled_user_in_with_the_key_alone(world: World) -> None:

@@ -23,9 +23,17 @@ from tests.faults.support import CORPUS
 SEED_FILE = CORPUS / "payshield" / "seeds.txt"
 
 #: Which response parser reads the answer to each command.
-RESPONSE_PARSER = {"NC": "parse_nd", "NO": "parse_np", "B2": "parse_b3", "N0": "parse_n1",
-                   "L0": "parse_key_response", "LU": "parse_key_response", "A0": "parse_a1",
-                   "LQ": "parse_lr", "LS": "parse_lt"}
+RESPONSE_PARSER = {
+    "NC": "parse_nd",
+    "NO": "parse_np",
+    "B2": "parse_b3",
+    "N0": "parse_n1",
+    "L0": "parse_key_response",
+    "LU": "parse_key_response",
+    "A0": "parse_a1",
+    "LQ": "parse_lr",
+    "LS": "parse_lt",
+}
 
 
 def live_seeds() -> list[tuple[str, str, bytes]]:
@@ -40,13 +48,19 @@ def live_seeds() -> list[tuple[str, str, bytes]]:
     message = b"\x00\x00\x00\x00\x00\x00\x00\x2a"
     mac = processor.handle(codec.encode_lq("FF", 16, hmac_key, message))[8:]
     requests = [
-        codec.encode_nc(), codec.encode_no(0), codec.encode_b2(b"echo\x19;%\x00"), codec.encode_n0(16),
+        codec.encode_nc(),
+        codec.encode_no(0),
+        codec.encode_b2(b"echo\x19;%\x00"),
+        codec.encode_n0(16),
         codec.encode_l0(32, attributes("63", "H0", "G", "N")),
-        codec.encode_lq("FF", 20, hmac_key, message), codec.encode_lq("FF", 32, hmac_key, message),
-        codec.encode_ls("FF", mac, hmac_key, message), codec.encode_ls("FF", b"\x00" * 16, hmac_key, message),
+        codec.encode_lq("FF", 20, hmac_key, message),
+        codec.encode_lq("FF", 32, hmac_key, message),
+        codec.encode_ls("FF", mac, hmac_key, message),
+        codec.encode_ls("FF", b"\x00" * 16, hmac_key, message),
         codec.encode_lu(zmk_block, wrapped, codec.KEY_BLOCK_FORMAT, tail),
         codec.encode_lu(zmk_block, wrapped, codec.VARIANT_FORMAT, "01010020"),
-        codec.encode_a0("0", "#00AEN00N00"), codec.encode_a0("0", "#63HGN00N00"),
+        codec.encode_a0("0", "#00AEN00N00"),
+        codec.encode_a0("0", "#63HGN00N00"),
     ]
     seeds: list[tuple[str, str, bytes]] = []
     for request in requests:
@@ -73,8 +87,10 @@ def main() -> None:
     lines = ["# payShield codec fuzzing seeds: kind name hex (see tests/faults/payshield_seeds.py)"]
     lines += [f"{kind} {name} {data.hex()}" for kind, name, data in live_seeds()]
     # Real units' answers, from tests/vectors/payshield/captures.txt.
-    lines += ["response parse_nd " + b"ND005D672700000000001500-0023".hex(),
-              "response parse_nd " + b"ND00F4EDC8DEB67F6E280007-E000".hex()]
+    lines += [
+        "response parse_nd " + b"ND005D672700000000001500-0023".hex(),
+        "response parse_nd " + b"ND00F4EDC8DEB67F6E280007-E000".hex(),
+    ]
     SEED_FILE.parent.mkdir(parents=True, exist_ok=True)
     SEED_FILE.write_text("\n".join(lines) + "\n", encoding="ascii")
 

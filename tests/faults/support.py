@@ -90,8 +90,9 @@ def outcome(reply: dict[str, Any]) -> tuple[str, str]:
     return "error", str(reply.get("error", {}).get("code", "?"))
 
 
-def send_raw(socket_path: Path | str, payload: bytes, *, half_close: bool = True,
-             timeout: float = 10.0) -> tuple[bytes, bool, float]:
+def send_raw(
+    socket_path: Path | str, payload: bytes, *, half_close: bool = True, timeout: float = 10.0
+) -> tuple[bytes, bool, float]:
     """Send bytes on a fresh connection and read until the agent closes.
 
     Returns (what came back, whether the agent closed within ``timeout``, seconds from the last
@@ -125,8 +126,8 @@ def split_replies(data: bytes) -> list[dict[str, Any]] | str:
     while position < len(data):
         if len(data) - position < 4:
             return f"{len(data) - position} stray bytes after {len(replies)} replies"
-        (length,) = struct.unpack(">I", data[position:position + 4])
-        body = data[position + 4:position + 4 + length]
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        body = data[position + 4 : position + 4 + length]
         if len(body) != length:
             return f"reply frame of {length} bytes cut at {len(body)}"
         try:
@@ -179,7 +180,9 @@ def _call_request(socket_path: str, op: str, fields: dict[str, Any], timeout: fl
         return {"exception": type(exc).__name__, "message": str(exc)[:200]}
 
 
-def _call_raw(socket_path: str, payload: bytes, half_close: bool, timeout: float) -> tuple[bytes, bool, float]:
+def _call_raw(
+    socket_path: str, payload: bytes, half_close: bool, timeout: float
+) -> tuple[bytes, bool, float]:
     try:
         return send_raw(socket_path, payload, half_close=half_close, timeout=timeout)
     except OSError as exc:

@@ -44,8 +44,11 @@ from tests.faults.payshield_seeds import live_seeds, stored_seeds
 from tests.faults.support import CORPUS, REPO, SEED, count
 
 VECTORS = REPO / "tests" / "vectors" / "pskc"
-PSKC_SEEDS = (sorted(VECTORS.glob("rfc6030/*.xml")) + sorted(VECTORS.glob("invalid/*.xml"))
-              + sorted((CORPUS / "pskc").glob("*.xml")))
+PSKC_SEEDS = (
+    sorted(VECTORS.glob("rfc6030/*.xml"))
+    + sorted(VECTORS.glob("invalid/*.xml"))
+    + sorted((CORPUS / "pskc").glob("*.xml"))
+)
 #: Product bugs this fuzzing finds and that are not fixed yet: (exception signature prefix ->
 #: (reason, corpus files that reproduce it)); counted apart in the figures.  Empty today.
 KNOWN_PSKC_BUGS: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -55,32 +58,118 @@ KNOWN_PSKC_BUGS: dict[str, tuple[str, tuple[str, ...]]] = {}
 FIXED_PSKC_REPRODUCERS = ("undeclared-root-prefix.xml", "figure7-xmlns-bit-flip.xml")
 FIGURE6_PSK = bytes.fromhex("12345678901234567890123456789012")
 OPTIONS: list[dict[str, Any]] = [
-    {}, {"password": "qwerty"}, {"psk": FIGURE6_PSK}, {"strict_ids": False},
-    {"password": "qwerty", "strict_ids": False}, {"psk": FIGURE6_PSK, "strict_ids": False},
-    {"password": "wrong password"}, {"psk": b"\x01" * 16}, {"psk": b"\x01" * 7}, {"password": "abc"},
+    {},
+    {"password": "qwerty"},
+    {"psk": FIGURE6_PSK},
+    {"strict_ids": False},
+    {"password": "qwerty", "strict_ids": False},
+    {"psk": FIGURE6_PSK, "strict_ids": False},
+    {"password": "wrong password"},
+    {"psk": b"\x01" * 16},
+    {"psk": b"\x01" * 7},
+    {"password": "abc"},
 ]
 NS = "urn:ietf:params:xml:ns:keyprov:pskc"
-NAMES = ["KeyContainer", "KeyPackage", "DeviceInfo", "Manufacturer", "SerialNo", "Key", "Issuer",
-         "AlgorithmParameters", "ResponseFormat", "Data", "Secret", "PlainValue", "EncryptedValue",
-         "ValueMAC", "Counter", "Time", "TimeInterval", "TimeDrift", "Policy", "StartDate", "ExpiryDate",
-         "KeyUsage", "PINPolicy", "UserId", "EncryptionKey", "MACMethod", "MACKey", "FriendlyName",
-         "CryptoModuleInfo", "Signature", "Suite", "ChallengeFormat"]
-ATTRIBUTES = ["Id", "Algorithm", "Version", "Length", "Encoding", "CheckDigits", "Format", "KeyId",
-              "MinLength", "MaxLength", "PINUsageMode", "MaxFailedAttempts", "URI"]
-TEXTS = ["", "0", "-1", "1", "6", "8", "30", "1000", "10000001", "2147483648", "9" * 40, "1e5", " 7 ",
-         "0x10", "-0", "NaN", "AAAA", "MTIzNDU2Nzg5MDEyMzQ1Njc4OTA=", "!!!", "\u00e9\u00e8", "\u202e",
-         "2006-05-01T00:00:00Z", "9999-12-31T23:59:59Z", "not a date", "urn:ietf:params:xml:ns:keyprov:pskc:hotp",
-         "urn:ietf:params:xml:ns:keyprov:pskc:totp", "http://www.w3.org/2001/04/xmlenc#aes128-cbc",
-         "http://www.w3.org/2000/09/xmldsig#hmac-sha1", "OATH", "DECIMAL", "HEXADECIMAL", "OTP", "1.0",
-         "UID=jsmith,DC=example-bank,DC=net", "x" * 300]
+NAMES = [
+    "KeyContainer",
+    "KeyPackage",
+    "DeviceInfo",
+    "Manufacturer",
+    "SerialNo",
+    "Key",
+    "Issuer",
+    "AlgorithmParameters",
+    "ResponseFormat",
+    "Data",
+    "Secret",
+    "PlainValue",
+    "EncryptedValue",
+    "ValueMAC",
+    "Counter",
+    "Time",
+    "TimeInterval",
+    "TimeDrift",
+    "Policy",
+    "StartDate",
+    "ExpiryDate",
+    "KeyUsage",
+    "PINPolicy",
+    "UserId",
+    "EncryptionKey",
+    "MACMethod",
+    "MACKey",
+    "FriendlyName",
+    "CryptoModuleInfo",
+    "Signature",
+    "Suite",
+    "ChallengeFormat",
+]
+ATTRIBUTES = [
+    "Id",
+    "Algorithm",
+    "Version",
+    "Length",
+    "Encoding",
+    "CheckDigits",
+    "Format",
+    "KeyId",
+    "MinLength",
+    "MaxLength",
+    "PINUsageMode",
+    "MaxFailedAttempts",
+    "URI",
+]
+TEXTS = [
+    "",
+    "0",
+    "-1",
+    "1",
+    "6",
+    "8",
+    "30",
+    "1000",
+    "10000001",
+    "2147483648",
+    "9" * 40,
+    "1e5",
+    " 7 ",
+    "0x10",
+    "-0",
+    "NaN",
+    "AAAA",
+    "MTIzNDU2Nzg5MDEyMzQ1Njc4OTA=",
+    "!!!",
+    "\u00e9\u00e8",
+    "\u202e",
+    "2006-05-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "not a date",
+    "urn:ietf:params:xml:ns:keyprov:pskc:hotp",
+    "urn:ietf:params:xml:ns:keyprov:pskc:totp",
+    "http://www.w3.org/2001/04/xmlenc#aes128-cbc",
+    "http://www.w3.org/2000/09/xmldsig#hmac-sha1",
+    "OATH",
+    "DECIMAL",
+    "HEXADECIMAL",
+    "OTP",
+    "1.0",
+    "UID=jsmith,DC=example-bank,DC=net",
+    "x" * 300,
+]
 XML_TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"]), max_size=20)
 PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 
 def _settings(examples: int) -> Any:
-    chosen = settings(max_examples=examples, deadline=None, derandomize="OTP_FAULTS_SEED" not in os.environ,
-                      database=None, phases=[Phase.explicit, Phase.generate, Phase.shrink],
-                      suppress_health_check=list(HealthCheck), print_blob=False)
+    chosen = settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize="OTP_FAULTS_SEED" not in os.environ,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
 
     def apply(function: Any) -> Any:
         function = chosen(function)
@@ -100,8 +189,11 @@ def _mutate_elements(data: bytes, draw: st.DrawFn) -> bytes:
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
         elements = [e for e in root.iter() if isinstance(e.tag, str)]
         target = elements[draw(st.integers(min_value=0, max_value=len(elements) - 1))]
-        action = draw(st.sampled_from(["text", "text", "attribute", "remove", "duplicate", "rename", "move",
-                                       "child", "comment"]))
+        action = draw(
+            st.sampled_from(
+                ["text", "text", "attribute", "remove", "duplicate", "rename", "move", "child", "comment"]
+            )
+        )
         parent = target.getparent()
         if action == "text":
             target.text = draw(st.sampled_from(TEXTS) | XML_TEXT)
@@ -117,8 +209,11 @@ def _mutate_elements(data: bytes, draw: st.DrawFn) -> bytes:
             name = draw(st.sampled_from(NAMES))
             target.tag = f"{{{namespace}}}{name}" if namespace else name
         elif action == "move" and parent is not None:
-            others = [e for e in elements if e is not target and target not in e.iterancestors()
-                      and e not in target.iter()]
+            others = [
+                e
+                for e in elements
+                if e is not target and target not in e.iterancestors() and e not in target.iter()
+            ]
             if others:
                 others[draw(st.integers(min_value=0, max_value=len(others) - 1))].append(target)
         elif action == "child":
@@ -137,21 +232,38 @@ def _mutate_bytes(data: bytes, draw: st.DrawFn) -> bytes:
         if action == "flip" and where < len(buffer):
             buffer[where] ^= 1 << draw(st.integers(min_value=0, max_value=7))
         elif action == "delete":
-            del buffer[where:where + draw(st.integers(min_value=1, max_value=32))]
+            del buffer[where : where + draw(st.integers(min_value=1, max_value=32))]
         elif action == "insert":
-            buffer[where:where] = draw(st.sampled_from([b"<", b">", b"&", b"&amp;", b"<!--", b"]]>", b'"',
-                                                        b"\x00", b"\xff\xfe", b"<![CDATA[x]]>", b"&#0;",
-                                                        b"<!DOCTYPE x>"]) | st.binary(max_size=16))
+            buffer[where:where] = draw(
+                st.sampled_from(
+                    [
+                        b"<",
+                        b">",
+                        b"&",
+                        b"&amp;",
+                        b"<!--",
+                        b"]]>",
+                        b'"',
+                        b"\x00",
+                        b"\xff\xfe",
+                        b"<![CDATA[x]]>",
+                        b"&#0;",
+                        b"<!DOCTYPE x>",
+                    ]
+                )
+                | st.binary(max_size=16)
+            )
         elif action == "truncate":
             del buffer[where:]
         else:
-            buffer[where:where] = buffer[max(0, where - 64):where]
+            buffer[where:where] = buffer[max(0, where - 64) : where]
     return bytes(buffer)
 
 
 _ATTRIBUTE_MAPS = st.dictionaries(st.sampled_from(ATTRIBUTES), st.sampled_from(TEXTS), max_size=2)
-_LEAF: st.SearchStrategy[Any] = st.tuples(st.sampled_from(NAMES), _ATTRIBUTE_MAPS, st.sampled_from(TEXTS),
-                                          st.just([]))
+_LEAF: st.SearchStrategy[Any] = st.tuples(
+    st.sampled_from(NAMES), _ATTRIBUTE_MAPS, st.sampled_from(TEXTS), st.just([])
+)
 
 
 def _parents(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -240,12 +352,15 @@ def test_pskc_parser_fuzz(figures: Figures) -> None:
     started = time.monotonic()
     run()
     known_text = "; ".join(f"{v} x {k!r} (known bug, see test_pskc_known_bugs)" for k, v in known.items())
-    figures.report(f"fuzz PSKC parser: {stats['documents']} documents ({len(PSKC_SEEDS)} seeds x 2 options "
-                   f"included) in {time.monotonic() - started:.0f} s: {stats['imported']} imported, "
-                   f"{stats['refused with PskcError']} refused with a PskcError, {stats['other exceptions']} "
-                   f"other exceptions{'; ' + known_text if known else ''} (slowest {slowest[0]:.2f} s, {slowest[1]})")
-    assert not unexpected, "\n".join(f"{sig}\n  from {kind} {options}: {data!r}"
-                                      for sig, (kind, data, options) in unexpected.items())
+    figures.report(
+        f"fuzz PSKC parser: {stats['documents']} documents ({len(PSKC_SEEDS)} seeds x 2 options "
+        f"included) in {time.monotonic() - started:.0f} s: {stats['imported']} imported, "
+        f"{stats['refused with PskcError']} refused with a PskcError, {stats['other exceptions']} "
+        f"other exceptions{'; ' + known_text if known else ''} (slowest {slowest[0]:.2f} s, {slowest[1]})"
+    )
+    assert not unexpected, "\n".join(
+        f"{sig}\n  from {kind} {options}: {data!r}" for sig, (kind, data, options) in unexpected.items()
+    )
 
 
 @pytest.mark.parametrize("name", FIXED_PSKC_REPRODUCERS)
@@ -268,8 +383,13 @@ ALLOWED = (codec.CodecError, PayShieldProtocolError, PayShieldCommandError, PayS
 SEEDS = stored_seeds() + live_seeds()
 RESPONSES = [(name, data) for kind, name, data in SEEDS if kind == "response"]
 REQUESTS = [data for kind, _name, data in SEEDS if kind == "request"]
-REQUEST_PARSERS = {"LQ": codec.parse_lq, "LS": codec.parse_ls, "L0": codec.parse_l0, "LU": codec.parse_lu,
-                   "A0": codec.parse_a0}
+REQUEST_PARSERS = {
+    "LQ": codec.parse_lq,
+    "LS": codec.parse_ls,
+    "L0": codec.parse_l0,
+    "LU": codec.parse_lu,
+    "A0": codec.parse_a0,
+}
 COMMANDS = ["NC", "NO", "B2", "N0", "L0", "LU", "A0", "LQ", "LS", "ZZ", "\x00\x00"]
 
 
@@ -303,7 +423,9 @@ def payshield_messages(draw: st.DrawFn) -> tuple[str, str, bytes, str, int]:
         data = draw(st.sampled_from(REQUESTS))
         return kind, "request", _mutate_bytes(data, draw), command, length
     if kind == "frames":
-        data = b"".join(codec.frame(d) for d in draw(st.lists(st.sampled_from(REQUESTS), min_size=1, max_size=3)))
+        data = b"".join(
+            codec.frame(d) for d in draw(st.lists(st.sampled_from(REQUESTS), min_size=1, max_size=3))
+        )
         return kind, "frames", _mutate_bytes(data, draw), command, length
     name, data = draw(st.sampled_from(RESPONSES))
     return kind, name, _mutate_bytes(data, draw) if draw(st.integers(0, 4)) else data, command, length
@@ -336,6 +458,8 @@ def test_payshield_parsers_fuzz(figures: Figures) -> None:
     started = time.monotonic()
     run()
     refused = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k not in ("messages", "parsed"))
-    figures.report(f"fuzz payShield codec: {stats['messages']} messages ({len(SEEDS)} seeds included) in "
-                   f"{time.monotonic() - started:.0f} s: {stats['parsed']} parsed, refused: {refused}; "
-                   "0 other exceptions")
+    figures.report(
+        f"fuzz payShield codec: {stats['messages']} messages ({len(SEEDS)} seeds included) in "
+        f"{time.monotonic() - started:.0f} s: {stats['parsed']} parsed, refused: {refused}; "
+        "0 other exceptions"
+    )

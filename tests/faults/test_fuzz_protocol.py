@@ -54,10 +54,43 @@ from tests.faults.support import (
 CLIENT_TIMEOUT = 1.0
 SLACK = 2.0
 SEEDS = sorted((CORPUS / "protocol").glob("*.bin"))
-OPS = ["ping", "validate", "enrolled", "check", "enroll", "import", "export", "list", "show", "assign",
-       "disable", "enable", "remove", "unlock", "resync", "status"]
-FIELDS = ["user", "code", "password_and_code", "target", "serial", "type", "algorithm", "digits",
-          "period", "issuer", "tokens", "dry_run", "code1", "code2", "service", "rhost", "tty"]
+OPS = [
+    "ping",
+    "validate",
+    "enrolled",
+    "check",
+    "enroll",
+    "import",
+    "export",
+    "list",
+    "show",
+    "assign",
+    "disable",
+    "enable",
+    "remove",
+    "unlock",
+    "resync",
+    "status",
+]
+FIELDS = [
+    "user",
+    "code",
+    "password_and_code",
+    "target",
+    "serial",
+    "type",
+    "algorithm",
+    "digits",
+    "period",
+    "issuer",
+    "tokens",
+    "dry_run",
+    "code1",
+    "code2",
+    "service",
+    "rhost",
+    "tty",
+]
 
 
 @dataclass(frozen=True)
@@ -74,22 +107,50 @@ class Case:
 
 # --------------------------------------------------------------------------- strategies
 
-scalars = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=24)
-           | st.sampled_from(["alice", "root", "nobody", "123456", "12345678", "OAHO00000001", "hotp",
-                              "totp", "sha1", "sha512", "", " ", "\x00", "ALICE", "alice ", "ａｌｉｃｅ"]))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=24)
+    | st.sampled_from(
+        [
+            "alice",
+            "root",
+            "nobody",
+            "123456",
+            "12345678",
+            "OAHO00000001",
+            "hotp",
+            "totp",
+            "sha1",
+            "sha512",
+            "",
+            " ",
+            "\x00",
+            "ALICE",
+            "alice ",
+            "ａｌｉｃｅ",
+        ]
+    )
+)
 
 
 def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), inner,
-                                                         max_size=4)
+    return st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(FIELDS) | st.text(max_size=8), inner, max_size=4
+    )
 
 
 json_values = st.recursive(scalars, _containers, max_leaves=12)
 envelopes = st.fixed_dictionaries(
-    {"v": st.sampled_from([1] * 8 + [0, 2, "1", 1.0, True, None, [1]]),
-     "op": st.sampled_from(OPS + ["", "zap", "VALIDATE", "ping ", "op_ping", "__init__"]) | st.text(max_size=10)},
-    optional={name: json_values for name in FIELDS})
+    {
+        "v": st.sampled_from([1] * 8 + [0, 2, "1", 1.0, True, None, [1]]),
+        "op": st.sampled_from(OPS + ["", "zap", "VALIDATE", "ping ", "op_ping", "__init__"])
+        | st.text(max_size=10),
+    },
+    optional={name: json_values for name in FIELDS},
+)
 
 
 def _encode(value: Any, ascii_only: bool) -> bytes:
@@ -102,8 +163,7 @@ def _framed(body: bytes, length: int | None = None) -> bytes:
 
 @st.composite
 def frames(draw: st.DrawFn) -> tuple[str, bytes]:
-    kind = draw(st.sampled_from(["envelope"] * 6 + ["json", "body", "raw", "length",
-                                 "mutated", "mutated"]))
+    kind = draw(st.sampled_from(["envelope"] * 6 + ["json", "body", "raw", "length", "mutated", "mutated"]))
     if kind == "envelope":
         return kind, _framed(_encode(draw(envelopes), draw(st.booleans())))
     if kind == "json":
@@ -114,9 +174,22 @@ def frames(draw: st.DrawFn) -> tuple[str, bytes]:
         return kind, draw(st.binary(max_size=512))
     if kind == "length":
         body = draw(st.binary(max_size=64) | envelopes.map(lambda e: _encode(e, True)))
-        length = draw(st.sampled_from([0, 1, max(len(body) - 1, 0), len(body) + 1, MAX_FRAME, MAX_FRAME + 1,
-                                       MAX_ADMIN_FRAME, MAX_ADMIN_FRAME + 1, 2**32 - 1])
-                      | st.integers(min_value=0, max_value=2**32 - 1))
+        length = draw(
+            st.sampled_from(
+                [
+                    0,
+                    1,
+                    max(len(body) - 1, 0),
+                    len(body) + 1,
+                    MAX_FRAME,
+                    MAX_FRAME + 1,
+                    MAX_ADMIN_FRAME,
+                    MAX_ADMIN_FRAME + 1,
+                    2**32 - 1,
+                ]
+            )
+            | st.integers(min_value=0, max_value=2**32 - 1)
+        )
         return kind, _framed(body, length)
     data = bytearray(draw(st.sampled_from(SEEDS)).read_bytes())
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
@@ -125,10 +198,12 @@ def frames(draw: st.DrawFn) -> tuple[str, bytes]:
         if action == "flip" and where < len(data):
             data[where] ^= 1 << draw(st.integers(min_value=0, max_value=7))
         elif action == "delete":
-            del data[where:where + draw(st.integers(min_value=1, max_value=8))]
+            del data[where : where + draw(st.integers(min_value=1, max_value=8))]
         elif action == "insert":
-            data[where:where] = draw(st.binary(min_size=1, max_size=8)
-                                     | st.sampled_from([b'"', b"\\", b"{", b"}", b"\x00", b"\xff", b"\\u0000"]))
+            data[where:where] = draw(
+                st.binary(min_size=1, max_size=8)
+                | st.sampled_from([b'"', b"\\", b"{", b"}", b"\x00", b"\xff", b"\\u0000"])
+            )
         elif action == "truncate":
             del data[where:]
         elif action == "duplicate":
@@ -144,9 +219,15 @@ def cases(draw: st.DrawFn) -> Case:
 
 
 def _settings(examples: int) -> Any:
-    chosen = settings(max_examples=examples, deadline=None, derandomize="OTP_FAULTS_SEED" not in os.environ,
-                      database=None, phases=[Phase.explicit, Phase.generate, Phase.shrink],
-                      suppress_health_check=list(HealthCheck), print_blob=False)
+    chosen = settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize="OTP_FAULTS_SEED" not in os.environ,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
 
     def apply(function: Any) -> Any:
         function = chosen(function)
@@ -161,9 +242,15 @@ def _settings(examples: int) -> Any:
 @pytest.fixture(scope="module")
 def fuzz_agent() -> Iterator[tuple[RunningAgent, Clients]]:
     require_root()
-    with open_directory() as directory, running_agent(
-            directory / "agent", sections={"agent": {"client_timeout": CLIENT_TIMEOUT}},
-            policy={"lock_threshold": 100}) as agent, clients(1, uid=NOBODY) as nobody:
+    with (
+        open_directory() as directory,
+        running_agent(
+            directory / "agent",
+            sections={"agent": {"client_timeout": CLIENT_TIMEOUT}},
+            policy={"lock_threshold": 100},
+        ) as agent,
+        clients(1, uid=NOBODY) as nobody,
+    ):
         agent.enroll("alice", "--type", "hotp")
         agent.enroll("nobody", "--type", "hotp")
         yield agent, nobody
@@ -187,20 +274,28 @@ def test_protocol_fuzz(fuzz_agent: tuple[RunningAgent, Clients], figures: Figure
         stats["frames sent"] += 1
         stats["as nobody" if case.as_nobody else "as root"] += 1
         if case.as_nobody:
-            data, closed, elapsed = nobody.call("raw", str(agent.socket_path), case.payload, True,
-                                                CLIENT_TIMEOUT + SLACK + 3)
+            data, closed, elapsed = nobody.call(
+                "raw", str(agent.socket_path), case.payload, True, CLIENT_TIMEOUT + SLACK + 3
+            )
         else:
-            data, closed, elapsed = send_raw(agent.socket_path, case.payload, timeout=CLIENT_TIMEOUT + SLACK + 3)
+            data, closed, elapsed = send_raw(
+                agent.socket_path, case.payload, timeout=CLIENT_TIMEOUT + SLACK + 3
+            )
         slowest[0] = max(slowest[0], elapsed)
-        assert closed and elapsed <= CLIENT_TIMEOUT + SLACK, f"no close within {CLIENT_TIMEOUT + SLACK} s: {case}"
+        assert closed and elapsed <= CLIENT_TIMEOUT + SLACK, (
+            f"no close within {CLIENT_TIMEOUT + SLACK} s: {case}"
+        )
         replies = split_replies(data)
         assert isinstance(replies, list), f"{replies}: {case}"
         for reply in replies:
             stats["ok replies" if reply["ok"] else f"error {reply['error'].get('code')}"] += 1
         if not replies:
             stats["closed without a reply"] += 1
-            if case.payload.startswith(b"\x00") and len(case.payload) > 4 and \
-                    struct.unpack(">I", case.payload[:4])[0] == len(case.payload) - 4:
+            if (
+                case.payload.startswith(b"\x00")
+                and len(case.payload) > 4
+                and struct.unpack(">I", case.payload[:4])[0] == len(case.payload) - 4
+            ):
                 unanswered.append(case)  # one whole frame, and no answer at all
         assert agent.process.poll() is None, f"the agent died: {case}"
         assert request(agent.socket_path, "ping", timeout=5)["ok"] is True, f"ping failed after {case}"
@@ -217,14 +312,16 @@ def test_protocol_fuzz(fuzz_agent: tuple[RunningAgent, Clients], figures: Figure
         f"as nobody, {len(SEEDS)} seeds x 2 included) in {elapsed:.0f} s: 0 crashes, 0 hangs (slowest close "
         f"{slowest[0]:.2f} s, client_timeout {CLIENT_TIMEOUT} s), ping after each; replies: "
         + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k.startswith(("ok", "error", "closed")))
-        + f"; whole frames left unanswered {len(unanswered)}; unexpected errors logged by the agent {len(crashes)}")
+        + f"; whole frames left unanswered {len(unanswered)}; unexpected errors logged by the agent {len(crashes)}"
+    )
     assert agent.process.poll() is None
     assert not crashes, crashes[:5]
     assert not unanswered, unanswered[:5]
 
 
-def test_silent_and_partial_clients_are_closed_in_time(fuzz_agent: tuple[RunningAgent, Clients],
-                                                       figures: Figures) -> None:
+def test_silent_and_partial_clients_are_closed_in_time(
+    fuzz_agent: tuple[RunningAgent, Clients], figures: Figures
+) -> None:
     """Connections that send a prefix of a frame (or a whole one) and then stay open and silent."""
     agent, _nobody = fuzz_agent
     total, batch = count(48, 1_000), 24
@@ -240,7 +337,7 @@ def test_silent_and_partial_clients_are_closed_in_time(fuzz_agent: tuple[Running
             connection.settimeout(CLIENT_TIMEOUT + SLACK + 5)
             connection.connect(str(agent.socket_path))
             for start in range(0, len(prefix), 7):  # trickled, a few bytes at a time
-                connection.sendall(prefix[start:start + 7])
+                connection.sendall(prefix[start : start + 7])
                 time.sleep(0.001)
             sent = time.monotonic()
             data = b""
@@ -266,10 +363,12 @@ def test_silent_and_partial_clients_are_closed_in_time(fuzz_agent: tuple[Running
         for thread in threads:
             thread.join(CLIENT_TIMEOUT + SLACK + 10)
     elapsed = time.monotonic() - started
-    figures.report(f"fuzz protocol: {total} silent or partial connections held open ({elapsed:.0f} s): "
-                   f"{len(closes)} closed by the agent within {max(closes, default=0):.2f} s of their last byte "
-                   f"(client_timeout {CLIENT_TIMEOUT} s), {answered} of them answered first (a whole ping), "
-                   f"{len(late)} not closed in time")
+    figures.report(
+        f"fuzz protocol: {total} silent or partial connections held open ({elapsed:.0f} s): "
+        f"{len(closes)} closed by the agent within {max(closes, default=0):.2f} s of their last byte "
+        f"(client_timeout {CLIENT_TIMEOUT} s), {answered} of them answered first (a whole ping), "
+        f"{len(late)} not closed in time"
+    )
     assert not late, late[:5]
     assert len(closes) == total
     assert all(c <= CLIENT_TIMEOUT + SLACK for c in closes)

@@ -47,8 +47,8 @@ def _simulator_testing() -> Any:
 class Mode:
     name: str
     knobs: dict[str, Any]
-    honest: bool = False          # a slow or briefly cut HSM: the right code may be accepted
-    action: str = ""              # "drop" (connections cut), "stop" (HSM down)
+    honest: bool = False  # a slow or briefly cut HSM: the right code may be accepted
+    action: str = ""  # "drop" (connections cut), "stop" (HSM down)
 
 
 MODES = [
@@ -79,12 +79,20 @@ def _lying_code(uri: str, counter: int) -> str:
 def _table(simulator: Any, agent_directory: Path) -> dict[str, object]:
     config = simulator.config()
     return {
-        "hosts": [simulator.address], "lmk_check_value": config.lmk_check_value,
-        "header_length": config.header_length, "request_timeout": REQUEST_TIMEOUT, "connect_timeout": 1.0,
-        "retry_initial": 0.05, "retry_max": 0.3, "retry_floor": 0.1, "health_interval": HEALTH_INTERVAL,
-        "zmk_file": str(config.zmk_file), "zmk_key_block_file": str(config.zmk_key_block_file),
+        "hosts": [simulator.address],
+        "lmk_check_value": config.lmk_check_value,
+        "header_length": config.header_length,
+        "request_timeout": REQUEST_TIMEOUT,
+        "connect_timeout": 1.0,
+        "retry_initial": 0.05,
+        "retry_max": 0.3,
+        "retry_floor": 0.1,
+        "health_interval": HEALTH_INTERVAL,
+        "zmk_file": str(config.zmk_file),
+        "zmk_key_block_file": str(config.zmk_key_block_file),
         "fingerprint_key_file": str(agent_directory / "fingerprint.kb"),
-        "tls_ca_file": str(simulator.tls_cert), "tls_server_name": "localhost",
+        "tls_ca_file": str(simulator.tls_cert),
+        "tls_server_name": "localhost",
     }
 
 
@@ -95,8 +103,9 @@ def hsm_agent() -> Iterator[tuple[RunningAgent, Any, Any]]:
         agent_directory = directory / "agent"
         agent_directory.mkdir()
         sections = {"keystore": {"backend": "payshield", "payshield": _table(simulator, agent_directory)}}
-        with running_agent(agent_directory, sections=sections,
-                           policy={"hotp_lookahead": 2, "lock_threshold": 100}) as agent:
+        with running_agent(
+            agent_directory, sections=sections, policy={"hotp_lookahead": 2, "lock_threshold": 100}
+        ) as agent:
             yield agent, simulator, server
 
 
@@ -129,7 +138,9 @@ def test_hsm_fault_modes(hsm_agent: tuple[RunningAgent, Any, Any], figures: Figu
         simulator.set(**mode.knobs)
         if mode.knobs.get("fault") == "wrong_hmac":
             # Before any self-test has run on the lie: the documented residual, measured.
-            result, reason = outcome(request(agent.socket_path, "validate", user=user, code=_lying_code(uri, 0)))
+            result, reason = outcome(
+                request(agent.socket_path, "validate", user=user, code=_lying_code(uri, 0))
+            )
             window[f"lying code {result}:{reason}"] += 1
             if result == "accept":
                 counter += 1  # the believed lie consumed counter 0
@@ -143,7 +154,9 @@ def test_hsm_fault_modes(hsm_agent: tuple[RunningAgent, Any, Any], figures: Figu
             if mode.knobs.get("fault") == "wrong_hmac":
                 submissions.append(("lying", _lying_code(uri, counter)))
             for kind, code in submissions:
-                result, reason = outcome(request(agent.socket_path, "validate", timeout=30, user=user, code=code))
+                result, reason = outcome(
+                    request(agent.socket_path, "validate", timeout=30, user=user, code=code)
+                )
                 total += 1
                 answers[f"{kind} {result}:{reason}"] += 1
                 if result == "accept" and (kind != "right" or not mode.honest):
@@ -156,21 +169,34 @@ def test_hsm_fault_modes(hsm_agent: tuple[RunningAgent, Any, Any], figures: Figu
         if mode.action == "stop":
             simulator.start()
         # The right code was never consumed while the HSM failed: accepted once it is back.
-        recovered = _until(lambda: outcome(request(agent.socket_path, "validate", timeout=30, user=user,
-                                                   code=hotp_code(uri, counter)))[0] == "accept", 20)
+        recovered = _until(
+            lambda: (
+                outcome(
+                    request(
+                        agent.socket_path, "validate", timeout=30, user=user, code=hotp_code(uri, counter)
+                    )
+                )[0]
+                == "accept"
+            ),
+            20,
+        )
         answers["recovered" if recovered else "NOT recovered"] += 1
         if not recovered:
             not_recovered.append(mode.name)
         per_mode[mode.name] = answers
     elapsed = time.monotonic() - started
-    figures.report(f"hsm {len(modes)} fault modes x {attempts} attempts = {total} submissions ({elapsed:.0f} s): "
-                   f"{len(bad)} acceptances of a wrong code or while the HSM failed; modes not recovered after "
-                   f"the fault was cleared: {len(not_recovered)}")
+    figures.report(
+        f"hsm {len(modes)} fault modes x {attempts} attempts = {total} submissions ({elapsed:.0f} s): "
+        f"{len(bad)} acceptances of a wrong code or while the HSM failed; modes not recovered after "
+        f"the fault was cleared: {len(not_recovered)}"
+    )
     for name, answers in per_mode.items():
         figures.report(f"hsm   {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items())))
     if window:
-        figures.report(f"hsm   wrong HMAC before the next self-test (documented residual, health_interval "
-                       f"{HEALTH_INTERVAL} s): {dict(window)}")
+        figures.report(
+            f"hsm   wrong HMAC before the next self-test (documented residual, health_interval "
+            f"{HEALTH_INTERVAL} s): {dict(window)}"
+        )
     assert not bad, bad
     assert not not_recovered, not_recovered
     status = request(agent.socket_path, "status")

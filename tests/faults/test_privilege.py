@@ -33,27 +33,103 @@ from tests.faults.support import (
 )
 
 OTHERS = [
-    "alice", "Alice", "ALICE", "aLiCe", "alice ", " alice", "alice\t", "alice\n", "alice\x00", "alice\x00nobody",
-    "\u0430lice", "al\u0456ce", "ａｌｉｃｅ", "alice\u200b", "\u202ealice", "root", "ROOT", "Root", "root ",
-    "r\u043eot", "root\x00", "0", "#0", "NOBODY", "Nobody", "nobodY", "nobody ", " nobody", "nobody\x00",
-    "nobody\x00root", "n\u043ebody", "ｎｏｂｏｄｙ", "nobody\u200b", "\ufeffnobody", "nob\u00f6dy", "nobody\r",
-    "65534", "+nobody", "../root", "*", "",
+    "alice",
+    "Alice",
+    "ALICE",
+    "aLiCe",
+    "alice ",
+    " alice",
+    "alice\t",
+    "alice\n",
+    "alice\x00",
+    "alice\x00nobody",
+    "\u0430lice",
+    "al\u0456ce",
+    "ａｌｉｃｅ",
+    "alice\u200b",
+    "\u202ealice",
+    "root",
+    "ROOT",
+    "Root",
+    "root ",
+    "r\u043eot",
+    "root\x00",
+    "0",
+    "#0",
+    "NOBODY",
+    "Nobody",
+    "nobodY",
+    "nobody ",
+    " nobody",
+    "nobody\x00",
+    "nobody\x00root",
+    "n\u043ebody",
+    "ｎｏｂｏｄｙ",
+    "nobody\u200b",
+    "\ufeffnobody",
+    "nob\u00f6dy",
+    "nobody\r",
+    "65534",
+    "+nobody",
+    "../root",
+    "*",
+    "",
 ]
-ADMIN_OPS = ["check", "enroll", "import", "export", "list", "show", "assign", "disable", "enable", "remove",
-             "unlock", "resync", "status"]
-SPELLINGS = ["LIST", "List", "list ", " list", "list\x00", "op_list", "VALIDATE", "Ping ", "status\n",
-             "export\u200b", "zap", ""]
+ADMIN_OPS = [
+    "check",
+    "enroll",
+    "import",
+    "export",
+    "list",
+    "show",
+    "assign",
+    "disable",
+    "enable",
+    "remove",
+    "unlock",
+    "resync",
+    "status",
+]
+SPELLINGS = [
+    "LIST",
+    "List",
+    "list ",
+    " list",
+    "list\x00",
+    "op_list",
+    "VALIDATE",
+    "Ping ",
+    "status\n",
+    "export\u200b",
+    "zap",
+    "",
+]
 REFUSED = {"permission", "usage"}
 
 
 def _admin_fields(op: str, serial: str, code: str) -> dict[str, Any]:
     fields: dict[str, dict[str, Any]] = {
-        "check": {"user": "alice", "code": code}, "enroll": {"user": "nobody", "type": "hotp"},
-        "import": {"tokens": [{"serial": "EVIL0001", "type": "hotp", "secret_b64": "a2tra2tra2tra2tra2tra2tra2s=",
-                               "user": "nobody"}]},
-        "export": {}, "list": {}, "show": {"target": "alice"}, "assign": {"serial": serial, "user": "nobody"},
-        "disable": {"serial": serial}, "enable": {"serial": serial}, "remove": {"serial": serial},
-        "unlock": {"target": "alice"}, "resync": {"user": "alice", "code1": code, "code2": code},
+        "check": {"user": "alice", "code": code},
+        "enroll": {"user": "nobody", "type": "hotp"},
+        "import": {
+            "tokens": [
+                {
+                    "serial": "EVIL0001",
+                    "type": "hotp",
+                    "secret_b64": "a2tra2tra2tra2tra2tra2tra2s=",
+                    "user": "nobody",
+                }
+            ]
+        },
+        "export": {},
+        "list": {},
+        "show": {"target": "alice"},
+        "assign": {"serial": serial, "user": "nobody"},
+        "disable": {"serial": serial},
+        "enable": {"serial": serial},
+        "remove": {"serial": serial},
+        "unlock": {"target": "alice"},
+        "resync": {"user": "alice", "code1": code, "code2": code},
         "status": {},
     }
     return fields[op]
@@ -67,8 +143,11 @@ def _oversized(size: int) -> bytes:
 def test_privilege_attempts_are_all_refused(figures: Figures) -> None:
     require_root()
     passes = count(1, 10)
-    with open_directory() as directory, running_agent(directory / "agent") as agent, \
-            clients(1, uid=NOBODY) as nobody:
+    with (
+        open_directory() as directory,
+        running_agent(directory / "agent") as agent,
+        clients(1, uid=NOBODY) as nobody,
+    ):
         serial, uri = agent.enroll("alice", "--type", "hotp")
         code = hotp_code(uri, 0)
         before = request(agent.socket_path, "list")["tokens"]
@@ -90,19 +169,27 @@ def test_privilege_attempts_are_all_refused(figures: Figures) -> None:
         for _ in range(passes):
             for user in OTHERS:
                 attempt("validate for another user", "validate", {"user": user, "code": code})
-                attempt("password+code for another user", "validate", {"user": user, "password_and_code": "pw" + code})
+                attempt(
+                    "password+code for another user",
+                    "validate",
+                    {"user": user, "password_and_code": "pw" + code},
+                )
                 attempt("enrolled for another user", "enrolled", {"user": user})
             for op in ADMIN_OPS:
                 attempt("admin operation", op, _admin_fields(op, serial, code))
             for op in SPELLINGS:
                 attempt("admin operation spelled otherwise", op, {"user": "alice", "code": code})
             for size in (MAX_FRAME + 1, 2 * MAX_FRAME, 1 << 20, 16 << 20):
-                data, closed, _elapsed = nobody.call("raw", str(agent.socket_path), _oversized(size), True, 10.0)
+                data, closed, _elapsed = nobody.call(
+                    "raw", str(agent.socket_path), _oversized(size), True, 10.0
+                )
                 attempts["oversized frame"] += 1
                 replies = split_replies(data)
                 if isinstance(replies, str) and data not in (b"BrokenPipeError", b"ConnectionResetError"):
                     through.append(("oversized frame", size, replies))
-                elif isinstance(replies, list) and any(r["ok"] or r["error"]["code"] != "protocol" for r in replies):
+                elif isinstance(replies, list) and any(
+                    r["ok"] or r["error"]["code"] != "protocol" for r in replies
+                ):
                     through.append(("oversized frame", size, replies))
                 else:
                     refusals["protocol (or closed)"] += 1
@@ -117,11 +204,15 @@ def test_privilege_attempts_are_all_refused(figures: Figures) -> None:
             + ", ".join(f"{k} {v}" for k, v in sorted(attempts.items()))
             + f"): {total - len(through)} refused ("
             + ", ".join(f"{k} {v}" for k, v in sorted(refusals.items()))
-            + f"), {len(through)} got through; alice's code afterwards: {still_unused[0]}")
+            + f"), {len(through)} got through; alice's code afterwards: {still_unused[0]}"
+        )
         assert not through, through[:10]
         assert after == before
         assert still_unused == ("accept", "accepted")
         time.sleep(0.2)  # the audit log is written in batches
-        events = [json.loads(line) for line in (agent.directory / "audit.log").read_text().splitlines()
-                  if line.strip()]
+        events = [
+            json.loads(line)
+            for line in (agent.directory / "audit.log").read_text().splitlines()
+            if line.strip()
+        ]
         assert not [e for e in events if e.get("peer_uid") == NOBODY and e.get("result") == "accept"]

@@ -50,14 +50,17 @@ class Tally:
         for result, reason in outcomes:
             if result != "accept" and (result, reason) != ("reject", "replay"):
                 self.others[f"{result}:{reason}"] += 1
-        if (accepted != 1 or any(r != "accept" and (r, why) != ("reject", "replay") for r, why in outcomes)) \
-                and len(self.first_bad) < 5:
+        if (
+            accepted != 1 or any(r != "accept" and (r, why) != ("reject", "replay") for r, why in outcomes)
+        ) and len(self.first_bad) < 5:
             self.first_bad.append((round_number, outcomes))
 
     def line(self, what: str) -> str:
         others = ", ".join(f"{k} {v}" for k, v in sorted(self.others.items())) or "none"
-        return (f"races {what}: {self.rounds} rounds x {PROCESSES} processes: {self.single} single "
-                f"acceptances, {self.double} double, {self.none} none; refusals other than replay: {others}")
+        return (
+            f"races {what}: {self.rounds} rounds x {PROCESSES} processes: {self.single} single "
+            f"acceptances, {self.double} double, {self.none} none; refusals other than replay: {others}"
+        )
 
     def check(self) -> None:
         assert self.single == self.rounds and not self.others, self.first_bad
@@ -68,11 +71,23 @@ def _raw_race(agents: list[RunningAgent], uri: str, rounds: int, user: str = "al
     with clients(PROCESSES) as pool:
         for round_number in range(rounds):
             code = hotp_code(uri, round_number)
-            jobs = [("request", (str(agents[i % len(agents)].socket_path), "validate",
-                                 {"user": user, "code": code}, 30.0)) for i in range(PROCESSES)]
+            jobs = [
+                (
+                    "request",
+                    (
+                        str(agents[i % len(agents)].socket_path),
+                        "validate",
+                        {"user": user, "code": code},
+                        30.0,
+                    ),
+                )
+                for i in range(PROCESSES)
+            ]
             replies = pool.race(jobs)
-            tally.add(round_number, [outcome(r) if "exception" not in r else ("exception", r["exception"])
-                                     for r in replies])
+            tally.add(
+                round_number,
+                [outcome(r) if "exception" not in r else ("exception", r["exception"]) for r in replies],
+            )
     return tally
 
 
@@ -89,12 +104,29 @@ def test_raw_clients_race_on_sqlite(figures: Figures) -> None:
 
 
 def _helper(socket_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    environment = {b"PAM_TYPE": b"auth", b"PAM_SERVICE": b"sshd", b"PAM_RHOST": b"127.0.0.1",
-                   b"PAM_USER": b"alice"}
-    return subprocess.Popen([SYSTEM_PYTHON, "-I", "-S", str(HELPER_SOURCE), "--socket", str(socket_path),
-                             "--syslog-socket", str(log_path)],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=environment, cwd="/")
+    environment = {
+        b"PAM_TYPE": b"auth",
+        b"PAM_SERVICE": b"sshd",
+        b"PAM_RHOST": b"127.0.0.1",
+        b"PAM_USER": b"alice",
+    }
+    return subprocess.Popen(
+        [
+            SYSTEM_PYTHON,
+            "-I",
+            "-S",
+            str(HELPER_SOURCE),
+            "--socket",
+            str(socket_path),
+            "--syslog-socket",
+            str(log_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+        cwd="/",
+    )
 
 
 def _waiting_on_stdin(process: subprocess.Popen[bytes]) -> bool:
@@ -143,19 +175,24 @@ def test_pam_helpers_race(figures: Figures) -> None:
 
 def _validations(audit: Path) -> list[dict[str, object]]:
     text = audit.read_text(encoding="utf-8")
-    events = [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+    events = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
     return [e for e in events if e.get("event") == "validate"]
 
 
 def test_two_agents_race_on_postgresql(figures: Figures) -> None:
     from tests.postgresql.support import fresh_database
+
     rounds = count(40, 3_000)
     with fresh_database() as dsn, open_directory() as directory, ExitStack() as stack:
         sections = {"store": {"backend": "postgresql", "dsn": dsn}}
         first = stack.enter_context(running_agent(directory / "a", policy=POLICY, sections=sections))
-        second = stack.enter_context(running_agent(
-            directory / "b", policy=POLICY,
-            sections={**sections, "keystore": {"master_key_file": str(first.directory / "master.key")}}))
+        second = stack.enter_context(
+            running_agent(
+                directory / "b",
+                policy=POLICY,
+                sections={**sections, "keystore": {"master_key_file": str(first.directory / "master.key")}},
+            )
+        )
         _serial, uri = first.enroll("alice", "--type", "hotp")
         started = time.monotonic()
         tally = _raw_race([first, second], uri, rounds)

@@ -41,8 +41,8 @@ class Client(threading.Thread):
         super().__init__(name=f"client-{user}", daemon=True)
         self.user, self.uri, self.socket_path, self.stop = user, uri, socket_path, stop
         self.next = 0
-        self.unsure = False          # the last submission of `next` got no answer
-        self.verify = False          # a restart was seen: check the last durable code first
+        self.unsure = False  # the last submission of `next` got no answer
+        self.verify = False  # a restart was seen: check the last durable code first
         self.last_durable: int | None = None
         self.acknowledged: list[int] = []
         self.unacknowledged: list[int] = []
@@ -52,8 +52,15 @@ class Client(threading.Thread):
 
     def _submit(self, counter: int) -> tuple[str, str] | None:
         try:
-            return outcome(request(self.socket_path, "validate", timeout=10, user=self.user,
-                                   code=hotp_code(self.uri, counter)))
+            return outcome(
+                request(
+                    self.socket_path,
+                    "validate",
+                    timeout=10,
+                    user=self.user,
+                    code=hotp_code(self.uri, counter),
+                )
+            )
         except (OSError, OtpAgentError):  # refused, reset, timed out, or cut inside a frame
             self.connection_errors += 1
             return None
@@ -68,9 +75,13 @@ class Client(threading.Thread):
                     self.verified += 1
                     self.verify = False
                 elif answer[0] == "accept":
-                    self.violations.append(f"{self.user}: counter {self.last_durable} accepted again after a restart")
+                    self.violations.append(
+                        f"{self.user}: counter {self.last_durable} accepted again after a restart"
+                    )
                 elif answer[1] not in TRANSIENT:
-                    self.violations.append(f"{self.user}: durable counter {self.last_durable} is {answer} after a restart")
+                    self.violations.append(
+                        f"{self.user}: durable counter {self.last_durable} is {answer} after a restart"
+                    )
                     self.verify = False
                 continue
             answer = self._submit(self.next)
@@ -86,8 +97,10 @@ class Client(threading.Thread):
             elif answer[1] in TRANSIENT:
                 time.sleep(0.005)
             else:
-                self.violations.append(f"{self.user}: counter {self.next} (last durable {self.last_durable}, "
-                                       f"unsure {self.unsure}) answered {answer}: an acknowledged acceptance was lost")
+                self.violations.append(
+                    f"{self.user}: counter {self.next} (last durable {self.last_durable}, "
+                    f"unsure {self.unsure}) answered {answer}: an acknowledged acceptance was lost"
+                )
 
     def _advance(self) -> None:
         self.last_durable = self.next
@@ -133,8 +146,14 @@ def test_sigkill_loop_under_load(figures: Figures) -> None:
                 older = durable[:-RESUBMIT_NEWEST]
                 sample = durable[-RESUBMIT_NEWEST:] + random.sample(older, min(len(older), RESUBMIT_OLDER))
                 for counter in sample:
-                    result, reason = outcome(request(agent.socket_path, "validate", user=thread.user,
-                                                     code=hotp_code(thread.uri, counter)))
+                    result, reason = outcome(
+                        request(
+                            agent.socket_path,
+                            "validate",
+                            user=thread.user,
+                            code=hotp_code(thread.uri, counter),
+                        )
+                    )
                     resubmitted[f"{result}:{reason}"] += 1
         finally:
             stop.set()
@@ -150,7 +169,8 @@ def test_sigkill_loop_under_load(figures: Figures) -> None:
             f"{sum(t.verified for t in threads)} replays verified after restarts, "
             f"{sum(t.connection_errors for t in threads)} connections refused or cut by kills; final resubmission of "
             f"{sum(resubmitted.values())} durable codes (newest and a sample): {dict(sorted(resubmitted.items()))}; "
-            f"{len(violations)} lost or re-accepted")
+            f"{len(violations)} lost or re-accepted"
+        )
         assert not violations, violations
         assert not any(key.startswith("accept") for key in resubmitted), resubmitted
         assert acknowledged >= kills  # the clients did work between the kills

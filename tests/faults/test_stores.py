@@ -58,8 +58,12 @@ def _answer(agent: RunningAgent, user: str, code: str) -> tuple[str, str]:
 
 
 def _run_daemon(config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--config", str(config)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "otp_agent.daemon", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # --------------------------------------------------------------------------- full disk
@@ -134,16 +138,20 @@ def test_full_disk_rounds(figures: Figures) -> None:
                 os.kill(agent.process.pid, signal.SIGKILL)
                 agent.process.wait(30)
                 agent = start_agent(first.directory, first.config_path, first.socket_path)
-                replays = Counter(_answer(agent, "alice", hotp_code(uri, c)) for c in accepted_while_full[-1:])
+                replays = Counter(
+                    _answer(agent, "alice", hotp_code(uri, c)) for c in accepted_while_full[-1:]
+                )
                 after = _answer(agent, "alice", hotp_code(uri, counter - 1))
             finally:
                 if agent.process.poll() is None:
                     agent.stop()
         refused = answers.get("reject:store", 0)
-        figures.report(f"stores full disk (tmpfs 4 MB): {rounds} rounds x {per_round} codes while full: "
-                       f"{refused} refused (store), {len(accepted_while_full)} accepted into space SQLite already "
-                       f"held (durable after SIGKILL: {dict(replays) or 'none to check'}), {pings} pings answered; "
-                       f"every round's refused code accepted once space was back; last code after restart: {after}")
+        figures.report(
+            f"stores full disk (tmpfs 4 MB): {rounds} rounds x {per_round} codes while full: "
+            f"{refused} refused (store), {len(accepted_while_full)} accepted into space SQLite already "
+            f"held (durable after SIGKILL: {dict(replays) or 'none to check'}), {pings} pings answered; "
+            f"every round's refused code accepted once space was back; last code after restart: {after}"
+        )
         assert after == ("reject", "replay")
         assert all(key == ("reject", "replay") for key in replays), replays
         assert refused > 0
@@ -164,10 +172,13 @@ def test_query_only_store_refuses_every_write(figures: Figures, tmp_path: Path) 
         from otp_agent.administration import Administration
         from otp_agent.audit import RequestContext
         from otp_agent.oath import HashAlgorithm, OathParams, TokenType
+
         context = RequestContext(0, os.getpid(), "faults", None, None)
         admin = Administration(store, keys, audit)
         validator = Validator(store, keys, PolicyConfig(hotp_lookahead=10, lock_threshold=100), audit)
-        enrolled = admin.enroll("alice", OathParams(TokenType.HOTP, HashAlgorithm.SHA1, 6, 30), "faults", context)
+        enrolled = admin.enroll(
+            "alice", OathParams(TokenType.HOTP, HashAlgorithm.SHA1, 6, 30), "faults", context
+        )
         uri = enrolled["uri"]
         answers: Counter[str] = Counter()
         for round_number in range(rounds):
@@ -178,7 +189,9 @@ def test_query_only_store_refuses_every_write(figures: Figures, tmp_path: Path) 
             def submit() -> None:
                 for _ in range(attempts // 4):
                     decision = validator.validate("alice", code, context)
-                    results.append((decision.accepted, str(getattr(decision.reason, "value", decision.reason))))
+                    results.append(
+                        (decision.accepted, str(getattr(decision.reason, "value", decision.reason)))
+                    )
 
             threads = [threading.Thread(target=submit) for _ in range(4)]
             for thread in threads:
@@ -192,8 +205,10 @@ def test_query_only_store_refuses_every_write(figures: Figures, tmp_path: Path) 
             writer.execute("PRAGMA query_only = OFF")
             decision = validator.validate("alice", code, context)
             assert (decision.accepted, decision.reason) == (True, "accepted"), decision
-        figures.report(f"stores read-only (PRAGMA query_only): {rounds} rounds x {attempts} submissions of a valid "
-                       f"code from 4 threads: {dict(answers)}; each code accepted once writable again")
+        figures.report(
+            f"stores read-only (PRAGMA query_only): {rounds} rounds x {attempts} submissions of a valid "
+            f"code from 4 threads: {dict(answers)}; each code accepted once writable again"
+        )
         assert set(answers) == {"reject:store"}, answers
     finally:
         store.close()
@@ -223,8 +238,9 @@ def test_read_only_database_at_start(figures: Figures) -> None:
                     agent_dir.chmod(0o555)
                 try:
                     try:
-                        agent = start_agent(agent_dir, setup.config_path, setup.socket_path, wrapper=as_nobody,
-                                            timeout=20)
+                        agent = start_agent(
+                            agent_dir, setup.config_path, setup.socket_path, wrapper=as_nobody, timeout=20
+                        )
                     except RuntimeError as exc:
                         assert "exited with 4" in str(exc), str(exc)[-1500:]
                         outcomes[f"{variant}: refused to start"] += 1
@@ -232,7 +248,9 @@ def test_read_only_database_at_start(figures: Figures) -> None:
                         try:
                             answers = {_answer(agent, "alice", hotp_code(uri, counter)) for _ in range(4)}
                             outcomes[f"{variant}: started, answers {sorted(answers)}"] += 1
-                            assert all(a[0] == "reject" and a[1].startswith("store") for a in answers), answers
+                            assert all(a[0] == "reject" and a[1].startswith("store") for a in answers), (
+                                answers
+                            )
                             assert request(agent.socket_path, "ping")["ok"] is True
                         finally:
                             agent.stop()
@@ -248,9 +266,11 @@ def test_read_only_database_at_start(figures: Figures) -> None:
                     counter += 1
                 finally:
                     agent.stop()
-    figures.report(f"stores read-only at start (daemon as uid {NOBODY}): {rounds} round(s) x 2 variants: "
-                   + "; ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
-                   + "; the refused code accepted each time once writable")
+    figures.report(
+        f"stores read-only at start (daemon as uid {NOBODY}): {rounds} round(s) x 2 variants: "
+        + "; ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
+        + "; the refused code accepted each time once writable"
+    )
 
 
 # --------------------------------------------------------------------------- deleted under load
@@ -261,6 +281,8 @@ DELETIONS = {
     "replace tokens.db by a copy": "copy",
     "replace tokens.db by a backup from before enrollment": "backup",
 }
+
+
 # Found by this suite and fixed: tokens.db unlinked while the agent ran, its -wal and -shm
 # left, a connection opened afterwards (a new worker thread) made a new empty tokens.db at the
 # path, read the user's tokens from it as none, and with unenrolled = allow the user was accepted
@@ -311,9 +333,15 @@ def test_database_deleted_or_replaced_under_load(variant: str, figures: Figures)
                     for name in DATABASE_FILES if kind == "all" else DATABASE_FILES[:1]:
                         (agent.directory / name).unlink(missing_ok=True)
                 gone = time.monotonic()
-                burst = [threading.Thread(target=lambda u=user, c=uri: log.append(
-                    (time.monotonic(), u, _answer(agent, u, wrong_code(c, 0))))) for user, uri in uris.items()
-                    for _ in range(16)]
+                burst = [
+                    threading.Thread(
+                        target=lambda u=user, c=uri: log.append(
+                            (time.monotonic(), u, _answer(agent, u, wrong_code(c, 0)))
+                        )
+                    )
+                    for user, uri in uris.items()
+                    for _ in range(16)
+                ]
                 for thread in burst:
                     thread.start()
                 for thread in burst:
@@ -332,9 +360,11 @@ def test_database_deleted_or_replaced_under_load(variant: str, figures: Figures)
                             late_accepts.append(f"round {round_number}: {user} {answer}")
                     elif answer[0] == "accept":
                         accepted_before += 1
-    figures.report(f"stores {variant}, under load (3 clients, then 48 at once), unenrolled = allow: {rounds} "
-                   f"round(s): {accepted_before} acceptances before, requests sent after: "
-                   f"{dict(sorted(answers_after.items()))}; {len(late_accepts)} accepted after; status {dict(statuses)}")
+    figures.report(
+        f"stores {variant}, under load (3 clients, then 48 at once), unenrolled = allow: {rounds} "
+        f"round(s): {accepted_before} acceptances before, requests sent after: "
+        f"{dict(sorted(answers_after.items()))}; {len(late_accepts)} accepted after; status {dict(statuses)}"
+    )
     assert not late_accepts, late_accepts[:5]
     assert statuses == {"store ok=False": rounds}
     assert sum(answers_after.values()) >= 48 * rounds
@@ -353,7 +383,9 @@ def _foreign_files(directory: Path) -> dict[str, bytes]:
         connection.execute("CREATE TABLE tokens (serial TEXT, secret TEXT)")
         connection.execute("INSERT INTO tokens VALUES ('x', 'y')")
     files = {
-        "0 bytes": b"", "1 NUL byte": b"\0", "4096 NUL bytes": b"\0" * 4096,
+        "0 bytes": b"",
+        "1 NUL byte": b"\0",
+        "4096 NUL bytes": b"\0" * 4096,
         "SQLite header only": b"SQLite format 3\0" + b"\0" * 84,
         "SQLite file without tables": empty_sqlite.read_bytes(),
         "SQLite file with another schema": other_schema.read_bytes(),
@@ -387,8 +419,10 @@ def test_empty_or_foreign_database_at_start(figures: Figures) -> None:
                 assert result.returncode == 4, (name, with_wal, result.stderr[-1500:])
                 assert "Traceback" not in result.stderr, result.stderr
                 assert database.read_bytes() == content, name
-    figures.report(f"stores empty or foreign file at start: {sum(outcomes.values())} starts ({len(files)} files, "
-                   f"with and without a stray -wal): {dict(outcomes)}; every file left unchanged")
+    figures.report(
+        f"stores empty or foreign file at start: {sum(outcomes.values())} starts ({len(files)} files, "
+        f"with and without a stray -wal): {dict(outcomes)}; every file left unchanged"
+    )
 
 
 # --------------------------------------------------------------------------- damaged
@@ -396,6 +430,7 @@ def test_empty_or_foreign_database_at_start(figures: Figures) -> None:
 
 def _damage(path: Path, random: object, kind: str) -> str:
     import random as random_module
+
     assert isinstance(random, random_module.Random)
     data = bytearray(path.read_bytes())
     if kind == "header":
@@ -405,7 +440,7 @@ def _damage(path: Path, random: object, kind: str) -> str:
         where, size = page * 4096, 4096
     else:
         where, size = random.randrange(0, len(data)), random.randint(1, 64)
-    data[where:where + size] = random.randbytes(min(size, len(data) - where))
+    data[where : where + size] = random.randbytes(min(size, len(data) - where))
     path.write_bytes(bytes(data))
     return f"{kind} at {where}+{size}"
 
@@ -466,13 +501,18 @@ def test_damaged_database(figures: Figures) -> None:
             try:
                 if live:
                     where = _damage(database, random, kind)
-                answers = {"replay": _answer(agent, "alice", replay), "wrong": _answer(agent, "alice", wrong),
-                           "next": _answer(agent, "alice", fresh)}
+                answers = {
+                    "replay": _answer(agent, "alice", replay),
+                    "wrong": _answer(agent, "alice", wrong),
+                    "next": _answer(agent, "alice", fresh),
+                }
                 for what in ("replay", "wrong"):
                     if answers[what][0] == "accept":
                         accepted_bad.append(f"{what} accepted after damage {where} (live={live})")
-                outcomes[f"{'damaged while running' if live else 'started'}: next code "
-                         f"{'accepted' if answers['next'][0] == 'accept' else 'refused'}"] += 1
+                outcomes[
+                    f"{'damaged while running' if live else 'started'}: next code "
+                    f"{'accepted' if answers['next'][0] == 'accept' else 'refused'}"
+                ] += 1
                 assert request(agent.socket_path, "ping")["ok"] is True
                 assert agent.process.poll() is None
             finally:
@@ -480,9 +520,11 @@ def test_damaged_database(figures: Figures) -> None:
             if status != 0:
                 crashes.append(f"exit {status} after damage {where}: {agent.log()[log_start:][-2000:]}")
             traceback_in(agent.log()[log_start:], "serving")
-    figures.report(f"stores damaged file: {rounds} damaged before start + {live_rounds} while running "
-                   f"(header, whole page or 1-64 bytes): {dict(sorted(outcomes.items()))}; replays or wrong "
-                   f"codes accepted: {len(accepted_bad)}; other crashes: {len(crashes)}")
+    figures.report(
+        f"stores damaged file: {rounds} damaged before start + {live_rounds} while running "
+        f"(header, whole page or 1-64 bytes): {dict(sorted(outcomes.items()))}; replays or wrong "
+        f"codes accepted: {len(accepted_bad)}; other crashes: {len(crashes)}"
+    )
     assert not accepted_bad, accepted_bad
     assert not crashes, crashes[:3]
 
@@ -498,10 +540,14 @@ def test_damaged_schema_name_is_refused_without_a_traceback() -> None:
         for text in (b"tokens_by_user", b"CREATE INDEX"):
             where = data.find(text)
             assert where > 0, text
-            data[where:where + len(text)] = b"\xb4" * len(text)
+            data[where : where + len(text)] = b"\xb4" * len(text)
         database.write_bytes(bytes(data))
         for extra in (["--check-config"], []):
-            result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--config", str(setup.config_path),
-                                     *extra], capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [sys.executable, "-m", "otp_agent.daemon", "--config", str(setup.config_path), *extra],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert "Traceback" not in result.stderr, result.stderr[-1500:]
             assert result.returncode == 4, result.stderr[-1500:]

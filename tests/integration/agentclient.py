@@ -23,6 +23,7 @@ def request(socket_path: Path, op: str, timeout: float = 10.0, **fields: Any) ->
 def request_as(uid: int, gid: int, socket_path: Path, op: str, **fields: Any) -> dict[str, Any]:
     """Send a request from a child process running as ``uid``/``gid`` (needs root)."""
     import json
+
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child

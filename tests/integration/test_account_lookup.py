@@ -25,8 +25,10 @@ from tests.pam.support import run_helper, unshare_works
 
 @pytest.fixture
 def broken_name_service(agent_directory: Path) -> Path:
-    require(unshare_works() and shutil.which("setpriv") is not None,
-            "needs root, unshare -m and setpriv (util-linux)")
+    require(
+        unshare_works() and shutil.which("setpriv") is not None,
+        "needs root, unshare -m and setpriv (util-linux)",
+    )
     passwd = agent_directory / "passwd"
     shutil.copyfile("/etc/passwd", passwd)
     shutil.chown(passwd, 65534, 65534)
@@ -39,13 +41,19 @@ def _agent(directory: Path, broken: bool) -> Iterator[RunningAgent]:
     sections = default_sections(directory)
     sections["policy"]["unenrolled"] = "allow"
     config = write_config(directory, sections)
-    subprocess.run([sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(config)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(config)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     wrapper: list[str] = []
     if broken:
-        script = (f"mount --bind {directory / 'passwd'} /etc/passwd && "
-                  f"mount --bind {directory / 'nsswitch.conf'} /etc/nsswitch.conf && "
-                  'exec setpriv --bounding-set=-all "$@"')
+        script = (
+            f"mount --bind {directory / 'passwd'} /etc/passwd && "
+            f"mount --bind {directory / 'nsswitch.conf'} /etc/nsswitch.conf && "
+            'exec setpriv --bounding-set=-all "$@"'
+        )
         wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
     agent = start_agent(directory, config, Path(sections["agent"]["socket"]), wrapper=wrapper)
     try:
@@ -66,7 +74,8 @@ def test_lookup_error_refuses_validate_and_enrolled(broken_name_service: Path) -
 
 
 def test_control_the_same_agent_with_a_working_name_service_lets_the_unenrolled_in(
-        broken_name_service: Path) -> None:
+    broken_name_service: Path,
+) -> None:
     """The control: the same policy with a working lookup accepts (so the test above can fail)."""
     for agent in _agent(broken_name_service, broken=False):
         reply = request(agent.socket_path, "validate", user="daemon", code="123456", service="sshd")

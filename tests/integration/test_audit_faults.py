@@ -65,15 +65,21 @@ def _wait(condition, seconds: float = 10.0) -> bool:
 @pytest.mark.parametrize("mode", ["continue", "reject"])
 def test_full_audit_filesystem(small_filesystem: Path, tmp_path: Path, mode: str) -> None:
     audit_path = small_filesystem / "audit.log"
-    with running_agent(tmp_path / "agent", policy={"hotp_lookahead": 100},
-                       sections={"audit": {"path": str(audit_path), "on_failure": mode}}) as agent:
+    with running_agent(
+        tmp_path / "agent",
+        policy={"hotp_lookahead": 100},
+        sections={"audit": {"path": str(audit_path), "on_failure": mode}},
+    ) as agent:
         _serial, uri = agent.enroll("alice", "--type", "hotp")
         filler = _fill(small_filesystem)
         decisions = []
         try:
             for counter in range(40):  # ~200 bytes a line: more than the space left
-                decisions.append(request(agent.socket_path, "validate", user="alice",
-                                         code=code_for_uri(uri, counter=counter)))
+                decisions.append(
+                    request(
+                        agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=counter)
+                    )
+                )
                 time.sleep(0.02)
             assert _wait(lambda: request(agent.socket_path, "status")["audit"]["ok"] is False)
             status = request(agent.socket_path, "status")
@@ -82,7 +88,9 @@ def test_full_audit_filesystem(small_filesystem: Path, tmp_path: Path, mode: str
             assert "CRITICAL" in agent.log() and "cannot be written" in agent.log()
             _lines(audit_path)  # whole lines only, even now
             if mode == "reject":
-                late = request(agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=60))
+                late = request(
+                    agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=60)
+                )
                 assert (late["result"], late["reason"]) == ("reject", "audit_unavailable")
         finally:
             filler.unlink()
@@ -101,7 +109,9 @@ def test_lines_beyond_the_buffer_are_counted_as_lost(small_filesystem: Path) -> 
     filler = _fill(small_filesystem)
     try:
         for index in range(40):
-            audit.record("validate", RequestContext(0, 1), user=f"user{index:04d}" + "x" * 200, result="accept")
+            audit.record(
+                "validate", RequestContext(0, 1), user=f"user{index:04d}" + "x" * 200, result="accept"
+            )
         with pytest.raises(OSError):
             audit.flush()
         health = audit.health()
@@ -109,7 +119,8 @@ def test_lines_beyond_the_buffer_are_counted_as_lost(small_filesystem: Path) -> 
     finally:
         filler.unlink()
     audit.flush()
-    assert [str(e["user"])[:8] for e in _lines(small_filesystem / "audit.log")][-5:] == \
-        [f"user{i:04d}" for i in range(35, 40)]
+    assert [str(e["user"])[:8] for e in _lines(small_filesystem / "audit.log")][-5:] == [
+        f"user{i:04d}" for i in range(35, 40)
+    ]
     assert audit.health()["ok"] is False  # lost lines stay reported until the agent restarts
     audit.close()

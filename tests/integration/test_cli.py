@@ -12,8 +12,19 @@ from otp_agent.testing import RunningAgent, code_for_uri
 
 
 def test_enroll_json_and_uri_fields(agent: RunningAgent) -> None:
-    result = agent.otpctl("enroll", "alice", "--json", "--algorithm", "sha256", "--digits", "8",
-                          "--period", "60", "--issuer", "ACME Corp")
+    result = agent.otpctl(
+        "enroll",
+        "alice",
+        "--json",
+        "--algorithm",
+        "sha256",
+        "--digits",
+        "8",
+        "--period",
+        "60",
+        "--issuer",
+        "ACME Corp",
+    )
     reply = json.loads(result.stdout)
     assert reply["serial"].startswith("OATO") and len(reply["serial"]) == 12
     assert reply["uri"].startswith("otpauth://totp/ACME%20Corp:alice?secret=")
@@ -42,7 +53,15 @@ def test_lifecycle_and_exit_codes(agent: RunningAgent) -> None:
     shown = json.loads(agent.otpctl("show", "erin", "--json").stdout)["tokens"]
     assert [t["serial"] for t in shown] == [serial] and shown[0]["counter"] == 1
     table = agent.otpctl("list").stdout
-    assert table.splitlines()[0].split() == ["SERIAL", "USER", "TYPE", "ALGORITHM", "DIGITS", "PERIOD", "STATE"]
+    assert table.splitlines()[0].split() == [
+        "SERIAL",
+        "USER",
+        "TYPE",
+        "ALGORITHM",
+        "DIGITS",
+        "PERIOD",
+        "STATE",
+    ]
     assert serial in table and "erin" in table
     assert agent.otpctl("remove", serial).returncode == 0
     missing = agent.otpctl("show", serial)
@@ -56,8 +75,12 @@ def test_resync_and_unlock(agent: RunningAgent) -> None:
     locked = agent.otpctl("check", "frank", code_for_uri(uri, counter=0))
     assert locked.returncode == 1 and "locked" in locked.stdout
     assert "1 token(s) unlocked" in agent.otpctl("unlock", "frank").stdout
-    assert agent.otpctl("resync", "frank", code_for_uri(uri, counter=40),
-                        code_for_uri(uri, counter=41)).returncode == 0
+    assert (
+        agent.otpctl(
+            "resync", "frank", code_for_uri(uri, counter=40), code_for_uri(uri, counter=41)
+        ).returncode
+        == 0
+    )
     assert agent.otpctl("check", "frank", code_for_uri(uri, counter=42)).returncode == 0
     assert agent.otpctl("resync", "frank", "111111", "222222").returncode == 1
 
@@ -74,8 +97,9 @@ def test_usage_and_config_errors_exit_2(agent: RunningAgent, tmp_path: Path) -> 
     assert agent.otpctl("enroll", "x", "--digits", "7").returncode == 2
     bad = tmp_path / "bad.toml"
     bad.write_text("[agent]\nsockett = 1\n")
-    result = subprocess.run([sys.executable, "-m", "otp_agent.cli", "--config", str(bad), "list"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "otp_agent.cli", "--config", str(bad), "list"], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "agent.sockett" in result.stderr
 
 
@@ -121,12 +145,14 @@ def test_missing_codes_on_standard_input_are_a_usage_error(agent: RunningAgent) 
 def test_check_prompts_without_echo_on_a_terminal(agent: RunningAgent) -> None:
     """On a terminal the code is asked for with echo off and never shown."""
     from tests.e2e.ptyproc import PtyProcess
+
     _serial, uri = agent.enroll("jane", "--type", "hotp")
     code = code_for_uri(uri, counter=0)
     env = dict(agent.environment or {})
     env.setdefault("PATH", "/usr/bin:/bin")
-    process = PtyProcess([sys.executable, "-m", "otp_agent.cli", "--config", str(agent.config_path),
-                          "check", "jane"], env=env)
+    process = PtyProcess(
+        [sys.executable, "-m", "otp_agent.cli", "--config", str(agent.config_path), "check", "jane"], env=env
+    )
     try:
         process.expect(b"Code for jane: ")
         process.send(code.encode() + b"\n")

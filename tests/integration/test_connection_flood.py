@@ -66,7 +66,9 @@ def flood(socket_path: Path, processes: int = 4) -> Iterator[list[int]]:
                     while time.monotonic() < ends:
                         for connection in held:
                             try:
-                                wire.exchange(connection, {"v": 1, "op": "ping"}, deadline=time.monotonic() + 2)
+                                wire.exchange(
+                                    connection, {"v": 1, "op": "ping"}, deadline=time.monotonic() + 2
+                                )
                             except (OSError, ProtocolError):
                                 pass
                         time.sleep(0.05)
@@ -88,8 +90,13 @@ def test_a_flood_from_one_uid_never_fails_a_root_login(agent_directory: Path) ->
             time.sleep(0.5)  # Let the flood fill the backlog and the per-uid quota first.
             outcomes = []
             for counter in range(35):
-                helper = run_helper(agent.socket_path, "--timeout", "10", user="alice",
-                                    answer=code_for_uri(uri, counter=counter).encode())
+                helper = run_helper(
+                    agent.socket_path,
+                    "--timeout",
+                    "10",
+                    user="alice",
+                    answer=code_for_uri(uri, counter=counter).encode(),
+                )
                 outcomes.append((helper.returncode, helper.stderr.decode(errors="replace")[-200:]))
         failed = [o for o in outcomes if o[0] != 0]
         assert not failed, failed

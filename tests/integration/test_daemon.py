@@ -35,6 +35,7 @@ def test_concurrent_submissions_of_one_code_accept_exactly_once(tmp_path: Path) 
     (Each round's 15 replays count as failures, so the lock threshold is raised above 15.)
     """
     from otp_agent.testing import running_agent
+
     with running_agent(tmp_path / "a", policy={"lock_threshold": 50}) as agent:
         _race(agent)
 
@@ -66,8 +67,16 @@ def test_concurrent_otpctl_processes_accept_exactly_once(agent: RunningAgent) ->
     """Separate otpctl processes racing with one TOTP code: one exit 0, the rest exit 1."""
     _serial, uri = agent.enroll("carol")
     submitted = agent.code_for(uri)
-    command = [sys.executable, "-m", "otp_agent.cli", "--config", str(agent.config_path),
-               "check", "carol", submitted]
+    command = [
+        sys.executable,
+        "-m",
+        "otp_agent.cli",
+        "--config",
+        str(agent.config_path),
+        "check",
+        "carol",
+        submitted,
+    ]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(8)]
     for process in processes:
         process.communicate(timeout=60)
@@ -104,19 +113,23 @@ def _raw(socket_path: Path, payload: bytes, *, half_close: bool = True) -> bytes
 
 def _reply_of(data: bytes) -> dict:  # type: ignore[type-arg]
     (length,) = struct.unpack(">I", data[:4])
-    return json.loads(data[4:4 + length])
+    return json.loads(data[4 : 4 + length])
 
 
-@pytest.mark.parametrize("payload,code", [
-    (struct.pack(">I", 8) + b"not json", "protocol"),
-    (struct.pack(">I", 100_000) + b"x" * 10, "protocol"),           # oversized for this peer? root: truncated
-    (struct.pack(">I", 50) + b'{"v":1', "protocol"),                 # truncated
-    (struct.pack(">I", 19) + b'{"v":9,"op":"ping"}', "protocol"),    # unknown version
-    (struct.pack(">I", 18) + b'{"v":1,"op":"zap"}', "usage"),        # unknown operation
-    (struct.pack(">I", 2) + b"[]", "protocol"),
-])
-def test_malformed_requests_get_clear_errors_and_agent_keeps_serving(agent: RunningAgent, payload: bytes,
-                                                                     code: str) -> None:
+@pytest.mark.parametrize(
+    "payload,code",
+    [
+        (struct.pack(">I", 8) + b"not json", "protocol"),
+        (struct.pack(">I", 100_000) + b"x" * 10, "protocol"),  # oversized for this peer? root: truncated
+        (struct.pack(">I", 50) + b'{"v":1', "protocol"),  # truncated
+        (struct.pack(">I", 19) + b'{"v":9,"op":"ping"}', "protocol"),  # unknown version
+        (struct.pack(">I", 18) + b'{"v":1,"op":"zap"}', "usage"),  # unknown operation
+        (struct.pack(">I", 2) + b"[]", "protocol"),
+    ],
+)
+def test_malformed_requests_get_clear_errors_and_agent_keeps_serving(
+    agent: RunningAgent, payload: bytes, code: str
+) -> None:
     reply = _reply_of(_raw(agent.socket_path, payload))
     assert reply["ok"] is False and reply["error"]["code"] == code and reply["error"]["message"]
     assert request(agent.socket_path, "ping")["ok"] is True
@@ -129,32 +142,45 @@ def test_oversized_frame_from_unprivileged_peer_is_refused(agent: RunningAgent) 
     reply = request_as(nobody.pw_uid, nobody.pw_gid, agent.socket_path, "validate", user="nobody", code=big)
     # Refused: either the error reply arrives, or the agent closed while the client still wrote.
     assert reply.get("error", {}).get("code") == "protocol" or reply.get("exception") in (
-        "BrokenPipeError", "ConnectionResetError")
+        "BrokenPipeError",
+        "ConnectionResetError",
+    )
     assert request(agent.socket_path, "ping")["ok"] is True
     assert "frame length" in agent.log()
 
 
-@pytest.mark.parametrize("fields,reason", [
-    ({"user": "nobody-here", "code": "123456"}, "no_token"),
-    ({"user": "alice", "code": "12345a"}, "malformed"),
-    ({"user": "alice", "code": "1234"}, "malformed"),
-    ({"user": "alice", "code": "123456789"}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "fields,reason",
+    [
+        ({"user": "nobody-here", "code": "123456"}, "no_token"),
+        ({"user": "alice", "code": "12345a"}, "malformed"),
+        ({"user": "alice", "code": "1234"}, "malformed"),
+        ({"user": "alice", "code": "123456789"}, "malformed"),
+    ],
+)
 def test_bad_users_and_codes_are_rejected(agent: RunningAgent, fields: dict, reason: str) -> None:  # type: ignore[type-arg]
     agent.enroll("alice")
     reply = request(agent.socket_path, "validate", **fields)
     assert (reply["result"], reply["reason"]) == ("reject", reason)
 
 
-@pytest.mark.parametrize("fields", [{"user": 5, "code": "123456"}, {"code": "123456"},
-                                    {"user": "alice", "code": None}, {"user": "", "code": "123456"},
-                                    {"user": "a\nb", "code": "123456"}])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"user": 5, "code": "123456"},
+        {"code": "123456"},
+        {"user": "alice", "code": None},
+        {"user": "", "code": "123456"},
+        {"user": "a\nb", "code": "123456"},
+    ],
+)
 def test_wrongly_typed_fields_are_usage_errors(agent: RunningAgent, fields: dict) -> None:  # type: ignore[type-arg]
     assert request(agent.socket_path, "validate", **fields)["error"]["code"] == "usage"
 
 
 def test_silent_client_is_dropped_while_others_are_served(tmp_path: Path) -> None:
     from otp_agent.testing import running_agent
+
     with running_agent(tmp_path / "a", sections={"agent": {"client_timeout": 1.0}}) as agent:
         silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         silent.connect(str(agent.socket_path))
@@ -170,10 +196,13 @@ def test_unprivileged_peer_may_only_validate_itself(agent: RunningAgent) -> None
     require(os.geteuid() == 0, "needs root to act as another uid")
     nobody = pwd.getpwnam("nobody")
     agent.enroll("alice")
-    forged = request_as(nobody.pw_uid, nobody.pw_gid, agent.socket_path, "validate",
-                        user="alice", code="123456")
+    forged = request_as(
+        nobody.pw_uid, nobody.pw_gid, agent.socket_path, "validate", user="alice", code="123456"
+    )
     assert forged["error"]["code"] == "permission"
-    own = request_as(nobody.pw_uid, nobody.pw_gid, agent.socket_path, "validate", user="nobody", code="123456")
+    own = request_as(
+        nobody.pw_uid, nobody.pw_gid, agent.socket_path, "validate", user="nobody", code="123456"
+    )
     assert own["reason"] == "no_token"
     admin = request_as(nobody.pw_uid, nobody.pw_gid, agent.socket_path, "list")
     assert admin["error"]["code"] == "permission"
@@ -198,6 +227,7 @@ def test_sigterm_finishes_the_request_in_flight(agent: RunningAgent) -> None:
 
 def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     from otp_agent.testing import running_agent
+
     notify_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
         receiver.bind(str(notify_path))
@@ -220,6 +250,7 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
 
 def test_socket_activation(tmp_path: Path) -> None:
     from otp_agent.testing import default_sections, write_config
+
     directory = tmp_path / "a"
     directory.mkdir()
     sections = default_sections(directory)
@@ -230,11 +261,14 @@ def test_socket_activation(tmp_path: Path) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(8)
-    launcher = ("import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1';"
-                "os.dup2(int(sys.argv[1]), 3); os.execv(sys.executable, [sys.executable, '-m', "
-                "'otp_agent.daemon', '--config', sys.argv[2]])")
-    process = subprocess.Popen([sys.executable, "-c", launcher, str(listener.fileno()), str(config)],
-                               pass_fds=(listener.fileno(),))
+    launcher = (
+        "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1';"
+        "os.dup2(int(sys.argv[1]), 3); os.execv(sys.executable, [sys.executable, '-m', "
+        "'otp_agent.daemon', '--config', sys.argv[2]])"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", launcher, str(listener.fileno()), str(config)], pass_fds=(listener.fileno(),)
+    )
     listener.close()
     try:
         assert request(path, "ping", timeout=15)["ok"] is True
@@ -247,8 +281,9 @@ def test_socket_activation(tmp_path: Path) -> None:
 def test_check_config_and_startup_failures(agent: RunningAgent, tmp_path: Path) -> None:
     daemon = [sys.executable, "-m", "otp_agent.daemon"]
     agent.stop()
-    good = subprocess.run([*daemon, "--check-config", "--config", str(agent.config_path)],
-                          capture_output=True, text=True)
+    good = subprocess.run(
+        [*daemon, "--check-config", "--config", str(agent.config_path)], capture_output=True, text=True
+    )
     assert good.returncode == 0, good.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text(agent.config_path.read_text().replace("totp_window = 1", "totp_window = 99"))
@@ -268,8 +303,12 @@ def test_check_config_and_startup_failures(agent: RunningAgent, tmp_path: Path) 
 
 def test_init_never_overwrites(agent: RunningAgent) -> None:
     before = (agent.directory / "master.key").read_bytes()
-    result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "init", "--config",
-                             str(agent.config_path)], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(agent.config_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "kept existing master key" in result.stdout and "kept existing database" in result.stdout
     assert (agent.directory / "master.key").read_bytes() == before
 
@@ -279,35 +318,47 @@ def test_corrupted_sealed_secret_fails_closed(agent: RunningAgent) -> None:
     _serial2, uri2 = agent.enroll("frank")
     database = sqlite3.connect(agent.directory / "tokens.db")
     # Copy frank's sealed secret into erin's row: it must not open there.
-    database.execute("UPDATE tokens SET sealed = (SELECT sealed FROM tokens WHERE user_name = 'frank') "
-                     "WHERE serial = ?", (serial,))
+    database.execute(
+        "UPDATE tokens SET sealed = (SELECT sealed FROM tokens WHERE user_name = 'frank') WHERE serial = ?",
+        (serial,),
+    )
     database.commit()
     database.close()
     reply = request(agent.socket_path, "validate", user="erin", code=agent.code_for(uri2))
     assert (reply["result"], reply["reason"]) == ("reject", "sealed_secret_invalid")
     reply = request(agent.socket_path, "validate", user="erin", code=agent.code_for(uri))
     assert reply["result"] == "reject"
-    assert request(agent.socket_path, "validate", user="frank", code=agent.code_for(uri2))["result"] == "accept"
+    assert (
+        request(agent.socket_path, "validate", user="frank", code=agent.code_for(uri2))["result"] == "accept"
+    )
 
 
 def _secret_forms(uri: str) -> list[bytes]:
     text = parse_qs(urlparse(uri).query)["secret"][0]
     raw = base64.b32decode(text + "=" * (-len(text) % 8))
-    return [raw, raw.hex().encode(), raw.hex().upper().encode(), text.encode(),
-            base64.b64encode(raw)]
+    return [raw, raw.hex().encode(), raw.hex().upper().encode(), text.encode(), base64.b64encode(raw)]
 
 
 def test_no_secret_in_database_audit_log_or_errors(agent: RunningAgent) -> None:
-    uris = [agent.enroll(f"user{i}", *opts)[1] for i, opts in enumerate(
-        [(), ("--type", "hotp"), ("--algorithm", "sha512", "--digits", "8")])]
+    uris = [
+        agent.enroll(f"user{i}", *opts)[1]
+        for i, opts in enumerate([(), ("--type", "hotp"), ("--algorithm", "sha512", "--digits", "8")])
+    ]
     for _uri in uris:
         agent.otpctl("check", "user0", "000000")
         request(agent.socket_path, "validate", user="user1", code="12345x")
-    outputs = [agent.otpctl("list", "--json").stdout, agent.otpctl("show", "user0").stdout,
-               agent.otpctl("status", "--json").stdout, agent.otpctl("show", "ghost").stderr]
+    outputs = [
+        agent.otpctl("list", "--json").stdout,
+        agent.otpctl("show", "user0").stdout,
+        agent.otpctl("status", "--json").stdout,
+        agent.otpctl("show", "ghost").stderr,
+    ]
     agent.stop()
-    files = [p.read_bytes() for p in agent.directory.iterdir()
-             if p.name.startswith(("tokens.db", "audit", "agent.log"))]
+    files = [
+        p.read_bytes()
+        for p in agent.directory.iterdir()
+        if p.name.startswith(("tokens.db", "audit", "agent.log"))
+    ]
     assert len(files) >= 3
     for uri in uris:
         for form in _secret_forms(uri):
@@ -317,6 +368,7 @@ def test_no_secret_in_database_audit_log_or_errors(agent: RunningAgent) -> None:
 
 def test_init_creates_a_private_database_owned_by_the_state_directory_owner(agent_directory: Path) -> None:
     from otp_agent.testing import default_sections, write_config
+
     tmp_path = agent_directory  # nobody must be able to reach the state directory
     require(os.geteuid() == 0, "chown needs root")
     nobody = pwd.getpwnam("nobody")
@@ -365,9 +417,12 @@ def test_one_unprivileged_user_cannot_take_every_connection_slot(agent_directory
     """With max_clients = 8, uid nobody may hold 2 connections; a third is refused as busy,
     while root (pam_exec's helper under sshd and login) is still served."""
     from otp_agent.testing import running_agent
+
     require(os.geteuid() == 0, "needs root to act as another uid")
     nobody = pwd.getpwnam("nobody")
-    with running_agent(agent_directory, sections={"agent": {"max_clients": 8, "client_timeout": 20.0}}) as agent:
+    with running_agent(
+        agent_directory, sections={"agent": {"max_clients": 8, "client_timeout": 20.0}}
+    ) as agent:
         read_end, write_end = os.pipe()
         release_read, release_write = os.pipe()
         pid = os.fork()

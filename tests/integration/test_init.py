@@ -39,8 +39,12 @@ class Layout:
         return self.state / "tokens.db"
 
     def init(self) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(self.config)],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
 
 @pytest.fixture
@@ -138,8 +142,11 @@ def test_init_creates_the_database_as_the_directory_owner_and_keeps_it_on_rerun(
     for name in created:
         info = os.lstat(layout.state / name)
         assert stat.S_ISREG(info.st_mode), name
-        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == \
-            (layout.user.pw_uid, layout.user.pw_gid, 0o600), name
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+            layout.user.pw_uid,
+            layout.user.pw_gid,
+            0o600,
+        ), name
     key = (layout.base / "master.key").stat()
     assert (key.st_uid, stat.S_IMODE(key.st_mode)) == (0, 0o600)
     inode = layout.database.stat().st_ino

@@ -101,8 +101,9 @@ def test_export_is_refused_on_the_hsm_backend(hsm_agent: tuple[RunningAgent, obj
     agent, _simulator = hsm_agent
     agent.enroll("carol")
     (tmp_path / "password").write_text("correct horse battery")
-    result = agent.otpctl("export", "--output", str(tmp_path / "out.pskc"),
-                          "--password-file", str(tmp_path / "password"))
+    result = agent.otpctl(
+        "export", "--output", str(tmp_path / "out.pskc"), "--password-file", str(tmp_path / "password")
+    )
     assert result.returncode == 4 and "HSM" in result.stderr
     assert not (tmp_path / "out.pskc").exists()
 

@@ -37,8 +37,11 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def agent_on_small_fs(small_filesystem: Path, tmp_path: Path) -> Iterator[RunningAgent]:
-    with running_agent(tmp_path / "agent", sections={"store": {"path": str(small_filesystem / "tokens.db")}},
-                       policy={"totp_window": 2}) as agent:
+    with running_agent(
+        tmp_path / "agent",
+        sections={"store": {"path": str(small_filesystem / "tokens.db")}},
+        policy={"totp_window": 2},
+    ) as agent:
         yield agent
 
 
@@ -78,7 +81,10 @@ def test_a_deleted_database_fails_closed_and_status_says_so(tmp_path: Path) -> N
     status fails and the log says why (before: thousands of acceptances, all lost at restart)."""
     with running_agent(tmp_path / "agent", policy={"hotp_lookahead": 20}) as agent:
         _serial, uri = agent.enroll("alice", "--type", "hotp")
-        assert request(agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=0))["result"] == "accept"
+        assert (
+            request(agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=0))["result"]
+            == "accept"
+        )
         database = tmp_path / "agent" / "tokens.db"
         for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
             path.unlink(missing_ok=True)
@@ -102,8 +108,12 @@ def test_an_empty_database_file_never_becomes_an_empty_store(tmp_path: Path) -> 
     for suffix in ("-wal", "-shm"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     for command in (["--check-config"], []):
-        result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--config", str(config), *command],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "otp_agent.daemon", "--config", str(config), *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 4, result.stderr
         assert "no otp-agent schema" in result.stderr
         assert database.stat().st_size == 0
@@ -112,11 +122,16 @@ def test_an_empty_database_file_never_becomes_an_empty_store(tmp_path: Path) -> 
     import sqlite3
 
     from otp_agent.store.migrate import migration_script
+
     with sqlite3.connect(database) as connection:
         connection.executescript(migration_script("sqlite", 1))
         connection.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-    result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--config", str(config), "--check-config"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "otp_agent.daemon", "--config", str(config), "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 4 and "not bound to a key backend" in result.stderr, result.stderr
 
 
@@ -124,19 +139,33 @@ def test_out_of_range_integers_get_a_clear_error_and_a_counter_at_its_end_is_ref
     """Before: importing t0 = 2**70, or validating a token imported at counter 2^63-1, closed the
     connection unanswered (OverflowError).  Every integer is bounded at the edge."""
     import base64
+
     with running_agent(tmp_path / "agent") as agent:
         secret = base64.b64encode(b"k" * 20).decode()
-        for field, value in (("t0", 2**70), ("counter", 2**64), ("period", 2**70), ("digits", 2**70),
-                             ("drift", -2**70), ("counter", -1)):
-            record = {"serial": "BIG1", "type": "totp" if field != "counter" else "hotp",
-                      "secret_b64": secret, "user": "alice", field: value}
+        for field, value in (
+            ("t0", 2**70),
+            ("counter", 2**64),
+            ("period", 2**70),
+            ("digits", 2**70),
+            ("drift", -(2**70)),
+            ("counter", -1),
+        ):
+            record = {
+                "serial": "BIG1",
+                "type": "totp" if field != "counter" else "hotp",
+                "secret_b64": secret,
+                "user": "alice",
+                field: value,
+            }
             reply = request(agent.socket_path, "import", tokens=[record])
             assert reply["ok"] is False and reply["error"]["code"] == "pskc", (field, reply)
         last = {"serial": "END1", "type": "hotp", "secret_b64": secret, "user": "alice", "counter": 2**63 - 1}
         assert request(agent.socket_path, "import", tokens=[last])["ok"] is True
         uri = f"otpauth://hotp/x?secret={base64.b32encode(b'k' * 20).decode()}&counter=0"
         for counter in (2**63 - 2, 2**63 - 1):
-            reply = request(agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=counter))
+            reply = request(
+                agent.socket_path, "validate", user="alice", code=code_for_uri(uri, counter=counter)
+            )
             assert (reply["ok"], reply["result"]) == (True, "reject"), reply
         assert "exhausted its counter" in agent.log()
         assert request(agent.socket_path, "ping")["ok"] is True
@@ -152,7 +181,11 @@ def test_init_does_not_turn_an_emptied_database_into_an_empty_store(tmp_path: Pa
     database.write_bytes(b"")
     for suffix in ("-wal", "-shm"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)
-    result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "otp_agent.daemon", "init", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 4 and "no otp-agent schema" in result.stderr, result.stderr
     assert database.stat().st_size == 0

@@ -41,33 +41,61 @@ class Container:
         target = self.workdir / "otp-install-test.target"
         target.write_text(TARGET, encoding="utf-8")
         binds = {target: "/etc/systemd/system/otp-install-test.target", **self.binds}
-        command = [NSPAWN, "--quiet", f"--directory={self.root}", "--volatile=overlay",
-                   "--private-network", "--register=no", "--keep-unit",
-                   "--machine=otp-install-test", "--boot"]
+        command = [
+            NSPAWN,
+            "--quiet",
+            f"--directory={self.root}",
+            "--volatile=overlay",
+            "--private-network",
+            "--register=no",
+            "--keep-unit",
+            "--machine=otp-install-test",
+            "--boot",
+        ]
         command += [f"--bind-ro={source}:{destination}" for source, destination in binds.items()]
         command += ["systemd.unit=otp-install-test.target"]
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            env={"PATH": PATH, "LANG": "C.UTF-8"})
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={"PATH": PATH, "LANG": "C.UTF-8"},
+            )
         deadline = time.monotonic() + 60
         while not self.leader:
             assert self.process.poll() is None, self.log.read_text(errors="replace")
             assert time.monotonic() < deadline, "the container did not start"
-            children = subprocess.run(["pgrep", "-P", str(self.process.pid)],
-                                      capture_output=True, text=True).stdout.split()
+            children = subprocess.run(
+                ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
+            ).stdout.split()
             if children and Path(f"/proc/{children[0]}/comm").read_text().strip() == "systemd":
                 self.leader = int(children[0])
             time.sleep(0.1)
         return self
 
-    def run(self, *argv: str, input: str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *argv: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the container (all its namespaces), with a clean environment."""
         environment = {"PATH": PATH, "LANG": "C.UTF-8", **(env or {})}
-        return subprocess.run(["nsenter", "-t", str(self.leader), "-a", "env", "-i",
-                               *(f"{k}={v}" for k, v in environment.items()), *argv],
-                              input=input, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [
+                "nsenter",
+                "-t",
+                str(self.leader),
+                "-a",
+                "env",
+                "-i",
+                *(f"{k}={v}" for k, v in environment.items()),
+                *argv,
+            ],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def wait_active(self, unit: str, timeout: float) -> str:
         """Wait until ``unit`` is active (or failed); return its last ActiveState."""

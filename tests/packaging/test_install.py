@@ -55,16 +55,23 @@ def require(condition: bool, reason: str) -> None:
 
 def system_env(**extra: str) -> dict[str, str]:
     """An environment free of the virtualenv and pyenv that run pytest: Debian's tools only."""
-    env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "HOME": "/root",
-           "DEBIAN_FRONTEND": "noninteractive"}
+    env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive"}
     env.update(extra)
     return env
 
 
-def run(*argv: str, check: bool = True, timeout: float = 300, **extra_env: str
-        ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(argv), env=system_env(**extra_env), text=True, timeout=timeout,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+def run(
+    *argv: str, check: bool = True, timeout: float = 300, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        list(argv),
+        env=system_env(**extra_env),
+        text=True,
+        timeout=timeout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout[-4000:]}")
     return result
@@ -84,35 +91,46 @@ def package_installed() -> bool:
     return result.returncode == 0 and "installed" in result.stdout and "not-installed" not in result.stdout
 
 
-def totp(secret_b32: str, *, at: float | None = None, digits: int = 6, period: int = 30,
-         algorithm: str = "sha1") -> str:
+def totp(
+    secret_b32: str, *, at: float | None = None, digits: int = 6, period: int = 30, algorithm: str = "sha1"
+) -> str:
     """RFC 6238 with the standard library, independent of otp_agent."""
     key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8), casefold=True)
     counter = int((time.time() if at is None else at) // period)
     mac = hmac.new(key, struct.pack(">Q", counter), algorithm).digest()
     offset = mac[-1] & 0x0F
-    value = (struct.unpack(">I", mac[offset:offset + 4])[0] & 0x7FFFFFFF) % 10 ** digits
+    value = (struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF) % 10**digits
     return str(value).zfill(digits)
 
 
 @pytest.fixture(scope="module")
 def root_machine() -> None:
     require(os.geteuid() == 0, "the installation test installs a package: run it as root")
-    for tool in ("dpkg-buildpackage", "lintian", "rpmbuild", "rpmlint", "systemd-analyze",
-                 "unshare", "setpriv", "/usr/sbin/sshd", "ssh-keygen", "/usr/bin/python3"):
+    for tool in (
+        "dpkg-buildpackage",
+        "lintian",
+        "rpmbuild",
+        "rpmlint",
+        "systemd-analyze",
+        "unshare",
+        "setpriv",
+        "/usr/sbin/sshd",
+        "ssh-keygen",
+        "/usr/bin/python3",
+    ):
         require(shutil.which(tool) is not None, f"{tool} is missing (see .ci/apt/packaging.txt)")
 
 
 @pytest.fixture(scope="module")
-def packages(root_machine: None, tmp_path_factory: pytest.TempPathFactory,
-             figures: list[str]) -> dict[str, Path]:
+def packages(
+    root_machine: None, tmp_path_factory: pytest.TempPathFactory, figures: list[str]
+) -> dict[str, Path]:
     """Build both packages from a clean copy of this tree; record lintian's and rpmlint's figures."""
     out = tmp_path_factory.mktemp("packages")
     built: dict[str, Path] = {"out": out}
     for _kind, script in (("deb", "build-deb.sh"), ("rpm", "build-rpm.sh")):
         result = run("sh", str(REPO / "packaging" / script), str(out), check=False, timeout=600)
-        summary = [line for line in result.stdout.splitlines()
-                   if line.startswith(("lintian", "rpmlint"))]
+        summary = [line for line in result.stdout.splitlines() if line.startswith(("lintian", "rpmlint"))]
         figures.extend(summary)
         assert result.returncode == 0, f"{script} failed:\n{result.stdout[-4000:]}"
     built["deb"] = out / f"otp-agent_{VERSION}_all.deb"
@@ -128,22 +146,33 @@ def test_rpm_has_the_deb_layout_and_scripts(packages: dict[str, Path]) -> None:
     contents = (packages["out"] / "rpm-contents.txt").read_text(encoding="utf-8")
     listing = run("rpm", "-qpl", str(packages["rpm"])).stdout.split()
     expected = {
-        "/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/bin/payshield-sim",
-        "/usr/libexec/otp-agent/pam-helper", "/etc/otp-agent/agent.toml",
-        "/etc/pam.d/otp-agent-password", "/etc/logrotate.d/otp-agent",
-        "/usr/lib/systemd/system/otp-agent.service", "/usr/lib/systemd/system/otp-agent.socket",
-        "/usr/lib/sysusers.d/otp-agent.conf", "/usr/lib/tmpfiles.d/otp-agent.conf",
-        "/usr/share/man/man8/otp-agent.8.gz", "/usr/share/man/man8/otpctl.8.gz",
-        "/usr/share/man/man8/otp-agent-pam-helper.8.gz", "/usr/share/man/man5/agent.toml.5.gz",
-        "/var/lib/otp-agent", "/var/log/otp-agent",
+        "/usr/sbin/otp-agent",
+        "/usr/bin/otpctl",
+        "/usr/bin/payshield-sim",
+        "/usr/libexec/otp-agent/pam-helper",
+        "/etc/otp-agent/agent.toml",
+        "/etc/pam.d/otp-agent-password",
+        "/etc/logrotate.d/otp-agent",
+        "/usr/lib/systemd/system/otp-agent.service",
+        "/usr/lib/systemd/system/otp-agent.socket",
+        "/usr/lib/sysusers.d/otp-agent.conf",
+        "/usr/lib/tmpfiles.d/otp-agent.conf",
+        "/usr/share/man/man8/otp-agent.8.gz",
+        "/usr/share/man/man8/otpctl.8.gz",
+        "/usr/share/man/man8/otp-agent-pam-helper.8.gz",
+        "/usr/share/man/man5/agent.toml.5.gz",
+        "/var/lib/otp-agent",
+        "/var/log/otp-agent",
     }
     assert expected <= set(listing), f"missing from the rpm: {sorted(expected - set(listing))}"
     assert not [p for p in listing if p.startswith("/usr/com") or "%{" in p], listing
     assert "/usr/bin/otp-pam-helper" not in listing
     assert any(p.endswith("/site-packages/pam_helper/__main__.py") for p in listing)
     # The deb ships the same files (Debian puts units in /lib and Python in dist-packages).
-    deb_listing = {line.split()[-1].lstrip(".") for line in
-                   run("dpkg-deb", "-c", str(packages["deb"])).stdout.splitlines()}
+    deb_listing = {
+        line.split()[-1].lstrip(".")
+        for line in run("dpkg-deb", "-c", str(packages["deb"])).stdout.splitlines()
+    }
     for path in expected - {"/var/lib/otp-agent", "/var/log/otp-agent"}:
         debian_path = path.replace("/usr/lib/systemd/system/", "/lib/systemd/system/")
         if path.startswith("/usr/share/man/"):
@@ -166,8 +195,13 @@ def test_rpm_has_the_deb_layout_and_scripts(packages: dict[str, Path]) -> None:
     # The wrapper must import pam_helper from where the rpm puts it.
     extract = packages["out"] / "rpm-root"
     extract.mkdir(exist_ok=True)
-    cpio = subprocess.run(f"rpm2cpio {packages['rpm']} | cpio -idm --quiet",
-                          shell=True, cwd=extract, env=system_env(), capture_output=True)
+    cpio = subprocess.run(
+        f"rpm2cpio {packages['rpm']} | cpio -idm --quiet",
+        shell=True,
+        cwd=extract,
+        env=system_env(),
+        capture_output=True,
+    )
     assert cpio.returncode == 0, cpio.stderr
     wrapper = (extract / "usr/libexec/otp-agent/pam-helper").read_text(encoding="utf-8")
     sitelib = re.search(r'^PACKAGE_DIR = "(.*)"$', wrapper, re.M)
@@ -178,12 +212,12 @@ def test_rpm_has_the_deb_layout_and_scripts(packages: dict[str, Path]) -> None:
 
 
 def otpctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run("/usr/bin/otpctl", "--config", "/etc/otp-agent/agent.toml", *args, check=check,
-               timeout=60)
+    return run("/usr/bin/otpctl", "--config", "/etc/otp-agent/agent.toml", *args, check=check, timeout=60)
 
 
-def test_deb_install_login_over_sshd_and_purge(packages: dict[str, Path], tmp_path: Path,
-                                               figures: list[str]) -> None:
+def test_deb_install_login_over_sshd_and_purge(
+    packages: dict[str, Path], tmp_path: Path, figures: list[str]
+) -> None:
     """Install the .deb, start the agent as its unit does, log in over sshd with the shipped PAM
     and sshd files and a code from `otpctl enroll`, then purge: tokens and keys survive a plain
     purge and a reinstall, and go only when OTP_AGENT_PURGE_SECRETS=yes asks."""
@@ -191,10 +225,15 @@ def test_deb_install_login_over_sshd_and_purge(packages: dict[str, Path], tmp_pa
         # A crashed earlier run: on CI's disposable machine clean up, elsewhere refuse.
         require(IN_CI, "otp-agent is already installed here; this test would replace it")
         apt("purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
-    watched = [Path(p) for p in ("/etc/pam.d/sshd", "/etc/pam.d/common-auth", "/etc/pam.d/login",
-                                 "/etc/ssh/sshd_config") if Path(p).exists()]
+    watched = [
+        Path(p)
+        for p in ("/etc/pam.d/sshd", "/etc/pam.d/common-auth", "/etc/pam.d/login", "/etc/ssh/sshd_config")
+        if Path(p).exists()
+    ]
     before = {path: sha256(path) for path in watched}
-    sshd_config_d = sorted(Path("/etc/ssh/sshd_config.d").glob("*")) if Path("/etc/ssh/sshd_config.d").exists() else []
+    sshd_config_d = (
+        sorted(Path("/etc/ssh/sshd_config.d").glob("*")) if Path("/etc/ssh/sshd_config.d").exists() else []
+    )
 
     try:
         _install_and_check(packages, figures)
@@ -206,7 +245,9 @@ def test_deb_install_login_over_sshd_and_purge(packages: dict[str, Path], tmp_pa
             apt("purge", "-y", "otp-agent", check=False, OTP_AGENT_PURGE_SECRETS="yes")
     # The package never touched the system's PAM or sshd configuration.
     assert {path: sha256(path) for path in watched} == before
-    now_d = sorted(Path("/etc/ssh/sshd_config.d").glob("*")) if Path("/etc/ssh/sshd_config.d").exists() else []
+    now_d = (
+        sorted(Path("/etc/ssh/sshd_config.d").glob("*")) if Path("/etc/ssh/sshd_config.d").exists() else []
+    )
     assert now_d == sshd_config_d
 
 
@@ -220,8 +261,11 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
     key = Path("/etc/otp-agent/master.key").stat()
     assert stat.S_IMODE(key.st_mode) == 0o600 and key.st_uid == 0, "master key must be 0600 root"
     assert Path("/etc/otp-agent/master.key").stat().st_size > 0
-    for directory, mode in (("/var/lib/otp-agent", 0o750), ("/var/log/otp-agent", 0o750),
-                            ("/run/otp-agent", 0o755)):
+    for directory, mode in (
+        ("/var/lib/otp-agent", 0o750),
+        ("/var/log/otp-agent", 0o750),
+        ("/run/otp-agent", 0o755),
+    ):
         info = Path(directory).stat()
         assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (user.pw_uid, mode), directory
     assert Path("/var/lib/otp-agent/tokens.db").stat().st_uid == user.pw_uid
@@ -231,8 +275,11 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
     postinst = Path("/var/lib/dpkg/info/otp-agent.postinst").read_text(encoding="utf-8")
     assert "otp-agent init" in postinst and not re.search(r"chown\b.*tokens\.db", postinst)
     conffiles = Path("/var/lib/dpkg/info/otp-agent.conffiles").read_text().split()
-    assert {"/etc/otp-agent/agent.toml", "/etc/pam.d/otp-agent-password",
-            "/etc/logrotate.d/otp-agent"} <= set(conffiles)
+    assert {
+        "/etc/otp-agent/agent.toml",
+        "/etc/pam.d/otp-agent-password",
+        "/etc/logrotate.d/otp-agent",
+    } <= set(conffiles)
     # The pam-auth-update profile is shipped but off: common-auth does not name the helper.
     assert Path("/usr/share/pam-configs/otp-agent").is_file()
     assert "otp-agent" not in Path("/etc/pam.d/common-auth").read_text()
@@ -248,15 +295,18 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
 
     units = [str(UNIT_DIR / "otp-agent.service"), str(UNIT_DIR / "otp-agent.socket")]
     verify = run("systemd-analyze", "verify", *units, check=False)
-    figures.append(f"systemd-analyze verify: exit {verify.returncode}, "
-                   f"{len(verify.stdout.splitlines())} message(s)")
+    figures.append(
+        f"systemd-analyze verify: exit {verify.returncode}, {len(verify.stdout.splitlines())} message(s)"
+    )
     assert verify.returncode == 0 and verify.stdout.strip() == "", verify.stdout
     security = run("systemd-analyze", "security", "--offline=yes", "--no-pager", units[0], check=False)
     match = re.search(r"Overall exposure level for otp-agent\.service: ([0-9.]+) (\w+)", security.stdout)
     assert match, security.stdout
     exposure = float(match.group(1))
-    figures.append(f"systemd-analyze security --offline=yes otp-agent.service: exposure "
-                   f"{exposure} {match.group(2)} (target <= {EXPOSURE_TARGET})")
+    figures.append(
+        f"systemd-analyze security --offline=yes otp-agent.service: exposure "
+        f"{exposure} {match.group(2)} (target <= {EXPOSURE_TARGET})"
+    )
     failing = [line.split()[1] for line in security.stdout.splitlines() if line.startswith("✗")]
     figures.append("  not set: " + ", ".join(failing))
     assert exposure <= EXPOSURE_TARGET
@@ -269,12 +319,21 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
             shutil.copyfile(UNIT_DIR / unit, unit_dir / unit)
         for dropin in ("payshield.conf", "password-and-code.conf"):
             shutil.copyfile(EXAMPLES / dropin, unit_dir / "otp-agent.service.d" / dropin)
-        security = run("systemd-analyze", "security", "--offline=yes", "--no-pager", f"--root={root}",
-                       "otp-agent.service", check=False)
+        security = run(
+            "systemd-analyze",
+            "security",
+            "--offline=yes",
+            "--no-pager",
+            f"--root={root}",
+            "otp-agent.service",
+            check=False,
+        )
     match = re.search(r"Overall exposure level for otp-agent\.service: ([0-9.]+) (\w+)", security.stdout)
     assert match, security.stdout
-    figures.append(f"  with examples/payshield.conf and password-and-code.conf: exposure "
-                   f"{match.group(1)} {match.group(2)}")
+    figures.append(
+        f"  with examples/payshield.conf and password-and-code.conf: exposure "
+        f"{match.group(1)} {match.group(2)}"
+    )
     assert float(match.group(1)) <= EXPOSURE_TARGET
 
 
@@ -286,8 +345,9 @@ class _SystemdAgent:
 
     def start(self) -> list[str]:
         run("systemctl", "restart", "otp-agent.socket", "otp-agent.service")
-        show = run("systemctl", "show", "otp-agent.service", "-p", "MainPID", "-p", "StatusText",
-                   "-p", "ActiveState").stdout
+        show = run(
+            "systemctl", "show", "otp-agent.service", "-p", "MainPID", "-p", "StatusText", "-p", "ActiveState"
+        ).stdout
         fields = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
         assert fields.get("ActiveState") == "active", show
         self.pid = int(fields["MainPID"])
@@ -308,8 +368,9 @@ def _agent_again(work: Path) -> Iterator[None]:
         finally:
             real.stop()
         return
-    agent = EmulatedService(UNIT_DIR / "otp-agent.service", UNIT_DIR / "otp-agent.socket",
-                            work / "agent-again.log")
+    agent = EmulatedService(
+        UNIT_DIR / "otp-agent.service", UNIT_DIR / "otp-agent.socket", work / "agent-again.log"
+    )
     try:
         agent.start()
         assert agent.wait_for("READY=1", 30), (work / "agent-again.log").read_text(errors="replace")
@@ -334,14 +395,20 @@ def _run_agent_and_log_in(work: Path, figures: list[str]) -> str:
             main_pid = real.pid
         else:
             # No service manager: run the installed unit the way systemd would (unit_runner.py).
-            agent = EmulatedService(UNIT_DIR / "otp-agent.service", UNIT_DIR / "otp-agent.socket",
-                                    work / "agent.log", watchdog_seconds=2.0)
+            agent = EmulatedService(
+                UNIT_DIR / "otp-agent.service",
+                UNIT_DIR / "otp-agent.socket",
+                work / "agent.log",
+                watchdog_seconds=2.0,
+            )
             agent.start()
             ready = agent.wait_for("READY=1", 30)
             assert ready, f"no READY=1: {agent.messages}\n{(work / 'agent.log').read_text(errors='replace')}"
             assert agent.wait_for("WATCHDOG=1", 5), f"no WATCHDOG=1: {agent.messages}"
-            figures.append("agent started as otp-agent.service's ExecStart (emulated unit): "
-                           + ", ".join(sorted({m.split('=')[0] for m in agent.messages})))
+            figures.append(
+                "agent started as otp-agent.service's ExecStart (emulated unit): "
+                + ", ".join(sorted({m.split("=")[0] for m in agent.messages}))
+            )
             assert agent.process is not None
             main_pid = agent.process.pid
         status = otpctl("status", "--json")
@@ -363,8 +430,7 @@ def _run_agent_and_log_in(work: Path, figures: list[str]) -> str:
         open_dir.chmod(0o755)
         stack.callback(shutil.rmtree, open_dir, ignore_errors=True)
         with local_user(open_dir / "homes", prefix="otpinst") as user:
-            enrolled = otpctl("enroll", user.name, "--json", "--qr", "never",
-                              "--issuer", "installation test")
+            enrolled = otpctl("enroll", user.name, "--json", "--qr", "never", "--issuer", "installation test")
             uri = json.loads(enrolled.stdout)["uri"]
             serial = json.loads(enrolled.stdout)["serial"]
             secret = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
@@ -381,8 +447,10 @@ def _run_agent_and_log_in(work: Path, figures: list[str]) -> str:
                 assert any("Password:" in p for _t, _i, prompts in login.prompts for p in prompts), login
                 login = ssh_login(server, user.name, key, code, command="id -un")
                 assert not login.accepted, f"replayed code accepted: {login}"
-            figures.append("ssh login with the installed helper, shipped PAM stack and sshd drop-in: "
-                           "wrong code refused, right code accepted, replay refused")
+            figures.append(
+                "ssh login with the installed helper, shipped PAM stack and sshd drop-in: "
+                "wrong code refused, right code accepted, replay refused"
+            )
             # The daemon writes audit lines in batches: give the last decision a moment.
             deadline = time.monotonic() + 5
             while True:
@@ -407,13 +475,20 @@ def _run_agent_and_log_in(work: Path, figures: list[str]) -> str:
     return serial
 
 
-def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: str, serial: str,
-                                        work: Path, figures: list[str]) -> None:
+def _purge_keeps_secrets_then_reinstall(
+    packages: dict[str, Path], key_digest: str, serial: str, work: Path, figures: list[str]
+) -> None:
     apt("purge", "-y", "otp-agent")
     assert not package_installed()
-    for gone in ("/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/libexec/otp-agent",
-                 "/etc/otp-agent/agent.toml", "/etc/pam.d/otp-agent-password",
-                 str(UNIT_DIR / "otp-agent.service"), "/usr/share/pam-configs/otp-agent"):
+    for gone in (
+        "/usr/sbin/otp-agent",
+        "/usr/bin/otpctl",
+        "/usr/libexec/otp-agent",
+        "/etc/otp-agent/agent.toml",
+        "/etc/pam.d/otp-agent-password",
+        str(UNIT_DIR / "otp-agent.service"),
+        "/usr/share/pam-configs/otp-agent",
+    ):
         assert not Path(gone).exists(), f"{gone} left after purge"
     kept = ["/etc/otp-agent/master.key", "/var/lib/otp-agent/tokens.db", "/var/log/otp-agent/audit.log"]
     for path in kept:
@@ -433,21 +508,35 @@ def _purge_keeps_secrets_then_reinstall(packages: dict[str, Path], key_digest: s
     apt("purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
     for gone in ("/etc/otp-agent", "/var/lib/otp-agent", "/var/log/otp-agent", "/run/otp-agent"):
         assert not Path(gone).exists(), f"{gone} left after purge with OTP_AGENT_PURGE_SECRETS=yes"
-    leftovers = [p for p in ("/etc/otp-agent", "/var/lib/otp-agent", "/var/log/otp-agent",
-                             "/usr/lib/python3/dist-packages/otp_agent") if Path(p).exists()]
-    figures.append("after purge with OTP_AGENT_PURGE_SECRETS=yes: left "
-                   + (", ".join(leftovers) or "nothing but user otp-agent"))
+    leftovers = [
+        p
+        for p in (
+            "/etc/otp-agent",
+            "/var/lib/otp-agent",
+            "/var/log/otp-agent",
+            "/usr/lib/python3/dist-packages/otp_agent",
+        )
+        if Path(p).exists()
+    ]
+    figures.append(
+        "after purge with OTP_AGENT_PURGE_SECRETS=yes: left "
+        + (", ".join(leftovers) or "nothing but user otp-agent")
+    )
 
 
-def test_pam_auth_update_profile_is_off_until_enabled_and_removable(root_machine: None,
-                                                                    tmp_path: Path) -> None:
+def test_pam_auth_update_profile_is_off_until_enabled_and_removable(
+    root_machine: None, tmp_path: Path
+) -> None:
     """The Debian profile changes nothing when registered, puts the helper before pam_unix when
     the administrator enables it (skipping the daemon's own password service), and is taken out
     again by the prerm's `pam-auth-update --package --remove` (run in a private mount namespace,
     on copies of /etc/pam.d, /usr/share/pam-configs and /var/lib/pam)."""
     require(shutil.which("pam-auth-update") is not None, "pam-auth-update (libpam-runtime) is missing")
-    for name, source in (("pam.d", "/etc/pam.d"), ("configs", "/usr/share/pam-configs"),
-                         ("state", "/var/lib/pam")):
+    for name, source in (
+        ("pam.d", "/etc/pam.d"),
+        ("configs", "/usr/share/pam-configs"),
+        ("state", "/var/lib/pam"),
+    ):
         shutil.copytree(source, tmp_path / name, symlinks=True)
     shutil.copyfile(REPO / "packaging" / "pam-configs" / "otp-agent", tmp_path / "configs" / "otp-agent")
     script = (
@@ -455,14 +544,24 @@ def test_pam_auth_update_profile_is_off_until_enabled_and_removable(root_machine
         " mount --bind state /var/lib/pam;"
         " pam-auth-update --package; cp /etc/pam.d/common-auth registered;"
         " pam-auth-update --enable otp-agent; cp /etc/pam.d/common-auth enabled;"
-        " pam-auth-update --package --remove otp-agent; cp /etc/pam.d/common-auth removed")
-    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                            cwd=tmp_path, env=system_env(), capture_output=True, text=True, timeout=60)
+        " pam-auth-update --package --remove otp-agent; cp /etc/pam.d/common-auth removed"
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        cwd=tmp_path,
+        env=system_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
     def auth_lines(name: str) -> list[str]:
-        return [" ".join(line.split()) for line in (tmp_path / name).read_text().splitlines()
-                if line.startswith("auth")]
+        return [
+            " ".join(line.split())
+            for line in (tmp_path / name).read_text().splitlines()
+            if line.startswith("auth")
+        ]
 
     original = auth_lines("pam.d/common-auth")
     assert not any("otp-agent" in line for line in original), "the system already has the profile on"
@@ -482,8 +581,9 @@ def test_pam_auth_update_profile_is_off_until_enabled_and_removable(root_machine
     assert auth_lines("removed") == original
 
 
-def test_shipped_unit_under_systemd_in_a_container(packages: dict[str, Path], tmp_path: Path,
-                                                   figures: list[str]) -> None:
+def test_shipped_unit_under_systemd_in_a_container(
+    packages: dict[str, Path], tmp_path: Path, figures: list[str]
+) -> None:
     """The installed otp-agent.socket/.service, unchanged, under a real systemd (a volatile
     systemd-nspawn container of this machine): started at boot, READY and watchdog, the master key
     through LoadCredential= (still 0600 root on disk), the seccomp filter, MemoryDenyWriteExecute=
@@ -502,16 +602,35 @@ def test_shipped_unit_under_systemd_in_a_container(packages: dict[str, Path], tm
         with Container(binds, tmp_path / "container.log") as box:
             state = box.wait_active("otp-agent.service", 60)
             journal = box.run("journalctl", "--no-pager", "-u", "otp-agent.service").stdout
-            assert state == "active", f"{state}\n{journal}\n{(tmp_path / 'container.log').read_text(errors='replace')}"
-            show = box.run("systemctl", "show", "otp-agent.service", "-p", "MainPID", "-p", "StatusText",
-                           "-p", "WatchdogUSec", "-p", "User", "-p", "SupplementaryGroups").stdout
+            assert state == "active", (
+                f"{state}\n{journal}\n{(tmp_path / 'container.log').read_text(errors='replace')}"
+            )
+            show = box.run(
+                "systemctl",
+                "show",
+                "otp-agent.service",
+                "-p",
+                "MainPID",
+                "-p",
+                "StatusText",
+                "-p",
+                "WatchdogUSec",
+                "-p",
+                "User",
+                "-p",
+                "SupplementaryGroups",
+            ).stdout
             fields = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
             assert fields["User"] == "otp-agent" and fields["WatchdogUSec"] == "30s", fields
             assert fields["StatusText"].startswith("serving on /run/otp-agent/agent.sock"), fields
             pid = fields["MainPID"]
             proc = box.run("cat", f"/proc/{pid}/status").stdout
-            for expected in ("CapBnd:\t0000000000000000", "CapEff:\t0000000000000000",
-                             "NoNewPrivs:\t1", "Seccomp:\t2"):
+            for expected in (
+                "CapBnd:\t0000000000000000",
+                "CapEff:\t0000000000000000",
+                "NoNewPrivs:\t1",
+                "Seccomp:\t2",
+            ):
                 assert expected in proc, f"{expected!r} not in\n{proc}"
             mounts = box.run("cat", f"/proc/{pid}/mountinfo").stdout
             key_mount = [line for line in mounts.splitlines() if " /etc/otp-agent/master.key " in line]
@@ -532,20 +651,33 @@ def test_shipped_unit_under_systemd_in_a_container(packages: dict[str, Path], tm
             helper = ("/usr/libexec/otp-agent/pam-helper", "--password-and-code")
             # The previous step's code: whatever the daemon does with the code of a refused
             # password, the current code stays usable.
-            wrong_password = box.run(*helper, input="Not-" + password + totp(secret, at=time.time() - 30),
-                                     env=pam_env)
+            wrong_password = box.run(
+                *helper, input="Not-" + password + totp(secret, at=time.time() - 30), env=pam_env
+            )
             assert wrong_password.returncode == 1, wrong_password
             accepted = box.run(*helper, input=password + totp(secret), env=pam_env)
-            assert accepted.returncode == 0, (accepted, box.run("journalctl", "--no-pager", "-n", "30").stdout)
+            assert accepted.returncode == 0, (
+                accepted,
+                box.run("journalctl", "--no-pager", "-n", "30").stdout,
+            )
             replay = box.run(*helper, input=password + totp(secret), env=pam_env)
             assert replay.returncode == 1, replay
             time.sleep(16)  # WatchdogSec=30s: the daemon pings every 15 s
-            watchdog = box.run("systemctl", "show", "otp-agent.service", "-p", "WatchdogTimestampMonotonic",
-                               "-p", "NRestarts").stdout
+            watchdog = box.run(
+                "systemctl",
+                "show",
+                "otp-agent.service",
+                "-p",
+                "WatchdogTimestampMonotonic",
+                "-p",
+                "NRestarts",
+            ).stdout
             assert "WatchdogTimestampMonotonic=0" not in watchdog and "NRestarts=0" in watchdog, watchdog
-        figures.append("real systemd (nspawn container of this machine): shipped units started at boot, "
-                       "LoadCredential + seccomp + MemoryDenyWriteExecute + no capabilities in force, "
-                       "watchdog pinged; password+code accepted with password-and-code.conf, "
-                       "wrong password and replay refused")
+        figures.append(
+            "real systemd (nspawn container of this machine): shipped units started at boot, "
+            "LoadCredential + seccomp + MemoryDenyWriteExecute + no capabilities in force, "
+            "watchdog pinged; password+code accepted with password-and-code.conf, "
+            "wrong password and replay refused"
+        )
     finally:
         apt("purge", "-y", "otp-agent", check=False, OTP_AGENT_PURGE_SECRETS="yes")

@@ -72,8 +72,9 @@ def _seconds(value: str) -> float:
 class EmulatedService:
     """One run of a service unit (and its socket unit) without systemd as PID 1."""
 
-    def __init__(self, service_file: Path, socket_file: Path, log_file: Path,
-                 *, watchdog_seconds: float | None = None) -> None:
+    def __init__(
+        self, service_file: Path, socket_file: Path, log_file: Path, *, watchdog_seconds: float | None = None
+    ) -> None:
         self.name = service_file.name
         self.service = parse_unit(service_file)["Service"]
         self.socket_unit = parse_unit(socket_file)["Socket"]
@@ -94,8 +95,11 @@ class EmulatedService:
 
     def _directories(self, user: pwd.struct_passwd) -> list[str]:
         writable = []
-        for key, root in (("RuntimeDirectory", "/run"), ("StateDirectory", "/var/lib"),
-                          ("LogsDirectory", "/var/log")):
+        for key, root in (
+            ("RuntimeDirectory", "/run"),
+            ("StateDirectory", "/var/lib"),
+            ("LogsDirectory", "/var/log"),
+        ):
             mode = int(self.one(key + "Mode", "0755") or "0755", 8)
             for name in " ".join(self.service.get(key, [])).split():
                 path = Path(root) / name
@@ -136,15 +140,18 @@ class EmulatedService:
     def _namespace_script(self, writable: list[str], command: list[str]) -> str:
         lines = ["set -e", "mount --make-rprivate /"]
         if self.one("PrivateTmp") == "yes":
-            lines += ["mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp",
-                      "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp"]
+            lines += [
+                "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp",
+                "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp",
+            ]
         if self.one("ProtectHome") == "yes":
-            lines += [f"if [ -d {d} ]; then mount -t tmpfs -o ro,mode=0755 tmpfs {d}; fi"
-                      for d in ("/home", "/root", "/run/user")]
+            lines += [
+                f"if [ -d {d} ]; then mount -t tmpfs -o ro,mode=0755 tmpfs {d}; fi"
+                for d in ("/home", "/root", "/run/user")
+            ]
         if self.one("ProtectSystem") == "strict":
             for d in ("/usr", "/etc", "/var", "/opt", "/srv", "/boot"):
-                lines.append(f"if [ -d {d} ]; then mount --rbind {d} {d};"
-                             f" mount -o remount,bind,ro {d}; fi")
+                lines.append(f"if [ -d {d} ]; then mount --rbind {d} {d}; mount -o remount,bind,ro {d}; fi")
             for d in writable:
                 lines.append(f"mount --bind {d} {d}; mount -o remount,bind,rw {d}")
         for entry in self.service.get("BindReadOnlyPaths", []):
@@ -153,8 +160,10 @@ class EmulatedService:
             source = source.replace("%d", str(self.credentials))
             target = target or source
             test = f"[ -e {shlex.quote(source)} ] && " if optional else ""
-            lines.append(f"{test}mount --bind {shlex.quote(source)} {shlex.quote(target)}"
-                         f" && mount -o remount,bind,ro {shlex.quote(target)} || {'true' if optional else 'exit 1'}")
+            lines.append(
+                f"{test}mount --bind {shlex.quote(source)} {shlex.quote(target)}"
+                f" && mount -o remount,bind,ro {shlex.quote(target)} || {'true' if optional else 'exit 1'}"
+            )
         lines.append(f"umask {self.one('UMask', '0022')}")
         lines.append("export LISTEN_PID=$$")
         lines.append("exec " + " ".join(shlex.quote(part) for part in command))
@@ -179,8 +188,13 @@ class EmulatedService:
 
         exec_start = shlex.split(self.one("ExecStart") or "")
         bounding = "-all" if self.service.get("CapabilityBoundingSet", None) == [] else None
-        setpriv = [SETPRIV, f"--reuid={user.pw_uid}", f"--regid={group.gr_gid}", "--init-groups",
-                   "--inh-caps=-all"]
+        setpriv = [
+            SETPRIV,
+            f"--reuid={user.pw_uid}",
+            f"--regid={group.gr_gid}",
+            "--init-groups",
+            "--inh-caps=-all",
+        ]
         if bounding:
             setpriv.append(f"--bounding-set={bounding}")
         if self.one("NoNewPrivileges") == "yes":
@@ -194,20 +208,28 @@ class EmulatedService:
         environment = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "LANG": "C.UTF-8",
-            "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
+            "HOME": user.pw_dir,
+            "USER": user.pw_name,
+            "LOGNAME": user.pw_name,
             "SHELL": user.pw_shell,
             "NOTIFY_SOCKET": str(notify_path),
-            "LISTEN_FDS": "1", "LISTEN_FDNAMES": self.name.replace(".service", ".socket"),
+            "LISTEN_FDS": "1",
+            "LISTEN_FDNAMES": self.name.replace(".service", ".socket"),
             "CREDENTIALS_DIRECTORY": str(self.credentials),
         }
         if watchdog:
             environment["WATCHDOG_USEC"] = str(int(watchdog * 1_000_000))
-        for key, variable in (("RuntimeDirectory", "RUNTIME_DIRECTORY"),
-                              ("StateDirectory", "STATE_DIRECTORY"),
-                              ("LogsDirectory", "LOGS_DIRECTORY")):
+        for key, variable in (
+            ("RuntimeDirectory", "RUNTIME_DIRECTORY"),
+            ("StateDirectory", "STATE_DIRECTORY"),
+            ("LogsDirectory", "LOGS_DIRECTORY"),
+        ):
             if self.one(key):
-                root = {"RuntimeDirectory": "/run", "StateDirectory": "/var/lib",
-                        "LogsDirectory": "/var/log"}[key]
+                root = {
+                    "RuntimeDirectory": "/run",
+                    "StateDirectory": "/var/lib",
+                    "LogsDirectory": "/var/log",
+                }[key]
                 environment[variable] = f"{root}/{self.one(key)}"
         listen_fd = self._listener.fileno()
 
@@ -217,9 +239,16 @@ class EmulatedService:
 
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
-                [UNSHARE, "--mount", "--", "/bin/sh", "-c", script], env=environment,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
-                preexec_fn=as_fd_3, pass_fds=(3,) if listen_fd != 3 else (), close_fds=True)
+                [UNSHARE, "--mount", "--", "/bin/sh", "-c", script],
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd="/",
+                preexec_fn=as_fd_3,
+                pass_fds=(3,) if listen_fd != 3 else (),
+                close_fds=True,
+            )
 
     # ------------------------------------------------------------------ notifications and stop
 

@@ -258,12 +258,16 @@ def pam_transaction(
         replies = ctypes.cast(array, ctypes.POINTER(pamela.PamResponse))
         for i in range(n):
             style = msgs[i].contents.msg_style
-            text = (ctypes.cast(msgs[i].contents.msg, ctypes.c_char_p).value or b"").decode("utf-8", "replace")
+            text = (ctypes.cast(msgs[i].contents.msg, ctypes.c_char_p).value or b"").decode(
+                "utf-8", "replace"
+            )
             messages.append((style, text))
             if style == pamela.PAM_PROMPT_ECHO_OFF:
                 if not pending:
                     return 19  # PAM_CONV_ERR
-                replies[i].resp = ctypes.cast(libc.strdup(pending.pop(0).encode()), ctypes.POINTER(ctypes.c_char))
+                replies[i].resp = ctypes.cast(
+                    libc.strdup(pending.pop(0).encode()), ctypes.POINTER(ctypes.c_char)
+                )
         resps[0] = replies
         return 0
 
@@ -438,8 +442,9 @@ def syslog(work: Path) -> Iterator[SyslogCapture]:
 @contextlib.contextmanager
 def password_service() -> Iterator[str]:
     """contrib/pam.d/otp-agent-password installed under a unique test name."""
-    with pam_service((CONTRIB / "pam.d" / "otp-agent-password").read_text(encoding="utf-8"),
-                     prefix="otp-test-password") as name:
+    with pam_service(
+        (CONTRIB / "pam.d" / "otp-agent-password").read_text(encoding="utf-8"), prefix="otp-test-password"
+    ) as name:
         yield name
 
 
@@ -477,4 +482,3 @@ class HotpCodes:
         """A code that matches none of the counters the agent could accept now."""
         near = {self.code(c) for c in range(max(0, self.counter - 2), self.counter + 40)}
         return next(f"{n:06d}" for n in range(1000000) if f"{n:06d}" not in near)
-

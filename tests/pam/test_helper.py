@@ -38,7 +38,7 @@ GOOD = "123456"
 def audit_events(path: Path) -> list[dict[str, Any]]:
     """The complete lines of the agent's audit log (one being written is left out)."""
     text = path.read_text(encoding="utf-8")
-    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
 
 def test_right_code_is_accepted_and_request_is_exact(work: Path) -> None:
@@ -46,8 +46,17 @@ def test_right_code_is_accepted_and_request_is_exact(work: Path) -> None:
     with fake_agent(work, accept_code(GOOD)) as agent:
         result = run_helper(agent.path, answer=GOOD.encode(), env={"PAM_TTY": "ssh"})
     assert result.returncode == 0
-    assert agent.requests == [{"v": 1, "op": "validate", "user": "alice", "code": GOOD,
-                               "service": "sshd", "rhost": "127.0.0.1", "tty": "ssh"}]
+    assert agent.requests == [
+        {
+            "v": 1,
+            "op": "validate",
+            "user": "alice",
+            "code": GOOD,
+            "service": "sshd",
+            "rhost": "127.0.0.1",
+            "tty": "ssh",
+        }
+    ]
     assert result.stdout == b"" and result.stderr == b""
 
 
@@ -62,9 +71,21 @@ def test_console_script_entry_point(work: Path) -> None:
     """``pam_helper.__main__:main`` (the otp-pam-helper console script) reads sys.argv."""
     with fake_agent(work, accept_code(GOOD)) as agent:
         result = subprocess.run(
-            [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-             "from pam_helper.__main__ import main; sys.exit(main())", str(REPO), "--socket", str(agent.path)],
-            input=GOOD.encode(), env={"PAM_USER": "alice"}, capture_output=True, timeout=30)
+            [
+                sys.executable,
+                "-I",
+                "-c",
+                "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "from pam_helper.__main__ import main; sys.exit(main())",
+                str(REPO),
+                "--socket",
+                str(agent.path),
+            ],
+            input=GOOD.encode(),
+            env={"PAM_USER": "alice"},
+            capture_output=True,
+            timeout=30,
+        )
     assert result.returncode == 0
 
 
@@ -84,10 +105,36 @@ def test_wrong_code_exits_1(work: Path) -> None:
 
 @pytest.mark.parametrize(
     "answer",
-    [b"", b"\n", b"\0", b"12345", b"123456789", b"12345a", b" 123456", b"123456 ", b"12 3456",
-     "١٢٣٤٥٦".encode(), b"\xff\xfe\xfd\xfc\xfb\xfa", b"-12345", b"+123456"],
-    ids=["empty", "newline", "nul", "5digits", "9digits", "letter", "lead-space", "trail-space",
-         "inner-space", "arabic-digits", "not-utf8", "minus", "plus"],
+    [
+        b"",
+        b"\n",
+        b"\0",
+        b"12345",
+        b"123456789",
+        b"12345a",
+        b" 123456",
+        b"123456 ",
+        b"12 3456",
+        "١٢٣٤٥٦".encode(),
+        b"\xff\xfe\xfd\xfc\xfb\xfa",
+        b"-12345",
+        b"+123456",
+    ],
+    ids=[
+        "empty",
+        "newline",
+        "nul",
+        "5digits",
+        "9digits",
+        "letter",
+        "lead-space",
+        "trail-space",
+        "inner-space",
+        "arabic-digits",
+        "not-utf8",
+        "minus",
+        "plus",
+    ],
 )
 def test_answers_that_cannot_be_codes_never_reach_the_agent(work: Path, answer: bytes) -> None:
     """Empty answers, non-digits and wrong lengths are refused locally (exit 1)."""
@@ -120,8 +167,12 @@ def test_malformed_pam_user_is_refused(work: Path, user: bytes | None) -> None:
 def test_malformed_context_items_are_dropped(work: Path, syslog: SyslogCapture) -> None:
     """A bad PAM_RHOST/PAM_TTY/PAM_SERVICE is left out of the request and noted in syslog."""
     with fake_agent(work, accept_code(GOOD)) as agent:
-        result = run_helper(agent.path, *syslog.option, answer=GOOD.encode(),
-                            env={"PAM_RHOST": "evil\nhost", "PAM_TTY": "t" * 65, "PAM_SERVICE": "sshd"})
+        result = run_helper(
+            agent.path,
+            *syslog.option,
+            answer=GOOD.encode(),
+            env={"PAM_RHOST": "evil\nhost", "PAM_TTY": "t" * 65, "PAM_SERVICE": "sshd"},
+        )
     assert result.returncode == 0
     assert agent.requests[0].keys() == {"v", "op", "user", "code", "service"}
     assert any("ignored malformed PAM_RHOST" in line for line in syslog.helper_lines())
@@ -183,16 +234,40 @@ def _frame(body: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     "reply",
-    ["close", b"\x00\x00", _frame(b"not json"), _frame(b"[1]"), b"\x00\x00\x00\x00",
-     b"\xff\xff\xff\xff" + b"{}", _frame(b'{"v":2,"ok":true,"result":"accept"}'),
-     _frame(b'{"v":1,"ok":true}'), _frame(b'{"v":1,"ok":"true","result":"accept"}'),
-     _frame(b'{"v":1,"ok":true,"result":"ACCEPT"}'), _frame(b'{"v":1,"ok":true,"result":"accept"} x'),
-     _frame(b'{"v":1,"ok":true,"result":"accept","n":NaN}'), _frame(b'{"v":1,"ok":true,"result":"accept"'),
-     _frame(b'{"v":1,"ok":false,"error":{"code":"store_unavailable","message":"x"}}'),
-     _frame('{"v":1,"ok":true,"result":"accept"}'.encode("utf-16"))],
-    ids=["closed", "short-header", "not-json", "not-object", "zero-length", "huge-length", "version-2",
-         "no-result", "ok-string", "result-case", "trailing-garbage", "nan", "truncated-json",
-         "error-reply", "utf16"],
+    [
+        "close",
+        b"\x00\x00",
+        _frame(b"not json"),
+        _frame(b"[1]"),
+        b"\x00\x00\x00\x00",
+        b"\xff\xff\xff\xff" + b"{}",
+        _frame(b'{"v":2,"ok":true,"result":"accept"}'),
+        _frame(b'{"v":1,"ok":true}'),
+        _frame(b'{"v":1,"ok":"true","result":"accept"}'),
+        _frame(b'{"v":1,"ok":true,"result":"ACCEPT"}'),
+        _frame(b'{"v":1,"ok":true,"result":"accept"} x'),
+        _frame(b'{"v":1,"ok":true,"result":"accept","n":NaN}'),
+        _frame(b'{"v":1,"ok":true,"result":"accept"'),
+        _frame(b'{"v":1,"ok":false,"error":{"code":"store_unavailable","message":"x"}}'),
+        _frame('{"v":1,"ok":true,"result":"accept"}'.encode("utf-16")),
+    ],
+    ids=[
+        "closed",
+        "short-header",
+        "not-json",
+        "not-object",
+        "zero-length",
+        "huge-length",
+        "version-2",
+        "no-result",
+        "ok-string",
+        "result-case",
+        "trailing-garbage",
+        "nan",
+        "truncated-json",
+        "error-reply",
+        "utf16",
+    ],
 )
 def test_unusable_replies_fail_closed(work: Path, reply: Any) -> None:
     """Anything but a well-formed v1 reply with ok=true and result=accept is a refusal."""
@@ -225,12 +300,16 @@ def test_nothing_secret_is_printed_or_logged(work: Path, syslog: SyslogCapture) 
 def test_password_and_code_mode(work: Path) -> None:
     """The whole answer goes as password_and_code; a short or code-less answer never leaves."""
     with fake_agent(work, accept_code("pässwörd" + GOOD)) as agent:
-        assert run_helper(agent.path, "--password-and-code", answer=("pässwörd" + GOOD).encode()).returncode == 0
+        assert (
+            run_helper(agent.path, "--password-and-code", answer=("pässwörd" + GOOD).encode()).returncode == 0
+        )
         assert run_helper(agent.path, "--password-and-code", answer=b"password").returncode == 1
         assert run_helper(agent.path, "--password-and-code", answer=GOOD.encode()).returncode == 1
         assert run_helper(agent.path, "--password-and-code", answer=b"pw\0" + GOOD.encode()).returncode == 1
         assert run_helper(agent.path, "--password-and-code", answer=b"\xffpw" + GOOD.encode()).returncode == 1
-        assert run_helper(agent.path, "--password-and-code", answer=b"x" * 506 + GOOD.encode()).returncode == 1
+        assert (
+            run_helper(agent.path, "--password-and-code", answer=b"x" * 506 + GOOD.encode()).returncode == 1
+        )
     assert len(agent.requests) == 1
     assert agent.requests[0]["password_and_code"] == "pässwörd" + GOOD
     assert "code" not in agent.requests[0]
@@ -247,8 +326,16 @@ def test_enrolment_modes_answer_without_reading_stdin(work: Path) -> None:
     assert all(set(r) == {"v", "op", "user"} for r in agent.requests)
 
 
-@pytest.mark.parametrize("reply", ["hang", "close", {"v": 1, "ok": True}, {"v": 1, "ok": True, "enrolled": "no"},
-                                   {"v": 1, "ok": False, "error": {"code": "permission", "message": "x"}}])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "hang",
+        "close",
+        {"v": 1, "ok": True},
+        {"v": 1, "ok": True, "enrolled": "no"},
+        {"v": 1, "ok": False, "error": {"code": "permission", "message": "x"}},
+    ],
+)
 def test_enrolment_modes_fail_closed(work: Path, reply: Any) -> None:
     """When the agent cannot say, neither --enrolled nor --not-enrolled exits 0 (so the
     roll-out stack falls through to the code prompt instead of letting the user in)."""
@@ -260,27 +347,66 @@ def test_enrolment_modes_fail_closed(work: Path, reply: Any) -> None:
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--bogus"], ["--timeout"], ["--timeout", "abc"], ["--timeout", "0"], ["--timeout", "1000"],
-     ["--code-only", "--enrolled"], ["--socket", "relative.sock"], ["extra"]],
+    [
+        ["--bogus"],
+        ["--timeout"],
+        ["--timeout", "abc"],
+        ["--timeout", "0"],
+        ["--timeout", "1000"],
+        ["--code-only", "--enrolled"],
+        ["--socket", "relative.sock"],
+        ["extra"],
+    ],
 )
 def test_usage_errors_exit_2(arguments: list[str]) -> None:
     """A mistake in the PAM line is a usage error (exit 2), never an acceptance."""
-    result = subprocess.run([SYSTEM_PYTHON, "-I", "-S", str(HELPER_SOURCE), *arguments], input=GOOD.encode(),
-                            env={"PAM_USER": "alice"}, capture_output=True, timeout=30)
+    result = subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-S", str(HELPER_SOURCE), *arguments],
+        input=GOOD.encode(),
+        env={"PAM_USER": "alice"},
+        capture_output=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert GOOD.encode() not in result.stderr
 
 
 def test_import_budget() -> None:
     """The helper imports no costly or project module (importing ``socket`` doubles the helper's start-up: docs/benchmarks.md)."""
-    probe = ("import sys; sys.path.insert(0, sys.argv[1]); before = set(sys.modules); "
-             "import pam_helper.__main__; print(' '.join(sorted(set(sys.modules) - before)))")
-    result = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", probe, str(REPO)], capture_output=True,
-                            text=True, check=True, timeout=30)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); before = set(sys.modules); "
+        "import pam_helper.__main__; print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    result = subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-S", "-c", probe, str(REPO)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
     loaded = set(result.stdout.split())
-    assert loaded <= {"pam_helper", "pam_helper.__main__", "_socket", "_signal", "posix", "select",
-                      "time", "sys"}, loaded
-    for heavy in ("socket", "json", "_json", "os", "argparse", "typing", "enum", "signal", "otp_agent", "syslog"):
+    assert loaded <= {
+        "pam_helper",
+        "pam_helper.__main__",
+        "_socket",
+        "_signal",
+        "posix",
+        "select",
+        "time",
+        "sys",
+    }, loaded
+    for heavy in (
+        "socket",
+        "json",
+        "_json",
+        "os",
+        "argparse",
+        "typing",
+        "enum",
+        "signal",
+        "otp_agent",
+        "syslog",
+    ):
         assert heavy not in loaded
 
 
@@ -288,8 +414,11 @@ def test_forged_pam_user_from_unprivileged_caller_is_refused(work: Path) -> None
     """An ordinary user running the helper with PAM_USER set to someone else gets nothing:
     the real agent answers only for the peer's own user name (SO_PEERCRED)."""
     require_root()
-    with local_user(work / "homes") as caller, local_user(work / "homes") as victim, \
-            real_agent(work / "agent") as agent:
+    with (
+        local_user(work / "homes") as caller,
+        local_user(work / "homes") as victim,
+        real_agent(work / "agent") as agent,
+    ):
         (work / "agent").chmod(0o755)
         _, victim_uri = agent.enroll(victim.name, "--type", "hotp")
         _, caller_uri = agent.enroll(caller.name, "--type", "hotp")
@@ -304,18 +433,33 @@ def test_forged_pam_user_from_unprivileged_caller_is_refused(work: Path) -> None
         script = work / "helper.py"
         shutil.copy(HELPER_SOURCE, script)
         script.chmod(0o644)
-        forged = run_helper(agent.socket_path, answer=code_for_uri(victim_uri, counter=0).encode(),
-                            user=victim.name, preexec_fn=as_caller, script=script)
+        forged = run_helper(
+            agent.socket_path,
+            answer=code_for_uri(victim_uri, counter=0).encode(),
+            user=victim.name,
+            preexec_fn=as_caller,
+            script=script,
+        )
         assert forged.returncode != 0
-        forged_enrolled = run_helper(agent.socket_path, "--not-enrolled", user=victim.name, preexec_fn=as_caller,
-                                     script=script)
+        forged_enrolled = run_helper(
+            agent.socket_path, "--not-enrolled", user=victim.name, preexec_fn=as_caller, script=script
+        )
         assert forged_enrolled.returncode != 0
         # The same code is still good for the victim's real login (nothing was consumed).
-        assert run_helper(agent.socket_path, answer=code_for_uri(victim_uri, counter=0).encode(),
-                          user=victim.name).returncode == 0
+        assert (
+            run_helper(
+                agent.socket_path, answer=code_for_uri(victim_uri, counter=0).encode(), user=victim.name
+            ).returncode
+            == 0
+        )
         # Positive control: the caller may validate its own code.
-        own = run_helper(agent.socket_path, answer=code_for_uri(caller_uri, counter=0).encode(),
-                         user=caller.name, preexec_fn=as_caller, script=script)
+        own = run_helper(
+            agent.socket_path,
+            answer=code_for_uri(caller_uri, counter=0).encode(),
+            user=caller.name,
+            preexec_fn=as_caller,
+            script=script,
+        )
         assert own.returncode == 0
 
 
@@ -341,15 +485,29 @@ def test_password_and_code_never_says_which_part_was_wrong(work: Path, syslog: S
     from otp_agent.testing import code_for_uri
     from tests.pam.support import password_service
 
-    with password_service() as service, local_user(work / "homes") as person, \
-            real_agent(work / "agent", password_service=service) as agent:
+    with (
+        password_service() as service,
+        local_user(work / "homes") as person,
+        real_agent(work / "agent", password_service=service) as agent,
+    ):
         _, uri = agent.enroll(person.name, "--type", "hotp")
         right = code_for_uri(uri, counter=0)
-        wrong = next(f"{n:06d}" for n in range(10**6)
-                     if f"{n:06d}" not in {code_for_uri(uri, counter=c) for c in range(12)})
+        wrong = next(
+            f"{n:06d}"
+            for n in range(10**6)
+            if f"{n:06d}" not in {code_for_uri(uri, counter=c) for c in range(12)}
+        )
         attempts = [("x" + person.password, right), (person.password, wrong)]
-        results = [run_helper(agent.socket_path, "--password-and-code", *syslog.option, user=person.name,
-                              answer=(password + code).encode()) for password, code in attempts]
+        results = [
+            run_helper(
+                agent.socket_path,
+                "--password-and-code",
+                *syslog.option,
+                user=person.name,
+                answer=(password + code).encode(),
+            )
+            for password, code in attempts
+        ]
         assert [r.returncode for r in results] == [1, 1]
         lines = [line.split("]: ", 1)[1] for line in syslog.helper_lines(expect=2)]
         assert len(lines) == 2 and lines[0] == lines[1]
@@ -361,8 +519,12 @@ def test_password_and_code_never_says_which_part_was_wrong(work: Path, syslog: S
                 break
             time.sleep(0.05)
         assert reasons == ["bad_password_or_code", "bad_password_or_code"]
-        accepted = run_helper(agent.socket_path, "--password-and-code", user=person.name,
-                              answer=(person.password + right).encode())
+        accepted = run_helper(
+            agent.socket_path,
+            "--password-and-code",
+            user=person.name,
+            answer=(person.password + right).encode(),
+        )
         assert accepted.returncode == 0
 
 
@@ -375,8 +537,16 @@ def test_wrapper_ignores_python_environment_variables(work: Path, wrapper: Path)
     (evil / "__main__.py").write_text("import posix\nposix._exit(0)\n", encoding="utf-8")
     (work / "startup.py").write_text("import posix\nposix._exit(0)\n", encoding="utf-8")
     with fake_agent(work, accept_code(GOOD)) as agent:
-        result = run_helper(agent.path, answer=b"000000", wrapper=wrapper,
-                            env={"PYTHONPATH": str(work / "evil"), "PYTHONSTARTUP": str(work / "startup.py"),
-                                 "PYTHONINSPECT": "1", "PYTHONHOME": str(work)})
+        result = run_helper(
+            agent.path,
+            answer=b"000000",
+            wrapper=wrapper,
+            env={
+                "PYTHONPATH": str(work / "evil"),
+                "PYTHONSTARTUP": str(work / "startup.py"),
+                "PYTHONINSPECT": "1",
+                "PYTHONHOME": str(work),
+            },
+        )
     assert result.returncode == 1
     assert len(agent.requests) == 1

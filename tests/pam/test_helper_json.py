@@ -22,8 +22,36 @@ def _strict_loads(text: str) -> object:
     return json.loads(text, parse_constant=refuse)
 
 
-ALPHABET = ['"', "\\", "/", "\b", "\f", "\n", "\r", "\t", "\x00", "\x1f", "\x7f", "a", "Z", "0", " ", "é",
-            "\u2028", "\ud7ff", "\ue000", "\uffff", "😀", "\U0010ffff", "{", "}", "[", "]", ":", ","]
+ALPHABET = [
+    '"',
+    "\\",
+    "/",
+    "\b",
+    "\f",
+    "\n",
+    "\r",
+    "\t",
+    "\x00",
+    "\x1f",
+    "\x7f",
+    "a",
+    "Z",
+    "0",
+    " ",
+    "é",
+    "\u2028",
+    "\ud7ff",
+    "\ue000",
+    "\uffff",
+    "😀",
+    "\U0010ffff",
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    ",",
+]
 
 
 def test_json_string_round_trips_through_the_json_module() -> None:
@@ -48,14 +76,16 @@ def _random_value(rng: random.Random, depth: int = 0) -> object:
     if kind == 0:
         return rng.choice([True, False, None])
     if kind == 1:
-        return rng.randrange(-10**12, 10**12)
+        return rng.randrange(-(10**12), 10**12)
     if kind == 2:
         return rng.uniform(-1e6, 1e6) * 10 ** rng.randrange(-20, 20)
     if kind in (3, 4):
         return "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(0, 6)))
     if kind in (5, 6):
-        return {"".join(rng.choice(ALPHABET) for _ in range(3)): _random_value(rng, depth + 1)
-                for _ in range(rng.randrange(0, 4))}
+        return {
+            "".join(rng.choice(ALPHABET) for _ in range(3)): _random_value(rng, depth + 1)
+            for _ in range(rng.randrange(0, 4))
+        }
     return [_random_value(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
 
 
@@ -63,17 +93,61 @@ def test_parse_json_agrees_with_the_json_module_on_valid_documents() -> None:
     rng = random.Random(2)
     for _ in range(2000):
         value = _random_value(rng)
-        for text in (json.dumps(value), json.dumps(value, ensure_ascii=False), json.dumps(value, indent=2),
-                     " \n" + json.dumps(value, separators=(",", ":")) + "\t\r\n"):
+        for text in (
+            json.dumps(value),
+            json.dumps(value, ensure_ascii=False),
+            json.dumps(value, indent=2),
+            " \n" + json.dumps(value, separators=(",", ":")) + "\t\r\n",
+        ):
             assert parse_json(text) == json.loads(text)
 
 
-@pytest.mark.parametrize("text", [
-    "", " ", "{", "}", "[", "[1,]", "{,}", '{"a":1,}', '{"a" 1}', '{a:1}', "'a'", '"a', '"\\x"', '"\\u12"',
-    '"\\u12g4"', '"a\nb"', '"\x00"', "01", "-", "-a", "1.", ".5", "1e", "1e+", "+1", "0x10", "NaN", "Infinity",
-    "-Infinity", "1e400", "tru", "nul", "True", "[1 2]", '{"a":1}{}', '{"a":1} x', "\ufeff{}", "[" * 40 + "]" * 40,
-    '"\\u 123"', '"\\u+123"', "1" * 60,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "{",
+        "}",
+        "[",
+        "[1,]",
+        "{,}",
+        '{"a":1,}',
+        '{"a" 1}',
+        "{a:1}",
+        "'a'",
+        '"a',
+        '"\\x"',
+        '"\\u12"',
+        '"\\u12g4"',
+        '"a\nb"',
+        '"\x00"',
+        "01",
+        "-",
+        "-a",
+        "1.",
+        ".5",
+        "1e",
+        "1e+",
+        "+1",
+        "0x10",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        "tru",
+        "nul",
+        "True",
+        "[1 2]",
+        '{"a":1}{}',
+        '{"a":1} x',
+        "\ufeff{}",
+        "[" * 40 + "]" * 40,
+        '"\\u 123"',
+        '"\\u+123"',
+        "1" * 60,
+    ],
+)
 def test_parse_json_rejects_invalid_documents(text: str) -> None:
     with pytest.raises(JSONError):
         parse_json(text)
@@ -82,9 +156,11 @@ def test_parse_json_rejects_invalid_documents(text: str) -> None:
 def test_parse_json_never_accepts_what_the_json_module_refuses() -> None:
     """Random mutations of valid replies: either both parsers agree, or ours refuses."""
     rng = random.Random(3)
-    seeds = ['{"v":1,"ok":true,"result":"accept","reason":"accepted","serial":"OATH1234"}',
-             '{"v":1,"ok":false,"error":{"code":"permission","message":"no \\"way\\" \\u00e9"}}',
-             '{"v": 1, "ok": true, "enrolled": false, "n": [1, 2.5e3, -0, null]}']
+    seeds = [
+        '{"v":1,"ok":true,"result":"accept","reason":"accepted","serial":"OATH1234"}',
+        '{"v":1,"ok":false,"error":{"code":"permission","message":"no \\"way\\" \\u00e9"}}',
+        '{"v": 1, "ok": true, "enrolled": false, "n": [1, 2.5e3, -0, null]}',
+    ]
     pieces = list('{}[]":,\\ 0123456789.eE+-truefalsnul') + ["\\u", "\\ud83d", "\\ude00", "\x01", "é"]
     for _ in range(20000):
         text = rng.choice(seeds)
@@ -94,9 +170,9 @@ def test_parse_json_never_accepts_what_the_json_module_refuses() -> None:
             if action == 0:
                 text = text[:at] + rng.choice(pieces) + text[at:]
             elif action == 1:
-                text = text[:at] + text[at + 1:]
+                text = text[:at] + text[at + 1 :]
             else:
-                text = text[:at] + rng.choice(pieces) + text[at + 1:]
+                text = text[:at] + rng.choice(pieces) + text[at + 1 :]
         try:
             expected = _strict_loads(text)
         except (ValueError, RecursionError):

@@ -39,12 +39,17 @@ def stacks(open_dir: Path) -> Iterator[tuple[dict[str, str], HotpCodes, str]]:
     base = Path(tempfile.mkdtemp(prefix="abuse-", dir=open_dir))
     base.chmod(0o755)
     wrapper = make_wrapper(base)
-    with password_service() as password_name, local_user(base / "homes") as victim, \
-            real_agent(base / "agent", password_service=password_name) as agent:
+    with (
+        password_service() as password_name,
+        local_user(base / "homes") as victim,
+        real_agent(base / "agent", password_service=password_name) as agent,
+    ):
         _, uri = agent.enroll(victim.name, "--type", "hotp")
         helper = f"{wrapper} --socket {agent.socket_path}"
-        with pam_service(render_stack("sshd", helper), prefix="otp-abuse-sshd") as sshd, \
-                pam_service(render_stack("login", helper), prefix="otp-abuse-login") as login:
+        with (
+            pam_service(render_stack("sshd", helper), prefix="otp-abuse-sshd") as sshd,
+            pam_service(render_stack("login", helper), prefix="otp-abuse-login") as login,
+        ):
             yield {"sshd": sshd, "login": login}, HotpCodes(uri), victim.name
 
 
@@ -64,8 +69,9 @@ def test_parallel_logins_with_one_code_do_not_lock_their_user(stacks) -> None:
     for _round in range(2):
         code = phone.next_code()
         with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(lambda _i: pam_transaction(services["sshd"], victim, [code]).authenticate,
-                                    range(8)))
+            results = list(
+                pool.map(lambda _i: pam_transaction(services["sshd"], victim, [code]).authenticate, range(8))
+            )
         assert results.count(PAM_SUCCESS) == 1 and results.count(PAM_AUTH_ERR) == 7
     assert pam_transaction(services["sshd"], victim, [phone.next_code()]).authenticate == PAM_SUCCESS
 
@@ -74,8 +80,11 @@ def test_parallel_logins_with_one_code_do_not_lock_their_user(stacks) -> None:
 def test_password_and_code_stacks_delay_failures_with_pam_faildelay(stack: str) -> None:
     """The agent suppresses pam_unix's delay; every password+code stack sets its own before the
     helper runs."""
-    lines = [line.split() for line in (REPO / "contrib" / "pam.d" / stack).read_text().splitlines()
-             if line.startswith("auth")]
+    lines = [
+        line.split()
+        for line in (REPO / "contrib" / "pam.d" / stack).read_text().splitlines()
+        if line.startswith("auth")
+    ]
     modules = [next(word for word in line if word.endswith(".so")) for line in lines]
     assert "pam_faildelay.so" in modules
     assert modules.index("pam_faildelay.so") < modules.index("pam_exec.so")

@@ -64,7 +64,9 @@ def test_missing_service_is_false_not_other(user: LocalUser, confdir: Path) -> N
 
 def test_stuck_module_is_cut_off_by_the_timeout(user: LocalUser, confdir: Path) -> None:
     """A PAM stack that never finishes gives False once ``timeout`` has passed."""
-    assert check_password(user.name, user.password, service="hangs", confdir=str(confdir), timeout=0.5) is False
+    assert (
+        check_password(user.name, user.password, service="hangs", confdir=str(confdir), timeout=0.5) is False
+    )
 
 
 def test_system_service(user: LocalUser) -> None:
@@ -77,7 +79,9 @@ def test_system_service(user: LocalUser) -> None:
 
 
 @pytest.mark.parametrize("in_shadow_group", [True, False])
-def test_unprivileged_daemon_needs_group_shadow(user: LocalUser, open_dir: Path, in_shadow_group: bool) -> None:
+def test_unprivileged_daemon_needs_group_shadow(
+    user: LocalUser, open_dir: Path, in_shadow_group: bool
+) -> None:
     """As the packaged daemon runs (a system user, no_new_privs): the password check works with
     group shadow (pam_unix reads /etc/shadow itself) and never without (unix_chkpwd refuses)."""
     import grp
@@ -96,12 +100,30 @@ def test_unprivileged_daemon_needs_group_shadow(user: LocalUser, open_dir: Path,
     public = open_dir / f"pwcheck-{in_shadow_group}"
     public.mkdir(mode=0o755)
     shutil.copy(REPO / "otp_agent" / "passwordcheck.py", public / "passwordcheck.py")
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); from passwordcheck import check_password; "
-              "print(check_password(sys.argv[2], sys.stdin.read(), service=sys.argv[3]))")
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from passwordcheck import check_password; "
+        "print(check_password(sys.argv[2], sys.stdin.read(), service=sys.argv[3]))"
+    )
     with password_service() as name:
-        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", *groups, "--no-new-privs",
-                                 SYSTEM_PYTHON, "-c", script, str(public), user.name, name],
-                                input=user.password, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                *groups,
+                "--no-new-privs",
+                SYSTEM_PYTHON,
+                "-c",
+                script,
+                str(public),
+                user.name,
+                name,
+            ],
+            input=user.password,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.stdout.strip() == str(in_shadow_group), result.stderr
 
 
@@ -117,8 +139,9 @@ def _wait_for_no_checks(seconds: float) -> int:
     return _alive_checks()
 
 
-def test_stuck_modules_hold_a_bounded_number_of_threads(user: LocalUser, confdir: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_stuck_modules_hold_a_bounded_number_of_threads(
+    user: LocalUser, confdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Many checks against a stack that hangs: at most MAX_TRANSACTIONS threads are left behind,
     the checks beyond them fail at once (logged, without the password), and once the stuck
     transactions end the checks work again."""
@@ -130,8 +153,9 @@ def test_stuck_modules_hold_a_bounded_number_of_threads(user: LocalUser, confdir
 
     def call() -> None:
         barrier.wait()
-        results.append(check_password(user.name, user.password, service="hangs",
-                                      confdir=str(confdir), timeout=1.0))
+        results.append(
+            check_password(user.name, user.password, service="hangs", confdir=str(confdir), timeout=1.0)
+        )
 
     with caplog.at_level(logging.WARNING, logger="otp_agent.passwordcheck"):
         threads = [threading.Thread(target=call) for _ in range(callers)]

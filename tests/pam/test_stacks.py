@@ -60,9 +60,12 @@ def setup(open_dir: Path) -> Iterator[Setup]:
     base.mkdir()
     base.chmod(0o755)
     wrapper = make_wrapper(base)
-    with password_service() as password_name, local_user(base / "homes") as user, \
-            local_user(base / "homes") as newcomer, \
-            real_agent(base / "agent", lock_threshold=50, password_service=password_name) as agent:
+    with (
+        password_service() as password_name,
+        local_user(base / "homes") as user,
+        local_user(base / "homes") as newcomer,
+        real_agent(base / "agent", lock_threshold=50, password_service=password_name) as agent,
+    ):
         _, uri = agent.enroll(user.name, "--type", "hotp")
         yield Setup(agent, f"{wrapper} --socket {agent.socket_path}", user, Token(uri), newcomer)
 
@@ -99,9 +102,16 @@ def test_sshd_conversation_and_codes(setup: Setup, installed: dict[str, str]) ->
     code = setup.token.next_code()
     outcome = pam_transaction(installed["sshd"], setup.user.name, [code])
     assert outcome.messages == [(TEXT_INFO, SSHD_ECHO.format(setup.user.name)), (ECHO_OFF, "Password: ")]
-    assert (outcome.authenticate, outcome.acct_mgmt, outcome.setcred) == (PAM_SUCCESS, PAM_SUCCESS, PAM_SUCCESS)
+    assert (outcome.authenticate, outcome.acct_mgmt, outcome.setcred) == (
+        PAM_SUCCESS,
+        PAM_SUCCESS,
+        PAM_SUCCESS,
+    )
     assert pam_transaction(installed["sshd"], setup.user.name, [code]).authenticate == PAM_AUTH_ERR
-    assert pam_transaction(installed["sshd"], setup.user.name, [setup.token.wrong()]).authenticate == PAM_AUTH_ERR
+    assert (
+        pam_transaction(installed["sshd"], setup.user.name, [setup.token.wrong()]).authenticate
+        == PAM_AUTH_ERR
+    )
     assert pam_transaction(installed["sshd"], setup.user.name, [""]).authenticate == PAM_AUTH_ERR
 
 
@@ -125,10 +135,15 @@ def test_setcred_survives_the_sshd_trap(setup: Setup, installed: dict[str, str],
 @pytest.mark.parametrize("controls", ["[success=1 default=ignore]", "[success=done default=die]"])
 def test_trap_negative_controls(setup: Setup, controls: str) -> None:
     """The idioms that break sshd pass in-process but fail the fresh-handle setcred check."""
-    tail = "auth requisite pam_deny.so\nauth required pam_permit.so\n" if "success=1" in controls \
+    tail = (
+        "auth requisite pam_deny.so\nauth required pam_permit.so\n"
+        if "success=1" in controls
         else "auth optional pam_permit.so\n"
-    text = (f"auth {controls} pam_exec.so quiet expose_authtok {setup.helper} --code-only\n{tail}"
-            "account required pam_permit.so\nsession required pam_permit.so\n")
+    )
+    text = (
+        f"auth {controls} pam_exec.so quiet expose_authtok {setup.helper} --code-only\n{tail}"
+        "account required pam_permit.so\nsession required pam_permit.so\n"
+    )
     with pam_service(text, prefix="otp-test-badidiom") as name:
         outcome = pam_transaction(name, setup.user.name, [setup.token.next_code()])
         assert (outcome.authenticate, outcome.setcred) == (PAM_SUCCESS, PAM_SUCCESS)
@@ -139,7 +154,11 @@ def test_rollout_lets_unenrolled_users_in_without_a_prompt(setup: Setup, install
     """sshd-rollout: a user with no token passes with no question asked."""
     outcome = pam_transaction(installed["sshd-rollout"], setup.newcomer.name, [])
     assert outcome.messages == []
-    assert (outcome.authenticate, outcome.acct_mgmt, outcome.setcred) == (PAM_SUCCESS, PAM_SUCCESS, PAM_SUCCESS)
+    assert (outcome.authenticate, outcome.acct_mgmt, outcome.setcred) == (
+        PAM_SUCCESS,
+        PAM_SUCCESS,
+        PAM_SUCCESS,
+    )
 
 
 def test_rollout_still_asks_enrolled_users(setup: Setup, installed: dict[str, str]) -> None:
@@ -156,7 +175,10 @@ def test_rollout_fails_closed_when_the_agent_is_down(setup: Setup, installed: di
     outcome = pam_transaction(installed["sshd-rollout-down"], setup.newcomer.name, ["123456"])
     assert outcome.authenticate == PAM_AUTH_ERR
     assert outcome.messages[-1] == (ECHO_OFF, "Password: ")
-    assert pam_transaction(installed["sshd-rollout-down"], setup.user.name, ["123456"]).authenticate == PAM_AUTH_ERR
+    assert (
+        pam_transaction(installed["sshd-rollout-down"], setup.user.name, ["123456"]).authenticate
+        == PAM_AUTH_ERR
+    )
 
 
 @pytest.mark.parametrize("stack", ["login", "sudo"])
@@ -167,19 +189,31 @@ def test_password_and_code_stacks(setup: Setup, installed: dict[str, str], stack
     outcome = pam_transaction(installed[stack], user.name, [user.password + setup.token.next_code()])
     assert outcome.messages[0][0] == TEXT_INFO and "immediately followed by" in outcome.messages[0][1]
     assert outcome.messages[-1] == (ECHO_OFF, "Password: ")
-    assert (outcome.authenticate, outcome.acct_mgmt, outcome.setcred) == (PAM_SUCCESS, PAM_SUCCESS, PAM_SUCCESS)
-    for answer in (user.password + "x" + setup.token.code(setup.token.counter), user.password + setup.token.wrong(),
-                   user.password, setup.token.code(setup.token.counter)):
+    assert (outcome.authenticate, outcome.acct_mgmt, outcome.setcred) == (
+        PAM_SUCCESS,
+        PAM_SUCCESS,
+        PAM_SUCCESS,
+    )
+    for answer in (
+        user.password + "x" + setup.token.code(setup.token.counter),
+        user.password + setup.token.wrong(),
+        user.password,
+        setup.token.code(setup.token.counter),
+    ):
         assert pam_transaction(installed[stack], user.name, [answer]).authenticate == PAM_AUTH_ERR
     # The code was not consumed by the failed attempts whose password was wrong.
-    assert pam_transaction(installed[stack], user.name, [user.password + setup.token.next_code()]).authenticate == 0
+    assert (
+        pam_transaction(installed[stack], user.name, [user.password + setup.token.next_code()]).authenticate
+        == 0
+    )
 
 
 def test_login_python_pam(setup: Setup, installed: dict[str, str]) -> None:
     """python-pam on the login stack: the whole call succeeds with password+code."""
     authenticator = pam.pam()
-    assert authenticator.authenticate(setup.user.name, setup.user.password + setup.token.next_code(),
-                                      service=installed["login"])
+    assert authenticator.authenticate(
+        setup.user.name, setup.user.password + setup.token.next_code(), service=installed["login"]
+    )
     assert authenticator.code == PAM_SUCCESS
 
 
@@ -200,13 +234,19 @@ def test_caller_ignoring_sigchld(setup: Setup, installed: dict[str, str]) -> Non
     )
 
     def run(code: str) -> int:
-        result = subprocess.run([sys.executable, "-c", script, str(REPO), installed["sshd"], setup.user.name, code],
-                                capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(REPO), installed["sshd"], setup.user.name, code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(REPO),
+        )
         assert result.returncode == 0, result.stderr
         return int(result.stdout.strip())
 
-    version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "libpam-modules"],
-                             capture_output=True, text=True).stdout
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "libpam-modules"], capture_output=True, text=True
+    ).stdout
     right = run(setup.token.next_code())
     if version.startswith("1.5.2"):
         assert right == PAM_AUTH_ERR  # PAM_SYSTEM_ERR from pam_exec, turned into AUTH_ERR by pam_deny

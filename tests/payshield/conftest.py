@@ -62,8 +62,17 @@ def load_oath() -> list[tuple[str, str, bytes, int, int, str, str]]:
     for line in (VECTORS / "oath-rfc.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             fields = line.split()
-            rows.append((fields[0], fields[1], fields[2].encode(), int(fields[3]), int(fields[4]),
-                         fields[5], fields[6] if len(fields) > 6 else ""))
+            rows.append(
+                (
+                    fields[0],
+                    fields[1],
+                    fields[2].encode(),
+                    int(fields[3]),
+                    int(fields[4]),
+                    fields[5],
+                    fields[6] if len(fields) > 6 else "",
+                )
+            )
     return rows
 
 

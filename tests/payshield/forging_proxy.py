@@ -52,8 +52,7 @@ def forged_mac(length: int) -> bytes:
 class ForgingProxy:
     """Relay to ``simulator``; when ``armed``, forge or tamper with what comes back."""
 
-    def __init__(self, simulator: RunningSimulator, directory: Path,
-                 impersonate: bool = False) -> None:
+    def __init__(self, simulator: RunningSimulator, directory: Path, impersonate: bool = False) -> None:
         self.simulator = simulator
         self.header_length = simulator.server.header_length
         self.tls_link = simulator.tls_cert is not None
@@ -72,8 +71,7 @@ class ForgingProxy:
             self._upstream_tls = ssl.create_default_context(cafile=str(simulator.tls_cert))
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="forging-proxy",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="forging-proxy", daemon=True)
         self._thread.start()
         self._server: asyncio.Server = self._run(self._listen(self._relay, None))
         self.port: int = self._server.sockets[0].getsockname()[1]
@@ -86,8 +84,9 @@ class ForgingProxy:
 
     @staticmethod
     async def _listen(handler: Any, tls: ssl.SSLContext | None) -> asyncio.Server:
-        return await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls,
-                                          ssl_handshake_timeout=5 if tls else None)
+        return await asyncio.start_server(
+            handler, "127.0.0.1", 0, ssl=tls, ssl_handshake_timeout=5 if tls else None
+        )
 
     def drop_connections(self) -> None:
         """Abort every relayed connection (the backend reconnects through the proxy)."""
@@ -99,11 +98,13 @@ class ForgingProxy:
 
     def close(self) -> None:
         """Stop listening, abort the connections, stop the thread."""
+
         async def stop() -> None:
             self._server.close()
             if self._impostor is not None:
                 self._impostor.close()
             await self._drop()
+
         self._run(stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
@@ -122,14 +123,19 @@ class ForgingProxy:
             back = self._tamper if self.tls_link else self._forge
             await self._session(reader, writer, self.simulator.port, None, back)
 
-    async def _impostor_session(self, reader: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter) -> None:
+    async def _impostor_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Reached only if the backend accepted the impostor's certificate."""
         self.impostor_sessions += 1
         await self._session(reader, writer, self.simulator.port, self._upstream_tls, self._forge)
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int,
-                       tls: ssl.SSLContext | None, back: Transform | None) -> None:
+    async def _session(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        port: int,
+        tls: ssl.SSLContext | None,
+        back: Transform | None,
+    ) -> None:
         if len(self._writers) >= 2 * _MAX_CONNECTIONS:
             writer.transport.abort()
             return
@@ -137,12 +143,14 @@ class ForgingProxy:
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             name = "localhost" if tls else None
-            upstream_reader, upstream = await asyncio.wait_for(asyncio.open_connection(
-                self.simulator.host, port, ssl=tls, server_hostname=name), 5)
+            upstream_reader, upstream = await asyncio.wait_for(
+                asyncio.open_connection(self.simulator.host, port, ssl=tls, server_hostname=name), 5
+            )
             upstream_writer = upstream
             self._writers.add(upstream)
-            await asyncio.gather(self._pump(reader, upstream, None),
-                                 self._pump(upstream_reader, writer, back))
+            await asyncio.gather(
+                self._pump(reader, upstream, None), self._pump(upstream_reader, writer, back)
+            )
         except (TimeoutError, OSError, CodecError):
             pass
         finally:
@@ -151,8 +159,9 @@ class ForgingProxy:
                     self._writers.discard(each)
                     each.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    transform: Transform | None) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transform: Transform | None
+    ) -> None:
         """Copy one direction; the way back is recorded and goes through ``transform``."""
         state: dict[str, Any] = {"frames": FrameReader(), "buffer": bytearray()}
         try:
@@ -171,10 +180,10 @@ class ForgingProxy:
         """Plain payShield frames: replace the HMAC of each LR answer once armed."""
         out = bytearray()
         for body in state["frames"].feed(data):
-            header, payload = body[:self.header_length], body[self.header_length:]
+            header, payload = body[: self.header_length], body[self.header_length :]
             if self.armed and payload[:4] == b"LR00":
                 length = int(payload[4:8])
-                payload = payload[:8] + forged_mac(length) + payload[8 + length:]
+                payload = payload[:8] + forged_mac(length) + payload[8 + length :]
                 self.forged_answers += 1
             out += frame(header + payload)
         return bytes(out)
@@ -203,8 +212,9 @@ class ForgingProxy:
 
 
 @contextmanager
-def running_proxy(simulator: RunningSimulator, directory: Path,
-                  impersonate: bool = False) -> Iterator[ForgingProxy]:
+def running_proxy(
+    simulator: RunningSimulator, directory: Path, impersonate: bool = False
+) -> Iterator[ForgingProxy]:
     """Run a :class:`ForgingProxy` in front of ``simulator`` for the ``with`` block."""
     proxy = ForgingProxy(simulator, directory, impersonate)
     try:

@@ -34,8 +34,16 @@ def test_is_a_key_backend(backend: PayShieldKeyBackend) -> None:
 
 
 @pytest.mark.parametrize("kind,algorithm,secret,factor,digits,code,full", OATH)
-def test_rfc_vectors(backend: PayShieldKeyBackend, kind: str, algorithm: str, secret: bytes,
-                     factor: int, digits: int, code: str, full: str) -> None:
+def test_rfc_vectors(
+    backend: PayShieldKeyBackend,
+    kind: str,
+    algorithm: str,
+    secret: bytes,
+    factor: int,
+    digits: int,
+    code: str,
+    full: str,
+) -> None:
     """HMACs computed by the HSM reproduce RFC 4226 and RFC 6238 codes."""
     identity = TokenIdentity(f"{kind}-{algorithm}", HashAlgorithm(algorithm))
     sealed = backend.seal_secret(identity, Secret(secret))
@@ -50,8 +58,15 @@ def test_window_in_one_batch(backend: PayShieldKeyBackend, sim: RunningSimulator
     sealed = backend.seal_secret(SHA1, Secret(RFC_SECRET))
     before = sim.request_count("LQ")
     macs = backend.compute_hmacs(SHA1, sealed, [counter_message(c) for c in range(7)])
-    assert [format_code(m, 6) for m in macs] == ["755224", "287082", "359152", "969429",
-                                                  "338314", "254676", "287922"]
+    assert [format_code(m, 6) for m in macs] == [
+        "755224",
+        "287082",
+        "359152",
+        "969429",
+        "338314",
+        "254676",
+        "287922",
+    ]
     assert sim.request_count("LQ") - before == 7
 
 
@@ -84,8 +99,7 @@ def test_sealed_blob_holds_no_clear_secret(backend: PayShieldKeyBackend, tmp_pat
     assert sealed in raw
 
 
-def test_validation_never_receives_a_key(backend: PayShieldKeyBackend,
-                                         sim: RunningSimulator) -> None:
+def test_validation_never_receives_a_key(backend: PayShieldKeyBackend, sim: RunningSimulator) -> None:
     """compute_hmacs sends only LQ; every answer is an HMAC, never the key."""
     secret = b"s" * 20
     sealed = backend.seal_secret(SHA1, Secret(secret))
@@ -100,7 +114,7 @@ def test_validation_never_receives_a_key(backend: PayShieldKeyBackend,
 
     transport.exchange = spy  # type: ignore[method-assign,assignment]
     macs = backend.compute_hmacs(SHA1, sealed, [counter_message(c) for c in range(3)])
-    (payloads, answers), = seen
+    ((payloads, answers),) = seen
     assert {p[:2] for p in payloads} == {b"LQ"} and {a[:4] for a in answers} == {b"LR00"}
     assert all(secret not in a for a in answers)
     assert macs[0] == hmac.new(secret, counter_message(0), hashlib.sha1).digest()
@@ -109,17 +123,29 @@ def test_validation_never_receives_a_key(backend: PayShieldKeyBackend,
 def test_client_package_has_no_command_that_returns_a_clear_key() -> None:
     """The client codec has no encoder for a command that exports a key (LW, A2, ...)."""
     from otp_agent.keystore.payshield import fields
-    encoders = {name for module in (codec, fields) for name in dir(module)
-                if name.startswith("encode_")}
-    assert encoders == {"encode_nc", "encode_no", "encode_b2", "encode_n0", "encode_l0",
-                        "encode_lq", "encode_ls", "encode_lu", "encode_a0", "encode_response"}
+
+    encoders = {name for module in (codec, fields) for name in dir(module) if name.startswith("encode_")}
+    assert encoders == {
+        "encode_nc",
+        "encode_no",
+        "encode_b2",
+        "encode_n0",
+        "encode_l0",
+        "encode_lq",
+        "encode_ls",
+        "encode_lu",
+        "encode_a0",
+        "encode_response",
+    }
 
 
 def test_key_block_copied_to_another_token_is_refused(backend: PayShieldKeyBackend) -> None:
     """A key block sealed for one serial does not compute for another serial or hash."""
     sealed = backend.seal_secret(SHA1, Secret(RFC_SECRET))
-    for other in (TokenIdentity("OTHER", HashAlgorithm.SHA1),
-                  TokenIdentity("TOTP0001", HashAlgorithm.SHA256)):
+    for other in (
+        TokenIdentity("OTHER", HashAlgorithm.SHA1),
+        TokenIdentity("TOTP0001", HashAlgorithm.SHA256),
+    ):
         with pytest.raises(SealedSecretInvalid):
             backend.compute_hmacs(other, sealed, [bytes(8)])
 
@@ -144,8 +170,7 @@ def test_key_block_tampered_in_the_database(backend: PayShieldKeyBackend) -> Non
         backend.compute_hmacs(SHA1, bytes(sealed), [bytes(8)])
 
 
-@pytest.mark.parametrize("blob", [b"", b"garbage", b"S10016", b"S1012861HG00N0100",
-                                  b"V01" + bytes(16)])
+@pytest.mark.parametrize("blob", [b"", b"garbage", b"S10016", b"S1012861HG00N0100", b"V01" + bytes(16)])
 def test_malformed_sealed_blobs(backend: PayShieldKeyBackend, blob: bytes) -> None:
     """Blobs that are not key blocks (or variant blobs in key-block mode) are refused."""
     with pytest.raises(SealedSecretInvalid):
@@ -226,6 +251,7 @@ def test_tls_connection() -> None:
     """With TLS (the default) the backend talks to a TLS simulator and verifies its
     certificate; plain TCP to a TLS port does not work."""
     from otp_agent.payshield_sim.testing import running_simulator
+
     with running_simulator(tls=True) as tls_sim:
         keys = PayShieldKeyBackend(tls_sim.config())
         try:
@@ -234,8 +260,14 @@ def test_tls_connection() -> None:
             assert format_code(mac, 6) == "755224"
         finally:
             keys.close()
-        plain = tls_sim.config(tls=False, insecure_plaintext=True, tls_ca_file=None,
-                               tls_server_name=None, connect_timeout=0.5, request_timeout=0.5)
+        plain = tls_sim.config(
+            tls=False,
+            insecure_plaintext=True,
+            tls_ca_file=None,
+            tls_server_name=None,
+            connect_timeout=0.5,
+            request_timeout=0.5,
+        )
         with pytest.raises(KeyBackendError):
             PayShieldKeyBackend(plain)
 
@@ -244,6 +276,7 @@ def test_tls_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
     """A TLS HSM whose certificate is not trusted is unreachable, not used."""
     from otp_agent.payshield_sim.testing import running_simulator
     from otp_agent.payshield_sim.tlscert import make_self_signed
+
     other_cert, _ = make_self_signed(tmp_path)
     with running_simulator(tls=True) as tls_sim:
         with pytest.raises(KeyBackendError, match="cannot connect"):
@@ -257,12 +290,15 @@ def test_concurrent_validations_any_header_length(header_length: int) -> None:
     import threading
 
     from otp_agent.payshield_sim.testing import running_simulator
+
     with running_simulator(header_length=header_length, latency=0.001) as hsm:
         keys = PayShieldKeyBackend(hsm.config(pool_size=3))
         try:
             secrets = {n: bytes([n]) * 20 for n in range(6)}
-            sealed = {n: keys.seal_secret(TokenIdentity(f"C{n}", HashAlgorithm.SHA1), Secret(s))
-                      for n, s in secrets.items()}
+            sealed = {
+                n: keys.seal_secret(TokenIdentity(f"C{n}", HashAlgorithm.SHA1), Secret(s))
+                for n, s in secrets.items()
+            }
             errors: list[str] = []
 
             def worker(n: int) -> None:

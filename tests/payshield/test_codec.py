@@ -60,14 +60,19 @@ def test_b2_and_n0_requests() -> None:
 def test_l0_capture() -> None:
     """L0 for an HMAC-SHA-256 key block encodes as captured; the L1 key block decodes."""
     entry = CAPTURES["l0-hmac-key-block"]
-    assert codec.encode_l0(32, attributes("63", "H0", "C", "E")) == _capture(
-        "l0-hmac-key-block", "request")
+    assert codec.encode_l0(32, attributes("63", "H0", "C", "E")) == _capture("l0-hmac-key-block", "request")
     key = codec.parse_key_response("L0", _capture("l0-hmac-key-block", "response"))
     assert key.key_format == "04" and len(key.value) == int(entry["key_block_length"])
     header, _ = split_key_block(key.value.decode())
-    assert (header.version, header.usage, header.algorithm, header.mode, header.exportability,
-            header.kvn, header.lmk_id) == ("1", entry["usage"], entry["algorithm"], entry["mode"],
-                                           entry["exportability"], "00", "00")
+    assert (
+        header.version,
+        header.usage,
+        header.algorithm,
+        header.mode,
+        header.exportability,
+        header.kvn,
+        header.lmk_id,
+    ) == ("1", entry["usage"], entry["algorithm"], entry["mode"], entry["exportability"], "00", "00")
 
 
 def test_lq_capture_with_binary_hmac() -> None:
@@ -96,14 +101,14 @@ def test_ls_capture_with_trailing_delimiter() -> None:
     assert codec.parse_lt(b"LT01") is False
     key = parsed.key
     assert codec.encode_ls("FF", parsed.mac, key, parsed.data) + b"\x19" == _capture(
-        "ls-verify-hmac", "request")
+        "ls-verify-hmac", "request"
+    )
 
 
 def test_a0_capture() -> None:
     """The A1 response splits into a 96-character key block and a 6-hex KCV."""
     entry = CAPTURES["a0-cvk-key-block"]
-    assert codec.encode_a0("1", attributes("C0", "T2", "C", "E")) == _capture(
-        "a0-cvk-key-block", "request")
+    assert codec.encode_a0("1", attributes("C0", "T2", "C", "E")) == _capture("a0-cvk-key-block", "request")
     key, kcv = codec.parse_a1(_capture("a0-cvk-key-block", "response"))
     assert len(key) == 1 + int(entry["key_block_length"]) and kcv == entry["kcv"]
 
@@ -134,8 +139,7 @@ def test_frame_reader_rejects_bad_lengths(raw: bytes) -> None:
 
 def test_response_code_rule() -> None:
     """The response code is the command with its second character plus one."""
-    assert [codec.response_code(c) for c in ("NC", "LQ", "L0", "A0", "B2")] == [
-        "ND", "LR", "L1", "A1", "B3"]
+    assert [codec.response_code(c) for c in ("NC", "LQ", "L0", "A0", "B2")] == ["ND", "LR", "L1", "A1", "B3"]
 
 
 def test_wrong_response_code_is_a_protocol_error() -> None:
@@ -156,12 +160,15 @@ def test_error_codes_map_to_exceptions() -> None:
     assert describe("ZX") == "unknown error code"
 
 
-@pytest.mark.parametrize("response", [
-    b"LR000032" + b"x" * 31,            # HMAC shorter than its length field
-    b"LR000020" + b"x" * 20,            # length other than requested
-    b"LR000032" + b"x" * 33,            # a byte too many
-    b"LR00003A" + b"x" * 32,            # non-digit length
-])
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"LR000032" + b"x" * 31,  # HMAC shorter than its length field
+        b"LR000020" + b"x" * 20,  # length other than requested
+        b"LR000032" + b"x" * 33,  # a byte too many
+        b"LR00003A" + b"x" * 32,  # non-digit length
+    ],
+)
 def test_malformed_lr_is_a_protocol_error(response: bytes) -> None:
     """LR responses that do not follow their length fields are refused."""
     with pytest.raises(PayShieldProtocolError):
@@ -175,12 +182,15 @@ def test_trailer_is_accepted_after_last_field() -> None:
         FieldReader(b"junk").finish()
 
 
-@pytest.mark.parametrize("payload,code", [
-    (b"LQFF003207FFFF", "07"),          # unknown key format
-    (b"LQFF003204FFF0", "80"),          # key block without FFFF
-    (b"LQFF003204FFFF1AB12", "83"),     # key block length not decimal
-    (b"LQFF0032", "15"),                # truncated
-])
+@pytest.mark.parametrize(
+    "payload,code",
+    [
+        (b"LQFF003207FFFF", "07"),  # unknown key format
+        (b"LQFF003204FFF0", "80"),  # key block without FFFF
+        (b"LQFF003204FFFF1AB12", "83"),  # key block length not decimal
+        (b"LQFF0032", "15"),  # truncated
+    ],
+)
 def test_bad_requests_carry_the_hsm_error_code(payload: bytes, code: str) -> None:
     """The request parser says which error code an HSM would answer."""
     _, reader = codec.split_request(payload)
@@ -194,10 +204,13 @@ def test_key_repr_hides_the_key() -> None:
     assert "ABCDEF" not in repr(HmacKey("00", b"ABCDEF"))
 
 
-@pytest.mark.parametrize("response,sockets,firmware", [
-    (b"NP00310064" + b"1500-0023", 64, "1500-0023"),      # 4-digit socket count (firmware >= 1.8a)
-    (b"NP003164" + b"1084-0906", 64, "1084-0906"),        # 2-digit socket count
-])
+@pytest.mark.parametrize(
+    "response,sockets,firmware",
+    [
+        (b"NP00310064" + b"1500-0023", 64, "1500-0023"),  # 4-digit socket count (firmware >= 1.8a)
+        (b"NP003164" + b"1084-0906", 64, "1084-0906"),  # 2-digit socket count
+    ],
+)
 def test_np_socket_count_widths(response: bytes, sockets: int, firmware: str) -> None:
     """NO status parses with either socket-count width."""
     status = codec.parse_np(response)

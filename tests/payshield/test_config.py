@@ -22,16 +22,32 @@ def test_minimal_table_gets_defaults() -> None:
 
 def test_full_table() -> None:
     """Every documented key is accepted with a sensible value."""
-    config = parse_payshield_config({
-        "hosts": ["hsm1:1500", "[::1]:2500", "10.0.0.2:1500"], "lmk_check_value": "5D67270000000000",
-        "header_length": 6, "connect_timeout": 1, "request_timeout": 0.5, "pool_size": 4,
-        "max_in_flight": 100, "pipelining": False, "calls_per_second": 250,
-        "health_interval": 10, "retry_initial": 0.5, "retry_max": 30, "key_format": "variant",
-        "bind_identity": False, "zmk_file": "/etc/otp-agent/zmk.hex",
-        "zmk_key_block_file": "/etc/otp-agent/zmk.kb", "fingerprint_key_file": "/etc/fp.kb",
-        "tls": True, "tls_ca_file": "/etc/ca.pem", "tls_cert_file": "/etc/c.pem",
-        "tls_key_file": "/etc/k.pem", "tls_server_name": "hsm1.example",
-    })
+    config = parse_payshield_config(
+        {
+            "hosts": ["hsm1:1500", "[::1]:2500", "10.0.0.2:1500"],
+            "lmk_check_value": "5D67270000000000",
+            "header_length": 6,
+            "connect_timeout": 1,
+            "request_timeout": 0.5,
+            "pool_size": 4,
+            "max_in_flight": 100,
+            "pipelining": False,
+            "calls_per_second": 250,
+            "health_interval": 10,
+            "retry_initial": 0.5,
+            "retry_max": 30,
+            "key_format": "variant",
+            "bind_identity": False,
+            "zmk_file": "/etc/otp-agent/zmk.hex",
+            "zmk_key_block_file": "/etc/otp-agent/zmk.kb",
+            "fingerprint_key_file": "/etc/fp.kb",
+            "tls": True,
+            "tls_ca_file": "/etc/ca.pem",
+            "tls_cert_file": "/etc/c.pem",
+            "tls_key_file": "/etc/k.pem",
+            "tls_server_name": "hsm1.example",
+        }
+    )
     assert config.hosts[1] == HsmAddress("::1", 2500) and str(config.hosts[1]) == "[::1]:2500"
     assert config.zmk_file == Path("/etc/otp-agent/zmk.hex") and config.calls_per_second == 250.0
 
@@ -43,29 +59,31 @@ def test_self_test_file_and_retry_floor() -> None:
     assert config.retry_floor == 0.5
     config = parse_payshield_config({**MINIMAL, "fingerprint_key_file": "/srv/fp.kb"})
     assert config.self_test_path == Path("/srv/payshield-self-test.kb")
-    config = parse_payshield_config({**MINIMAL, "self_test_key_file": "/srv/st.kb",
-                                     "retry_floor": 0.2})
+    config = parse_payshield_config({**MINIMAL, "self_test_key_file": "/srv/st.kb", "retry_floor": 0.2})
     assert config.self_test_path == Path("/srv/st.kb") and config.retry_floor == 0.2
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("header_length", 33, "keystore.payshield.header_length: must be an integer from 0 to 32"),
-    ("header_length", "4", "keystore.payshield.header_length: must be an integer"),
-    ("header_length", True, "keystore.payshield.header_length: must be an integer"),
-    ("hosts", [], "keystore.payshield.hosts: must be a non-empty list"),
-    ("hosts", ["hsm1"], "keystore.payshield.hosts: \"hsm1\" is not \"host:port\""),
-    ("hosts", ["hsm1:99999"], "keystore.payshield.hosts: port 99999"),
-    ("hosts", ["a:1", "a:1"], "keystore.payshield.hosts: lists the same HSM twice"),
-    ("lmk_check_value", "12345", "keystore.payshield.lmk_check_value: must be the LMK check value"),
-    ("request_timeout", 0, "keystore.payshield.request_timeout: must be a number"),
-    ("pool_size", 0, "keystore.payshield.pool_size: must be an integer from 1 to 64"),
-    ("key_format", "tr31", "keystore.payshield.key_format: must be \"keyblock\" or \"variant\""),
-    ("pipelining", "yes", "keystore.payshield.pipelining: must be true or false"),
-    ("zmk_file", "", "keystore.payshield.zmk_file: must be a non-empty path"),
-    ("retry_floor", 0, "keystore.payshield.retry_floor: must be a number from 0.01 to 60"),
-    ("self_test_key_file", "", "keystore.payshield.self_test_key_file: must be a non-empty path"),
-    ("colour", "blue", "keystore.payshield.colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("header_length", 33, "keystore.payshield.header_length: must be an integer from 0 to 32"),
+        ("header_length", "4", "keystore.payshield.header_length: must be an integer"),
+        ("header_length", True, "keystore.payshield.header_length: must be an integer"),
+        ("hosts", [], "keystore.payshield.hosts: must be a non-empty list"),
+        ("hosts", ["hsm1"], 'keystore.payshield.hosts: "hsm1" is not "host:port"'),
+        ("hosts", ["hsm1:99999"], "keystore.payshield.hosts: port 99999"),
+        ("hosts", ["a:1", "a:1"], "keystore.payshield.hosts: lists the same HSM twice"),
+        ("lmk_check_value", "12345", "keystore.payshield.lmk_check_value: must be the LMK check value"),
+        ("request_timeout", 0, "keystore.payshield.request_timeout: must be a number"),
+        ("pool_size", 0, "keystore.payshield.pool_size: must be an integer from 1 to 64"),
+        ("key_format", "tr31", 'keystore.payshield.key_format: must be "keyblock" or "variant"'),
+        ("pipelining", "yes", "keystore.payshield.pipelining: must be true or false"),
+        ("zmk_file", "", "keystore.payshield.zmk_file: must be a non-empty path"),
+        ("retry_floor", 0, "keystore.payshield.retry_floor: must be a number from 0.01 to 60"),
+        ("self_test_key_file", "", "keystore.payshield.self_test_key_file: must be a non-empty path"),
+        ("colour", "blue", "keystore.payshield.colour: unknown key"),
+    ],
+)
 def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:
     """Each wrong key, type or value gives one error naming the full key."""
     with pytest.raises(ConfigError) as caught:
@@ -73,15 +91,18 @@ def test_bad_values_name_the_key(key: str, value: object, message: str) -> None:
     assert str(caught.value).startswith(message)
 
 
-@pytest.mark.parametrize("table,key", [
-    ({"hosts": ["a:1"]}, "lmk_check_value"),
-    ({"lmk_check_value": "ABCDEF"}, "hosts"),
-    ({**MINIMAL, "zmk_file": "/z"}, "zmk_key_block_file"),
-    ({**MINIMAL, "insecure_plaintext": True, "tls_ca_file": "/ca"}, "tls_ca_file"),
-    ({**MINIMAL, "tls": True, "tls_cert_file": "/c"}, "tls_key_file"),
-    ({**MINIMAL, "retry_initial": 5, "retry_max": 1}, "retry_max"),
-    ({**MINIMAL, "header_length": 0, "max_in_flight": 8}, "max_in_flight"),
-])
+@pytest.mark.parametrize(
+    "table,key",
+    [
+        ({"hosts": ["a:1"]}, "lmk_check_value"),
+        ({"lmk_check_value": "ABCDEF"}, "hosts"),
+        ({**MINIMAL, "zmk_file": "/z"}, "zmk_key_block_file"),
+        ({**MINIMAL, "insecure_plaintext": True, "tls_ca_file": "/ca"}, "tls_ca_file"),
+        ({**MINIMAL, "tls": True, "tls_cert_file": "/c"}, "tls_key_file"),
+        ({**MINIMAL, "retry_initial": 5, "retry_max": 1}, "retry_max"),
+        ({**MINIMAL, "header_length": 0, "max_in_flight": 8}, "max_in_flight"),
+    ],
+)
 def test_inconsistent_tables_name_the_key(table: dict[str, object], key: str) -> None:
     """Missing or inconsistent keys are reported by name."""
     with pytest.raises(ConfigError, match=f"^keystore.payshield.{key}: "):
@@ -119,12 +140,15 @@ def test_insecure_plaintext_opt_in(extra: dict[str, object]) -> None:
     assert config.transport_label == "plaintext (insecure)"
 
 
-@pytest.mark.parametrize("extra,key", [
-    ({"tls": True}, "insecure_plaintext"),
-    ({"tls_ca_file": "/etc/ca.pem"}, "tls_ca_file"),
-    ({"tls_cert_file": "/etc/c.pem", "tls_key_file": "/etc/k.pem"}, "tls_cert_file"),
-    ({"tls_server_name": "hsm1.example"}, "tls_server_name"),
-])
+@pytest.mark.parametrize(
+    "extra,key",
+    [
+        ({"tls": True}, "insecure_plaintext"),
+        ({"tls_ca_file": "/etc/ca.pem"}, "tls_ca_file"),
+        ({"tls_cert_file": "/etc/c.pem", "tls_key_file": "/etc/k.pem"}, "tls_cert_file"),
+        ({"tls_server_name": "hsm1.example"}, "tls_server_name"),
+    ],
+)
 def test_insecure_plaintext_with_tls_keys_is_refused(extra: dict[str, object], key: str) -> None:
     """The opt-in together with TLS settings is contradictory, and said so by key."""
     with pytest.raises(ConfigError, match=f"^keystore.payshield.{key}: .*remove one of them"):

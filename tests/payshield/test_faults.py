@@ -89,16 +89,22 @@ def test_second_hsm_with_another_lmk_refuses_start_up(sim: RunningSimulator) -> 
             PayShieldKeyBackend(config_for(sim, stranger))
 
 
-@pytest.mark.parametrize("fault,error", [
-    ("drop", KeyBackendUnavailable),
-    ("silent", KeyBackendUnavailable),
-    ("garbage", PayShieldProtocolError),
-    ("wrong_header", PayShieldProtocolError),
-    ("wrong_response", PayShieldProtocolError),
-])
+@pytest.mark.parametrize(
+    "fault,error",
+    [
+        ("drop", KeyBackendUnavailable),
+        ("silent", KeyBackendUnavailable),
+        ("garbage", PayShieldProtocolError),
+        ("wrong_header", PayShieldProtocolError),
+        ("wrong_response", PayShieldProtocolError),
+    ],
+)
 def test_fault_mid_request_fails_closed_then_fails_over(
-        pair: tuple[RunningSimulator, RunningSimulator], keys: PayShieldKeyBackend,
-        fault: str, error: type[Exception]) -> None:
+    pair: tuple[RunningSimulator, RunningSimulator],
+    keys: PayShieldKeyBackend,
+    fault: str,
+    error: type[Exception],
+) -> None:
     """The failing request is refused; the next goes to the other HSM."""
     first, second = pair
     sealed = _sealed(keys)
@@ -112,8 +118,9 @@ def test_fault_mid_request_fails_closed_then_fails_over(
     assert report["active"] == second.address
 
 
-def test_error_code_answer_is_not_a_failover(pair: tuple[RunningSimulator, RunningSimulator],
-                                             keys: PayShieldKeyBackend) -> None:
+def test_error_code_answer_is_not_a_failover(
+    pair: tuple[RunningSimulator, RunningSimulator], keys: PayShieldKeyBackend
+) -> None:
     """An HSM error code is reported clearly and the HSM stays in use."""
     first, second = pair
     sealed = _sealed(keys)
@@ -126,7 +133,8 @@ def test_error_code_answer_is_not_a_failover(pair: tuple[RunningSimulator, Runni
 
 
 def test_failed_hsm_is_retried_and_takes_traffic_back(
-        pair: tuple[RunningSimulator, RunningSimulator], keys: PayShieldKeyBackend) -> None:
+    pair: tuple[RunningSimulator, RunningSimulator], keys: PayShieldKeyBackend
+) -> None:
     """After a failure and its back-off, the first HSM is reconnected and used again."""
     first, second = pair
     sealed = _sealed(keys)
@@ -170,8 +178,7 @@ def test_health_loop_brings_a_restarted_hsm_back(pair: tuple[RunningSimulator, R
         keys.close()
 
 
-def test_all_hsms_failing(pair: tuple[RunningSimulator, RunningSimulator],
-                          keys: PayShieldKeyBackend) -> None:
+def test_all_hsms_failing(pair: tuple[RunningSimulator, RunningSimulator], keys: PayShieldKeyBackend) -> None:
     """With both HSMs dropping connections every request fails closed."""
     sealed = _sealed(keys)
     for hsm in pair:
@@ -207,11 +214,14 @@ def test_hsm_licence_limit_beyond_timeout_fails_closed(sim: RunningSimulator) ->
         keys.close()
 
 
-def test_errors_and_logs_carry_no_key_material(pair: tuple[RunningSimulator, RunningSimulator],
-                                               keys: PayShieldKeyBackend,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_errors_and_logs_carry_no_key_material(
+    pair: tuple[RunningSimulator, RunningSimulator],
+    keys: PayShieldKeyBackend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Failures name commands, codes and hosts, never the key block or the secret."""
     import logging
+
     caplog.set_level(logging.DEBUG)
     secret = b"12345678901234567890"
     sealed = _sealed(keys)

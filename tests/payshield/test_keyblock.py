@@ -31,12 +31,15 @@ def test_binding_differs_per_token_and_hash() -> None:
     assert one != binding_block(TokenIdentity("a", HashAlgorithm.SHA256).binding())
 
 
-@pytest.mark.parametrize("text", [
-    "10128",                                  # shorter than a header
-    "1012863HC00E0100",                       # one optional block announced, none present
-    "1012863HC00E01000599",                   # optional block longer than the text
-    "1012863HC00E0X00",                       # count not decimal
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10128",  # shorter than a header
+        "1012863HC00E0100",  # one optional block announced, none present
+        "1012863HC00E01000599",  # optional block longer than the text
+        "1012863HC00E0X00",  # count not decimal
+    ],
+)
 def test_malformed_headers(text: str) -> None:
     """Malformed headers are refused."""
     with pytest.raises(KeyBlockFormatError):

@@ -70,7 +70,8 @@ class _Site:
         self.audit_path = directory / "audit.log"
         self.audit = AuditLog(self.audit_path)
         enrolled = Administration(self.store, keys, self.audit).enroll(
-            "alice", OathParams(TokenType.TOTP, HashAlgorithm.SHA1), "Example", CONTEXT)
+            "alice", OathParams(TokenType.TOTP, HashAlgorithm.SHA1), "Example", CONTEXT
+        )
         query = urllib.parse.parse_qs(urllib.parse.urlparse(enrolled["uri"]).query)
         value = query["secret"][0]
         self.secret = base64.b32decode(value + "=" * (-len(value) % 8))
@@ -91,6 +92,7 @@ class _Site:
 
 
 # -- the active attack -------------------------------------------------------------------------
+
 
 def test_plaintext_link_lets_a_proxy_make_a_chosen_code_pass(tmp_path: Path) -> None:
     """Documents the risk of insecure_plaintext: a proxy rewriting the LR answers makes the
@@ -113,8 +115,7 @@ def test_tls_link_fails_closed_against_the_forging_proxy(tmp_path: Path, imperso
     """Over TLS the same proxy either changes records it cannot read (they fail their MAC) or
     presents a certificate of its own (not trusted): the forged code is not accepted, nothing
     is committed to the token, and once the proxy stops the genuine code still passes."""
-    with running_simulator(tls=True) as sim, \
-            running_proxy(sim, tmp_path, impersonate=impersonate) as proxy:
+    with running_simulator(tls=True) as sim, running_proxy(sim, tmp_path, impersonate=impersonate) as proxy:
         site = _Site(tmp_path, PayShieldKeyBackend(_through(proxy, sim)))
         try:
             before = site.state()
@@ -128,7 +129,7 @@ def test_tls_link_fails_closed_against_the_forging_proxy(tmp_path: Path, imperso
                 assert not decision.accepted
                 assert decision.reason.startswith("keystore"), decision
             assert site.state() == before
-            assert '"accept"' not in site.audit_path.read_text()[len(audit_before):]
+            assert '"accept"' not in site.audit_path.read_text()[len(audit_before) :]
             if impersonate:
                 assert proxy.impersonated_connections >= 1
                 assert proxy.impostor_sessions == 0 and proxy.forged_answers == 0
@@ -148,8 +149,7 @@ def test_tls_link_fails_closed_against_the_forging_proxy(tmp_path: Path, imperso
 def test_start_up_through_an_impersonating_proxy_is_refused(tmp_path: Path) -> None:
     """A middlebox that terminates TLS itself never gets to answer NC: start-up fails, naming
     the keys to check."""
-    with running_simulator(tls=True) as sim, \
-            running_proxy(sim, tmp_path, impersonate=True) as proxy:
+    with running_simulator(tls=True) as sim, running_proxy(sim, tmp_path, impersonate=True) as proxy:
         proxy.armed = True
         with pytest.raises(KeyBackendUnavailable, match="TLS certificate not accepted") as caught:
             PayShieldKeyBackend(_through(proxy, sim, connect_timeout=1.0))
@@ -159,6 +159,7 @@ def test_start_up_through_an_impersonating_proxy_is_refused(tmp_path: Path) -> N
 
 
 # -- the passive attack ------------------------------------------------------------------------
+
 
 def test_what_an_eavesdropper_sees(any_sim: RunningSimulator, tmp_path: Path) -> None:
     """On plain TCP the LR answers of one validation are the HMACs of T-1, T, T+1, i.e. the
@@ -185,8 +186,10 @@ def test_what_an_eavesdropper_sees(any_sim: RunningSimulator, tmp_path: Path) ->
 
 # -- the opt-in is loud --------------------------------------------------------------------------
 
+
 def test_plaintext_opt_in_warns_at_start_up_in_health_and_in_status(
-        any_sim: RunningSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    any_sim: RunningSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
     """insecure_plaintext = true logs a WARNING when the backend connects, and health() and
     ``otpctl status`` say how the link is protected, with the warning on a line of its own."""
     plaintext = any_sim.tls_cert is None
@@ -196,8 +199,11 @@ def test_plaintext_opt_in_warns_at_start_up_in_health_and_in_status(
         report = keys.health()
     finally:
         keys.close()
-    warnings = [r.getMessage() for r in caplog.records
-                if r.levelno == logging.WARNING and "insecure_plaintext" in r.getMessage()]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "insecure_plaintext" in r.getMessage()
+    ]
     out = io.StringIO()
     print_status({"keystore": report}, out)
     text = out.getvalue()
@@ -226,6 +232,7 @@ def test_health_names_the_transport_even_when_no_hsm_answers() -> None:
 
 # -- TLS failures say what to check ----------------------------------------------------------------
 
+
 def test_tls_to_a_plain_tcp_port_times_out_with_a_hint(tmp_path: Path) -> None:
     """The new default against an HSM port that still speaks plain TCP: a clear error."""
     with running_simulator(tls=False) as plain:
@@ -243,13 +250,13 @@ def test_unreadable_ca_file_names_the_key(sim: RunningSimulator, tmp_path: Path)
 def test_wrong_server_name_is_refused(sim: RunningSimulator) -> None:
     """The certificate is checked against tls_server_name (or the host), not just its CA."""
     with pytest.raises(KeyBackendUnavailable, match="TLS certificate not accepted"):
-        PayShieldKeyBackend(sim.config(tls_server_name="hsm.elsewhere.example",
-                                       connect_timeout=1.0))
+        PayShieldKeyBackend(sim.config(tls_server_name="hsm.elsewhere.example", connect_timeout=1.0))
 
 
 def test_client_certificate_is_presented(tmp_path: Path) -> None:
     """tls_cert_file / tls_key_file are loaded and offered to an HSM that asks for them."""
     from otp_agent.payshield_sim.tlscert import make_self_signed
+
     (tmp_path / "client").mkdir()
     cert, key = make_self_signed(tmp_path / "client")
     with running_simulator(tls=True) as sim:

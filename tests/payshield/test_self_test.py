@@ -45,7 +45,8 @@ class Site:
         self.store = SQLiteStore(directory / "tokens.db", create=True)
         self.audit = AuditLog(directory / "audit.log")
         enrolled = Administration(self.store, keys, self.audit).enroll(
-            "alice", OathParams(TokenType.TOTP, HashAlgorithm.SHA256), "Example", CONTEXT)
+            "alice", OathParams(TokenType.TOTP, HashAlgorithm.SHA256), "Example", CONTEXT
+        )
         value = urllib.parse.parse_qs(urllib.parse.urlparse(enrolled["uri"]).query)["secret"][0]
         self.secret = base64.b32decode(value + "=" * (-len(value) % 8))
         self.validator = Validator(self.store, keys, PolicyConfig(), self.audit)
@@ -82,8 +83,7 @@ def _wait_until(condition: object, seconds: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def test_lying_hsm_is_a_key_backend_failure_not_a_bad_code(sim: RunningSimulator,
-                                                            tmp_path: Path) -> None:
+def test_lying_hsm_is_a_key_backend_failure_not_a_bad_code(sim: RunningSimulator, tmp_path: Path) -> None:
     """The only HSM starts lying: the next health check marks it down, validation fails
     closed with a key-backend reason and the token's failure count stays 0."""
     keys = PayShieldKeyBackend(sim.config())
@@ -144,8 +144,7 @@ def test_lying_only_hsm_at_start_up_is_refused(sim: RunningSimulator) -> None:
         PayShieldKeyBackend(sim.config())
 
 
-def test_failover_from_a_lying_hsm(pair: tuple[RunningSimulator, RunningSimulator],
-                                   tmp_path: Path) -> None:
+def test_failover_from_a_lying_hsm(pair: tuple[RunningSimulator, RunningSimulator], tmp_path: Path) -> None:
     """The preferred HSM lies from the start: it is down (with the reason, in health() and in
     otpctl status), the honest one answers and the code is accepted."""
     liar, honest = pair
@@ -173,7 +172,8 @@ def test_failover_from_a_lying_hsm(pair: tuple[RunningSimulator, RunningSimulato
 
 
 def test_hsm_starting_to_lie_fails_over_at_the_health_check(
-        pair: tuple[RunningSimulator, RunningSimulator], tmp_path: Path) -> None:
+    pair: tuple[RunningSimulator, RunningSimulator], tmp_path: Path
+) -> None:
     """Both honest, then the active one lies: the health check moves the traffic."""
     first, second = pair
     keys = PayShieldKeyBackend(config_for(first, second, request_timeout=0.5))
@@ -192,8 +192,7 @@ def test_hsm_starting_to_lie_fails_over_at_the_health_check(
         keys.close()
 
 
-def test_self_test_refused_by_the_hsm_marks_it_down(
-        pair: tuple[RunningSimulator, RunningSimulator]) -> None:
+def test_self_test_refused_by_the_hsm_marks_it_down(pair: tuple[RunningSimulator, RunningSimulator]) -> None:
     """An HSM that answers the self-test LQ with an error code cannot be trusted either."""
     first, second = pair
     first.set(fault="error", fault_error_code="A4", fault_commands={"LQ"})
@@ -206,7 +205,8 @@ def test_self_test_refused_by_the_hsm_marks_it_down(
 
 
 def test_without_self_test_file_warns_and_reports_not_configured(
-        sim: RunningSimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sim: RunningSimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """An older install (no self-test file): a WARNING at start, health says so, not failing."""
     caplog.set_level(logging.WARNING)
     missing = tmp_path / "none.kb"
@@ -221,8 +221,7 @@ def test_without_self_test_file_warns_and_reports_not_configured(
     assert any(str(missing) in w and "otp-agent init" in w for w in warnings)
 
 
-def test_health_reports_the_self_test(sim: RunningSimulator,
-                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_health_reports_the_self_test(sim: RunningSimulator, caplog: pytest.LogCaptureFixture) -> None:
     """With the file: enabled, passed per host, and no warning at start."""
     caplog.set_level(logging.WARNING)
     keys = PayShieldKeyBackend(sim.config())
@@ -271,8 +270,7 @@ def test_initialise_imports_the_public_test_key(sim: RunningSimulator, tmp_path:
         keys.close()
 
 
-def test_initialise_without_zmk_generates_the_test_key(sim: RunningSimulator,
-                                                        tmp_path: Path) -> None:
+def test_initialise_without_zmk_generates_the_test_key(sim: RunningSimulator, tmp_path: Path) -> None:
     """Without a ZMK, init generates the test key with L0 and records the HSM's answer."""
     path = tmp_path / "st.kb"
     config = sim.config(zmk_file=None, zmk_key_block_file=None, self_test_key_file=path)
@@ -296,8 +294,8 @@ def test_initialise_refuses_a_lying_hsm(sim: RunningSimulator, tmp_path: Path) -
 
 
 def test_unreadable_self_test_file_is_not_configured(
-        sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """After an upgrade, init (root) made the file but the daemon's user cannot read it (the
     unit does not pass it yet): the daemon still starts, with a WARNING naming the file and the
     fix, and reports the self-test as not configured."""

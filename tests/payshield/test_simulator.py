@@ -66,7 +66,7 @@ def client(sim: RunningSimulator) -> Iterator[RawClient]:
 
 def _l0(client: RawClient, usage: str = "63", header: bytes = b"0000") -> str:
     response = client.ask(header + codec.encode_l0(32, attributes(usage, "H0", "C", "E")))
-    return codec.parse_key_response("L0", response[len(header):]).value.decode()
+    return codec.parse_key_response("L0", response[len(header) :]).value.decode()
 
 
 def test_nc_reports_check_value_and_echoes_header(sim: RunningSimulator, client: RawClient) -> None:
@@ -121,8 +121,9 @@ def test_lq_reproduces_rfc4226_through_lu(sim: RunningSimulator, client: RawClie
     """A secret imported with LU gives the RFC 4226 HMAC for counter 0."""
     zmk = bytes.fromhex(sim.zmk_file.read_text())
     wrapped = wrap_for_import(zmk, b"12345678901234567890")
-    request = codec.encode_lu(sim.zmk_key_block_file.read_text().strip(), wrapped, "04",
-                              attributes("61", "H0", "G", "N"))
+    request = codec.encode_lu(
+        sim.zmk_key_block_file.read_text().strip(), wrapped, "04", attributes("61", "H0", "G", "N")
+    )
     key = codec.parse_key_response("LU", client.ask(b"0000" + request)[4:])
     mac = codec.parse_lr(client.ask(b"0000" + codec.encode_lq("FF", 20, key, bytes(8)))[4:], 20)
     assert mac.hex() == "cc93cf18508d94934c64b65d8ba7667fb7cde4b0"
@@ -132,8 +133,9 @@ def test_variant_format_round_trip(sim: RunningSimulator, client: RawClient) -> 
     """LU to variant format (00) returns a binary cryptogram usable with hash id 06."""
     secret = b"k" * 32
     zmk = bytes.fromhex(sim.zmk_file.read_text())
-    request = codec.encode_lu(sim.zmk_key_block_file.read_text().strip(),
-                              wrap_for_import(zmk, secret), "00", "06010032")
+    request = codec.encode_lu(
+        sim.zmk_key_block_file.read_text().strip(), wrap_for_import(zmk, secret), "00", "06010032"
+    )
     key = codec.parse_key_response("LU", client.ask(b"0000" + request)[4:])
     assert key.key_format == "00" and secret not in key.value
     mac = codec.parse_lr(client.ask(b"0000" + codec.encode_lq("06", 32, key, b"m"))[4:], 32)
@@ -147,17 +149,20 @@ def test_tampered_key_block_is_refused_with_a4(client: RawClient) -> None:
         replacement = "0" if block[position] != "0" else "1"
         if position == 7:
             replacement = "G"
-        tampered = block[:position] + replacement + block[position + 1:]
+        tampered = block[:position] + replacement + block[position + 1 :]
         response = client.ask(b"0000" + codec.encode_lq("FF", 32, HmacKey.key_block(tampered), b"x"))
         assert response == b"0000LRA4"
 
 
-@pytest.mark.parametrize("request_body,answer", [
-    (b"LQ0100320" + b"4FFFF", b"LR15"),                                  # truncated
-    (b"XX", b"XY68"),                                                     # unknown command
-    (b"NO07", b"NP15"),                                                   # bad NO mode
-    (b"LQFF003207FFFF", b"LR07"),                                         # bad key format
-])
+@pytest.mark.parametrize(
+    "request_body,answer",
+    [
+        (b"LQ0100320" + b"4FFFF", b"LR15"),  # truncated
+        (b"XX", b"XY68"),  # unknown command
+        (b"NO07", b"NP15"),  # bad NO mode
+        (b"LQFF003207FFFF", b"LR07"),  # bad key format
+    ],
+)
 def test_bad_input_gets_real_error_codes(client: RawClient, request_body: bytes, answer: bytes) -> None:
     """Malformed requests get a response code and an error code, not a dropped connection."""
     assert client.ask(b"0000" + request_body) == b"0000" + answer
@@ -210,15 +215,18 @@ def test_configurable_header_length(header_length: int) -> None:
     assert response[:header_length] == header and response[header_length:].startswith(b"ND00")
 
 
-@pytest.mark.parametrize("fault,expected", [
-    ("error", b"0000ND41"),
-    ("wrong_response", b"0000ZZ00"),
-    ("wrong_header", b"1111ND00"),
-])
+@pytest.mark.parametrize(
+    "fault,expected",
+    [
+        ("error", b"0000ND41"),
+        ("wrong_response", b"0000ZZ00"),
+        ("wrong_header", b"1111ND00"),
+    ],
+)
 def test_answer_faults(sim: RunningSimulator, client: RawClient, fault: str, expected: bytes) -> None:
     """Error-code, wrong-response-code and wrong-header faults corrupt the answer as told."""
     sim.set(fault=fault, fault_count=1)
-    assert client.ask(b"0000NC")[:len(expected)] == expected
+    assert client.ask(b"0000NC")[: len(expected)] == expected
     assert client.ask(b"0000NC")[:8] == b"0000ND00"
 
 
@@ -263,14 +271,37 @@ def test_unknown_knob_is_refused(sim: RunningSimulator) -> None:
 def test_cli_prints_check_value_and_makes_zmk(tmp_path: Path) -> None:
     """payshield-sim creates the LMK file, prints its check value, and writes ZMK files."""
     lmk = tmp_path / "lmk.hex"
-    made = subprocess.run([sys.executable, "-m", "otp_agent.payshield_sim.main", "--lmk-file",
-                           str(lmk), "--make-zmk", str(tmp_path)], capture_output=True, text=True,
-                          timeout=30)
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "otp_agent.payshield_sim.main",
+            "--lmk-file",
+            str(lmk),
+            "--make-zmk",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert made.returncode == 0 and (tmp_path / "zmk.kb").read_text().startswith("S10")
     assert lmk.stat().st_mode & 0o777 == 0o600 and (tmp_path / "zmk.hex").stat().st_mode & 0o777 == 0o600
-    process = subprocess.Popen([sys.executable, "-m", "otp_agent.payshield_sim.main", "--listen",
-                                "127.0.0.1:0", "--lmk-file", str(lmk), "--header-length", "2"],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otp_agent.payshield_sim.main",
+            "--listen",
+            "127.0.0.1:0",
+            "--lmk-file",
+            str(lmk),
+            "--header-length",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -306,9 +337,21 @@ def test_wrong_hmac_fault_lies_in_lq_answers_only(client: RawClient, sim: Runnin
 
 def test_cli_wrong_hmac_fault(tmp_path: Path) -> None:
     """payshield-sim --fault wrong_hmac answers LQ with an HMAC that its own LS refuses."""
-    process = subprocess.Popen([sys.executable, "-m", "otp_agent.payshield_sim.main", "--listen",
-                                "127.0.0.1:0", "--lmk-file", str(tmp_path / "lmk.hex"),
-                                "--fault", "wrong_hmac"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otp_agent.payshield_sim.main",
+            "--listen",
+            "127.0.0.1:0",
+            "--lmk-file",
+            str(tmp_path / "lmk.hex"),
+            "--fault",
+            "wrong_hmac",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()

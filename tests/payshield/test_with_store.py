@@ -27,8 +27,9 @@ def _secret_of(uri: str) -> bytes:
     return base64.b32decode(value + "=" * (-len(value) % 8))
 
 
-def test_enrolled_secret_is_nowhere_in_the_database(backend: PayShieldKeyBackend,
-                                                    sim: RunningSimulator, tmp_path: Path) -> None:
+def test_enrolled_secret_is_nowhere_in_the_database(
+    backend: PayShieldKeyBackend, sim: RunningSimulator, tmp_path: Path
+) -> None:
     """After enrollment the database files hold a key block, never the secret in any encoding;
     the code from the authenticator app is accepted once (HMAC by the HSM), a tampered key
     block in the database makes validation fail closed."""
@@ -37,14 +38,18 @@ def test_enrolled_secret_is_nowhere_in_the_database(backend: PayShieldKeyBackend
     audit = AuditLog(tmp_path / "audit.log")
     try:
         admin = Administration(store, backend, audit)
-        enrolled = admin.enroll("alice", OathParams(TokenType.TOTP, HashAlgorithm.SHA256), "Example",
-                                CONTEXT)
+        enrolled = admin.enroll("alice", OathParams(TokenType.TOTP, HashAlgorithm.SHA256), "Example", CONTEXT)
         secret = _secret_of(enrolled["uri"])
         assert len(secret) == 32
         store.close()
         files = [p for p in tmp_path.iterdir() if p.name.startswith("tokens.db")]
-        encodings = [secret, secret.hex().encode(), secret.hex().upper().encode(),
-                     base64.b32encode(secret).rstrip(b"="), base64.b64encode(secret).rstrip(b"=")]
+        encodings = [
+            secret,
+            secret.hex().encode(),
+            secret.hex().upper().encode(),
+            base64.b32encode(secret).rstrip(b"="),
+            base64.b64encode(secret).rstrip(b"="),
+        ]
         for path in files:
             raw = path.read_bytes()
             assert not any(form in raw for form in encodings), path.name
@@ -68,8 +73,9 @@ def test_enrolled_secret_is_nowhere_in_the_database(backend: PayShieldKeyBackend
             connection.execute("update tokens set sealed = ?", (bytes(tampered),))
         store = SQLiteStore(database)
         validator = Validator(store, backend, PolicyConfig(), audit)
-        next_code = format_code(hmac.new(secret, (time_step(now, 30) + 1).to_bytes(8, "big"),
-                                         "sha256").digest(), 6)
+        next_code = format_code(
+            hmac.new(secret, (time_step(now, 30) + 1).to_bytes(8, "big"), "sha256").digest(), 6
+        )
         decision = validator.validate("alice", next_code, CONTEXT)
         assert not decision.accepted and decision.reason == "sealed_secret_invalid"
     finally:

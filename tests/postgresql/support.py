@@ -39,10 +39,12 @@ def require_postgresql() -> None:
     require(reason is None, reason or "")
 
 
-def dsn_for(database: str, *, host: str | None = None, port: int | None = None,
-            password: str | None = None) -> str:
+def dsn_for(
+    database: str, *, host: str | None = None, port: int | None = None, password: str | None = None
+) -> str:
     """The admin DSN pointed at another database (and optionally another address or password)."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
     params = {k: v for k, v in conninfo_to_dict(ADMIN_DSN).items() if v is not None}
     params["dbname"] = database
     if host is not None:
@@ -59,6 +61,7 @@ def fresh_database() -> Iterator[str]:
     """Create an empty database ``otp_test_<random>``; yield its DSN; drop it afterwards."""
     require_postgresql()
     import psycopg
+
     name = f"otp_test_{secrets.token_hex(6)}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
@@ -72,6 +75,7 @@ def fresh_database() -> Iterator[str]:
 def server_address() -> tuple[str, int]:
     """Host and port of the test server (TCP)."""
     from psycopg.conninfo import conninfo_to_dict
+
     params = conninfo_to_dict(ADMIN_DSN)
     return str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
 

@@ -41,16 +41,18 @@ def _sections(dsn: str, master_key: Path | None = None) -> dict[str, dict[str, o
 def fleet(pg_dsn: str, tmp_path: Path) -> Iterator[tuple[RunningAgent, RunningAgent]]:
     """Daemons A and B on one database; B reads A's master key file."""
     with ExitStack() as stack:
-        first = stack.enter_context(running_agent(tmp_path / "a", policy=POLICY,
-                                                  sections=_sections(pg_dsn)))
-        second = stack.enter_context(running_agent(
-            tmp_path / "b", policy=POLICY,
-            sections=_sections(pg_dsn, master_key=first.directory / "master.key")))
+        first = stack.enter_context(running_agent(tmp_path / "a", policy=POLICY, sections=_sections(pg_dsn)))
+        second = stack.enter_context(
+            running_agent(
+                tmp_path / "b",
+                policy=POLICY,
+                sections=_sections(pg_dsn, master_key=first.directory / "master.key"),
+            )
+        )
         yield first, second
 
 
-def test_one_code_split_across_two_daemons_is_accepted_once(
-        fleet: tuple[RunningAgent, RunningAgent]) -> None:
+def test_one_code_split_across_two_daemons_is_accepted_once(fleet: tuple[RunningAgent, RunningAgent]) -> None:
     """16 clients, half on each daemon, race with one HOTP code; 10 rounds: one acceptance each."""
     first, second = fleet
     _serial, uri = first.enroll("alice", "--type", "hotp")
@@ -77,7 +79,8 @@ def test_one_code_split_across_two_daemons_is_accepted_once(
 
 
 def test_acceptance_survives_sigkill_and_is_a_replay_on_the_other_daemon(
-        fleet: tuple[RunningAgent, RunningAgent]) -> None:
+    fleet: tuple[RunningAgent, RunningAgent],
+) -> None:
     """Accepted by A, A killed at once: B refuses the same code as a replay."""
     first, second = fleet
     _serial, uri = second.enroll("dave")
@@ -90,7 +93,8 @@ def test_acceptance_survives_sigkill_and_is_a_replay_on_the_other_daemon(
 
 
 def test_tokens_enrolled_on_one_host_are_administered_on_the_other(
-        fleet: tuple[RunningAgent, RunningAgent]) -> None:
+    fleet: tuple[RunningAgent, RunningAgent],
+) -> None:
     """A token enrolled through A and disabled through B is disabled for A; status names the server."""
     first, second = fleet
     serial, uri = first.enroll("erin")
@@ -101,8 +105,7 @@ def test_tokens_enrolled_on_one_host_are_administered_on_the_other(
     assert '"postgresql"' in status.stdout and '"server_version"' in status.stdout
 
 
-def test_unreachable_store_fails_closed_and_the_daemon_keeps_answering(pg_dsn: str,
-                                                                        tmp_path: Path) -> None:
+def test_unreachable_store_fails_closed_and_the_daemon_keeps_answering(pg_dsn: str, tmp_path: Path) -> None:
     """The link to PostgreSQL is cut: rejected with a store reason, pings answered; once the link
     is back the same code is accepted (it was not consumed), then it is a replay."""
     proxy = TcpProxy()
@@ -134,17 +137,21 @@ def test_unreachable_store_fails_closed_and_the_daemon_keeps_answering(pg_dsn: s
 
 
 def _start(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "otp_agent.daemon", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_daemon_does_not_start_without_a_usable_database(pg_dsn: str, tmp_path: Path) -> None:
     """Unreachable server, then an uninitialised database: exit 4, clear message, no password."""
     from otp_agent.keystore.software import create_master_key
+
     sections = default_sections(tmp_path)
     create_master_key(tmp_path / "master.key")
-    sections["store"] = {"backend": "postgresql",
-                         "dsn": f"postgresql://otp:{PASSWORD}@127.0.0.1:1/otp"}
+    sections["store"] = {"backend": "postgresql", "dsn": f"postgresql://otp:{PASSWORD}@127.0.0.1:1/otp"}
     result = _start(write_config(tmp_path, sections))
     assert result.returncode == 4 and "cannot be reached" in result.stderr, result.stderr
     assert PASSWORD not in result.stderr
@@ -154,16 +161,28 @@ def test_daemon_does_not_start_without_a_usable_database(pg_dsn: str, tmp_path: 
     assert PASSWORD not in result.stderr
 
 
-def test_a_host_with_another_master_key_is_refused(fleet: tuple[RunningAgent, RunningAgent],
-                                                   pg_dsn: str, tmp_path: Path) -> None:
+def test_a_host_with_another_master_key_is_refused(
+    fleet: tuple[RunningAgent, RunningAgent], pg_dsn: str, tmp_path: Path
+) -> None:
     """A third host generated its own master key: it refuses to start on the fleet's database."""
     from otp_agent.keystore.software import create_master_key
+
     directory = tmp_path / "c"
     directory.mkdir()
     create_master_key(directory / "master.key")
     sections = default_sections(directory)
     sections["store"] = {"backend": "postgresql", "dsn": pg_dsn}
-    result = subprocess.run([sys.executable, "-m", "otp_agent.daemon", "--check-config", "--config",
-                             str(write_config(directory, sections))],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "otp_agent.daemon",
+            "--check-config",
+            "--config",
+            str(write_config(directory, sections)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 4 and "does not match" in result.stderr, result.stderr

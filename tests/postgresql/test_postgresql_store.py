@@ -18,9 +18,18 @@ PASSWORD = "S3cr:et@pa ss/word"
 
 
 def token(serial: str, user: str = "alice") -> Token:
-    return Token(serial=serial, token_type=TokenType.HOTP, algorithm=HashAlgorithm.SHA1, digits=6,
-                 period=30, t0=0, sealed=b"sealed-" + serial.encode(),
-                 fingerprint=serial.encode().ljust(32, b"."), user=user, created=1.0)
+    return Token(
+        serial=serial,
+        token_type=TokenType.HOTP,
+        algorithm=HashAlgorithm.SHA1,
+        digits=6,
+        period=30,
+        t0=0,
+        sealed=b"sealed-" + serial.encode(),
+        fingerprint=serial.encode().ljust(32, b"."),
+        user=user,
+        created=1.0,
+    )
 
 
 def _leaks(text: str) -> bool:
@@ -69,8 +78,9 @@ def test_two_pools_racing_on_one_row_have_one_winner(pg_store: PostgreSQLStore, 
                 barrier.wait()
                 results.append(store.compare_and_set("A", version, TokenState(counter=counter)))
 
-            threads = [threading.Thread(target=attempt, args=((pg_store, other)[i % 2], i))
-                       for i in range(16)]
+            threads = [
+                threading.Thread(target=attempt, args=((pg_store, other)[i % 2], i)) for i in range(16)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -83,14 +93,19 @@ def test_two_pools_racing_on_one_row_have_one_winner(pg_store: PostgreSQLStore, 
 def test_connections_killed_by_the_server_are_replaced(pg_store: PostgreSQLStore, pg_dsn: str) -> None:
     """After the server ends every session (restart, failover), the next calls still succeed."""
     import psycopg
+
     pg_store.add_tokens([token("A")])
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
     assert pg_store.get("A") is not None
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
     assert pg_store.compare_and_set("A", 0, TokenState(counter=1)) is True
 
 
@@ -127,8 +142,13 @@ def test_frozen_server_is_cut_off_and_the_call_fails_closed(pg_dsn: str) -> None
     """The server keeps TCP up but never answers: the call is ended, not left waiting forever."""
     proxy = TcpProxy()
     database = pg_dsn.rsplit("dbname=", 1)[-1].split()[0]
-    store = PostgreSQLStore(dsn_for(database, port=proxy.port), create=True, statement_timeout=1.0,
-                            answer_timeout=1.0, connect_timeout=2.0)
+    store = PostgreSQLStore(
+        dsn_for(database, port=proxy.port),
+        create=True,
+        statement_timeout=1.0,
+        answer_timeout=1.0,
+        connect_timeout=2.0,
+    )
     outcome: list[BaseException] = []
     try:
         store.add_tokens([token("A")])
@@ -164,6 +184,7 @@ def test_frozen_server_is_cut_off_and_the_call_fails_closed(pg_dsn: str) -> None
 def test_writer_stuck_on_a_lock_gives_up_and_writes_nothing(pg_dsn: str) -> None:
     """A row held by another session: the compare-and-set stops waiting, nothing is written."""
     import psycopg
+
     store = PostgreSQLStore(pg_dsn, create=True, statement_timeout=2.0)
     try:
         store.add_tokens([token("A")])
@@ -178,12 +199,15 @@ def test_writer_stuck_on_a_lock_gives_up_and_writes_nothing(pg_dsn: str) -> None
         store.close()
 
 
-@pytest.mark.parametrize("dsn", [
-    f"postgresql://otp:{quote(PASSWORD, safe='')}@127.0.0.1:1/otp",
-    f"host=127.0.0.1 port=1 user=otp password='{PASSWORD}' dbname=otp",
-    f"host=127.0.0.1 password={PASSWORD} dbname=otp",           # not valid libpq syntax
-    f"postgresql://otp:{PASSWORD}@127.0.0.1:1/otp",             # not a valid URI
-])
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"postgresql://otp:{quote(PASSWORD, safe='')}@127.0.0.1:1/otp",
+        f"host=127.0.0.1 port=1 user=otp password='{PASSWORD}' dbname=otp",
+        f"host=127.0.0.1 password={PASSWORD} dbname=otp",  # not valid libpq syntax
+        f"postgresql://otp:{PASSWORD}@127.0.0.1:1/otp",  # not a valid URI
+    ],
+)
 def test_password_never_in_errors_for_unusable_dsns(dsn: str) -> None:
     """Unreachable or malformed DSNs give errors without the password, and no chained driver error."""
     require_postgresql()  # Only for psycopg; no server is contacted.
@@ -196,6 +220,7 @@ def test_password_never_in_errors_for_unusable_dsns(dsn: str) -> None:
 def test_password_never_in_repr_health_or_errors_of_a_working_store() -> None:
     """The test server trusts 127.0.0.1, so a DSN carrying a password still connects."""
     import psycopg
+
     with fresh_database() as plain:
         database = plain.rsplit("dbname=", 1)[-1].split()[0]
         dsn = dsn_for(database, password=PASSWORD)

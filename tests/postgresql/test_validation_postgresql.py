@@ -37,12 +37,28 @@ def keys(tmp_path: Path) -> Iterator[SoftwareKeyBackend]:
     backend.close()
 
 
-def add_token(store: PostgreSQLStore, keys: SoftwareKeyBackend, serial: str, *,
-              token_type: TokenType = TokenType.TOTP, **fields: Any) -> Token:
+def add_token(
+    store: PostgreSQLStore,
+    keys: SoftwareKeyBackend,
+    serial: str,
+    *,
+    token_type: TokenType = TokenType.TOTP,
+    **fields: Any,
+) -> Token:
     identity = TokenIdentity(serial, HashAlgorithm.SHA1)
-    token = Token(serial=serial, token_type=token_type, algorithm=HashAlgorithm.SHA1, digits=6,
-                  period=30, t0=0, sealed=keys.seal_secret(identity, Secret(SECRET)),
-                  fingerprint=keys.fingerprint(Secret(SECRET)), user="alice", created=1.0, **fields)
+    token = Token(
+        serial=serial,
+        token_type=token_type,
+        algorithm=HashAlgorithm.SHA1,
+        digits=6,
+        period=30,
+        t0=0,
+        sealed=keys.seal_secret(identity, Secret(SECRET)),
+        fingerprint=keys.fingerprint(Secret(SECRET)),
+        user="alice",
+        created=1.0,
+        **fields,
+    )
     token = dataclasses.replace(token, binding=keys.binding_tag(token.binding_message()))
     store.add_tokens([token])
     return token
@@ -52,8 +68,9 @@ def code(moving: int) -> str:
     return format_code(hmac.new(SECRET, moving.to_bytes(8, "big"), "sha1").digest(), 6)
 
 
-def test_totp_accepted_once_then_replay(pg_store: PostgreSQLStore, keys: SoftwareKeyBackend,
-                                        audit: AuditLog) -> None:
+def test_totp_accepted_once_then_replay(
+    pg_store: PostgreSQLStore, keys: SoftwareKeyBackend, audit: AuditLog
+) -> None:
     """A current TOTP code is accepted once; again, or an older step, is refused."""
     clock = FakeClock()
     add_token(pg_store, keys, "T1")
@@ -67,8 +84,9 @@ def test_totp_accepted_once_then_replay(pg_store: PostgreSQLStore, keys: Softwar
     assert pg_store.get("T1").last_step == now  # type: ignore[union-attr]
 
 
-def test_hotp_lookahead_counter_and_resync(pg_store: PostgreSQLStore, keys: SoftwareKeyBackend,
-                                           audit: AuditLog) -> None:
+def test_hotp_lookahead_counter_and_resync(
+    pg_store: PostgreSQLStore, keys: SoftwareKeyBackend, audit: AuditLog
+) -> None:
     """HOTP look-ahead moves the counter past the code; two consecutive codes resynchronise."""
     add_token(pg_store, keys, "H1", token_type=TokenType.HOTP)
     validator = make_validator(pg_store, keys, audit, FakeClock(), hotp_lookahead=3)
@@ -81,8 +99,9 @@ def test_hotp_lookahead_counter_and_resync(pg_store: PostgreSQLStore, keys: Soft
     assert validator.validate("alice", code(22), CONTEXT).accepted
 
 
-def test_failures_lock_the_token_and_the_level_outlives_success(pg_store: PostgreSQLStore,
-                                                               keys: SoftwareKeyBackend, audit: AuditLog) -> None:
+def test_failures_lock_the_token_and_the_level_outlives_success(
+    pg_store: PostgreSQLStore, keys: SoftwareKeyBackend, audit: AuditLog
+) -> None:
     """Failures lock the token; after the lock a success is accepted and the lock level stays
     (it decays with time rather than resetting on success)."""
     clock = FakeClock()
@@ -99,14 +118,15 @@ def test_failures_lock_the_token_and_the_level_outlives_success(pg_store: Postgr
     assert after is not None and (after.failures, after.lock_count) == (0, 1)
 
 
-def test_one_code_raced_by_validators_on_separate_pools(pg_store: PostgreSQLStore, pg_dsn: str,
-                                                        keys: SoftwareKeyBackend,
-                                                        audit: AuditLog) -> None:
+def test_one_code_raced_by_validators_on_separate_pools(
+    pg_store: PostgreSQLStore, pg_dsn: str, keys: SoftwareKeyBackend, audit: AuditLog
+) -> None:
     """Four "hosts" (a store each), 16 threads, 5 rounds of one HOTP code: one acceptance each."""
     add_token(pg_store, keys, "H1", token_type=TokenType.HOTP)
     stores = [pg_store] + [PostgreSQLStore(pg_dsn) for _ in range(3)]
-    validators: list[Validator] = [make_validator(s, keys, audit, FakeClock(), lock_threshold=100)
-                                   for s in stores]
+    validators: list[Validator] = [
+        make_validator(s, keys, audit, FakeClock(), lock_threshold=100) for s in stores
+    ]
     try:
         for counter in range(5):
             barrier = threading.Barrier(16)

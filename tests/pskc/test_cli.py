@@ -29,8 +29,9 @@ from tests.pskc.test_invalid_corpus import CORPUS
 class FakeClient:
     """Records requests; answers import like the daemon, export with canned tokens."""
 
-    def __init__(self, *, export_tokens: list[dict[str, Any]] | None = None,
-                 error: Exception | None = None) -> None:
+    def __init__(
+        self, *, export_tokens: list[dict[str, Any]] | None = None, error: Exception | None = None
+    ) -> None:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.export_tokens = export_tokens or []
         self.error = error
@@ -41,8 +42,12 @@ class FakeClient:
             raise self.error
         if op == "import":
             count = len(fields["tokens"])
-            return {"ok": True, "imported": 0 if fields["dry_run"] else count, "checked": count,
-                    "serials": [t["serial"] for t in fields["tokens"]]}
+            return {
+                "ok": True,
+                "imported": 0 if fields["dry_run"] else count,
+                "checked": count,
+                "serials": [t["serial"] for t in fields["tokens"]],
+            }
         if op == "export":
             return {"ok": True, "tokens": self.export_tokens}
         raise AssertionError(op)
@@ -81,9 +86,18 @@ def test_import_psk_sends_one_request(tmp_path: Path) -> None:
     assert op == "import" and fields["dry_run"] is False
     (record,) = fields["tokens"]
     assert record == {
-        "serial": "12345678", "type": "hotp", "algorithm": "sha1", "digits": 8, "period": 30,
-        "t0": 0, "counter": 0, "drift": 0, "user": None, "issuer": "Issuer",
-        "not_before": None, "not_after": None,
+        "serial": "12345678",
+        "type": "hotp",
+        "algorithm": "sha1",
+        "digits": 8,
+        "period": 30,
+        "t0": 0,
+        "counter": 0,
+        "drift": 0,
+        "user": None,
+        "issuer": "Issuer",
+        "not_before": None,
+        "not_after": None,
         "secret_b64": base64.b64encode(b"12345678901234567890").decode(),
     }
     assert "1 token(s) imported" in text and "12345678" in text
@@ -95,8 +109,9 @@ def test_import_password_file_strips_one_newline(tmp_path: Path) -> None:
     password_file = tmp_path / "pw"
     password_file.write_text(FIGURE7_PASSWORD + "\n")
     client = FakeClient()
-    status, _ = run_import([str(RFC / "figure7.xml"), "--password-file", str(password_file),
-                            "--any-id"], client)
+    status, _ = run_import(
+        [str(RFC / "figure7.xml"), "--password-file", str(password_file), "--any-id"], client
+    )
     assert status == 0 and len(client.requests) == 1
 
 
@@ -151,7 +166,8 @@ def test_daemon_refusal_is_reported(tmp_path: Path) -> None:
     assert status == 1 and "line 15, key '12345678': already in the store" in text
     status, text = run_import([str(RFC / "figure3.xml"), "--any-id", "--json"], client)
     assert json.loads(text)["problems"] == [
-        {"line": 15, "key_id": "12345678", "message": "already in the store"}]
+        {"line": 15, "key_id": "12345678", "message": "already in the store"}
+    ]
 
 
 def test_oversized_file_refused_on_stat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,11 +178,16 @@ def test_oversized_file_refused_on_stat(tmp_path: Path, monkeypatch: pytest.Monk
     assert status == 1 and "larger than the 100-byte limit" in text and client.requests == []
 
 
-@pytest.mark.parametrize("content,message", [
-    ("zz", "hexadecimal"), ("0011", "has 2 bytes"),
-])
-def test_bad_key_file_is_usage_error(tmp_path: Path, content: str, message: str,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("zz", "hexadecimal"),
+        ("0011", "has 2 bytes"),
+    ],
+)
+def test_bad_key_file_is_usage_error(
+    tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A key file that is not a hex AES key is a usage error (exit 2)."""
     (tmp_path / "k").write_text(content)
     status, _ = run_import([str(RFC / "figure6.xml"), "--key-file", str(tmp_path / "k")], FakeClient())
@@ -177,8 +198,9 @@ def test_bad_key_file_is_usage_error(tmp_path: Path, content: str, message: str,
 def test_password_length_refused(tmp_path: Path, password: str) -> None:
     """A password of 4 or 65 characters is refused clearly (5 to 64 inclusive are accepted)."""
     (tmp_path / "p").write_text(password)
-    status, text = run_import([str(RFC / "figure7.xml"), "--password-file", str(tmp_path / "p"),
-                               "--any-id"], FakeClient())
+    status, text = run_import(
+        [str(RFC / "figure7.xml"), "--password-file", str(tmp_path / "p"), "--any-id"], FakeClient()
+    )
     assert status == 1 and "must have 5 to 64 characters" in text and password not in text
 
 
@@ -189,13 +211,38 @@ def test_missing_file_is_usage_error(tmp_path: Path) -> None:
 
 
 EXPORTED = [
-    {"serial": "OATO00000001", "type": "totp", "algorithm": "sha256", "digits": 6, "period": 30,
-     "t0": 0, "counter": 0, "drift": 1, "user": "alice", "issuer": "otp-agent",
-     "not_before": None, "not_after": 1893456000.0, "last_step": 5, "enabled": True,
-     "secret_b64": base64.b64encode(bytes(range(32))).decode()},
-    {"serial": "OAHO00000002", "type": "hotp", "algorithm": "sha1", "digits": 8, "period": 30,
-     "t0": 0, "counter": 12, "drift": 0, "user": None, "issuer": None,
-     "not_before": None, "not_after": None, "secret_b64": base64.b64encode(bytes(range(20))).decode()},
+    {
+        "serial": "OATO00000001",
+        "type": "totp",
+        "algorithm": "sha256",
+        "digits": 6,
+        "period": 30,
+        "t0": 0,
+        "counter": 0,
+        "drift": 1,
+        "user": "alice",
+        "issuer": "otp-agent",
+        "not_before": None,
+        "not_after": 1893456000.0,
+        "last_step": 5,
+        "enabled": True,
+        "secret_b64": base64.b64encode(bytes(range(32))).decode(),
+    },
+    {
+        "serial": "OAHO00000002",
+        "type": "hotp",
+        "algorithm": "sha1",
+        "digits": 8,
+        "period": 30,
+        "t0": 0,
+        "counter": 12,
+        "drift": 0,
+        "user": None,
+        "issuer": None,
+        "not_before": None,
+        "not_after": None,
+        "secret_b64": base64.b64encode(bytes(range(20))).decode(),
+    },
 ]
 
 
@@ -204,8 +251,11 @@ def run_export(argv: list[str], client: FakeClient) -> tuple[int, str]:
 
 
 def _iteration_count(data: bytes) -> int:
-    counts = [element.text for element in etree.fromstring(data).iter() if isinstance(element.tag, str)
-              and etree.QName(element).localname == "IterationCount"]
+    counts = [
+        element.text
+        for element in etree.fromstring(data).iter()
+        if isinstance(element.tag, str) and etree.QName(element).localname == "IterationCount"
+    ]
     assert len(counts) == 1, counts
     return int(counts[0] or 0)
 
@@ -215,8 +265,9 @@ def test_export_pbe_round_trip(tmp_path: Path) -> None:
     reads back with every value."""
     (tmp_path / "pw").write_text("export password\n")
     target = tmp_path / "backup.pskc"
-    status, text = run_export(["--output", str(target), "--password-file", str(tmp_path / "pw")],
-                              FakeClient(export_tokens=EXPORTED))
+    status, text = run_export(
+        ["--output", str(target), "--password-file", str(tmp_path / "pw")], FakeClient(export_tokens=EXPORTED)
+    )
     assert status == 0 and "2 token(s) exported" in text
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
     assert _iteration_count(target.read_bytes()) >= 600_000
@@ -230,8 +281,10 @@ def test_export_psk(tmp_path: Path) -> None:
     """export with a key file writes a PSK-protected file."""
     (tmp_path / "k").write_text("00" * 32)
     target = tmp_path / "backup.pskc"
-    status, text = run_export(["--output", str(target), "--key-file", str(tmp_path / "k"), "--json"],
-                              FakeClient(export_tokens=EXPORTED))
+    status, text = run_export(
+        ["--output", str(target), "--key-file", str(tmp_path / "k"), "--json"],
+        FakeClient(export_tokens=EXPORTED),
+    )
     assert status == 0 and json.loads(text)["protection"] == "psk"
     assert len(parse_pskc(target.read_bytes(), psk=bytes(32))) == 2
 
@@ -262,20 +315,33 @@ def test_export_payshield_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "transport key" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("password,iterations,message", [
-    ("abcd", "600000", "12 to 64 characters"),
-    ("eleven char", "600000", "export password must have 12 to 64 characters, this one has 11"),
-    ("x" * 65, "600000", "12 to 64 characters"),
-    ("twelve chars", "599999", "--iterations must be from 600000 to 10000000"),
-    ("twelve chars", "2000", "--iterations must be from 600000"),
-])
-def test_export_checks_password_before_asking(tmp_path: Path, password: str, iterations: str,
-                                              message: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "password,iterations,message",
+    [
+        ("abcd", "600000", "12 to 64 characters"),
+        ("eleven char", "600000", "export password must have 12 to 64 characters, this one has 11"),
+        ("x" * 65, "600000", "12 to 64 characters"),
+        ("twelve chars", "599999", "--iterations must be from 600000 to 10000000"),
+        ("twelve chars", "2000", "--iterations must be from 600000"),
+    ],
+)
+def test_export_checks_password_before_asking(
+    tmp_path: Path, password: str, iterations: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A bad export password or iteration count is refused before any secret is fetched."""
     (tmp_path / "pw").write_text(password)
     client = FakeClient(export_tokens=EXPORTED)
-    status, _ = run_export(["--output", str(tmp_path / "out.pskc"), "--password-file",
-                            str(tmp_path / "pw"), "--iterations", iterations], client)
+    status, _ = run_export(
+        [
+            "--output",
+            str(tmp_path / "out.pskc"),
+            "--password-file",
+            str(tmp_path / "pw"),
+            "--iterations",
+            iterations,
+        ],
+        client,
+    )
     assert status == 2 and client.requests == [] and not (tmp_path / "out.pskc").exists()
     assert message in capsys.readouterr().err
 
@@ -284,8 +350,10 @@ def test_export_accepts_a_twelve_character_password(tmp_path: Path) -> None:
     """12 characters is the shortest export password; the file opens with it."""
     (tmp_path / "pw").write_text("twelve chars")
     target = tmp_path / "out.pskc"
-    status, _ = run_export(["--output", str(target), "--password-file", str(tmp_path / "pw"),
-                            "--iterations", "600000"], FakeClient(export_tokens=EXPORTED))
+    status, _ = run_export(
+        ["--output", str(target), "--password-file", str(tmp_path / "pw"), "--iterations", "600000"],
+        FakeClient(export_tokens=EXPORTED),
+    )
     assert status == 0 and _iteration_count(target.read_bytes()) == 600_000
     assert len(parse_pskc(target.read_bytes(), password="twelve chars")) == 2
 
@@ -296,6 +364,7 @@ def test_import_still_accepts_a_five_character_password(tmp_path: Path) -> None:
     data = write_pskc(tokens, password="five5", pbkdf2_iterations=2000)
     (tmp_path / "in.pskc").write_bytes(data)
     (tmp_path / "pw").write_text("five5\n")
-    status, text = run_import([str(tmp_path / "in.pskc"), "--password-file", str(tmp_path / "pw")],
-                              FakeClient())
+    status, text = run_import(
+        [str(tmp_path / "in.pskc"), "--password-file", str(tmp_path / "pw")], FakeClient()
+    )
     assert status == 0, text

@@ -64,6 +64,7 @@ def test_whole_negative_corpus_through_the_agent(agent, tmp_path: Path) -> None:
     """Every corpus file through the real otpctl: exit 1, its own message, store unchanged."""
     from tests.pskc.conftest import FIGURE7_PASSWORD
     from tests.pskc.test_invalid_corpus import CORPUS
+
     (tmp_path / "psk").write_text(FIGURE6_PSK.hex())
     (tmp_path / "pw").write_text(FIGURE7_PASSWORD + "\n")
     before = serials(agent)

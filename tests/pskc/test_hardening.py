@@ -15,8 +15,9 @@ def test_parser_never_reads_external_entities(tmp_path: Path) -> None:
     """Even if a DOCTYPE reached lxml, the parser would not read the entity's file."""
     secret_file = tmp_path / "target.txt"
     secret_file.write_text("MARKER-FROM-DISK")
-    document = (f'<?xml version="1.0"?>\n<!DOCTYPE a [<!ENTITY x SYSTEM "{secret_file.as_uri()}">]>\n'
-                "<a>&x;</a>").encode()
+    document = (
+        f'<?xml version="1.0"?>\n<!DOCTYPE a [<!ENTITY x SYSTEM "{secret_file.as_uri()}">]>\n<a>&x;</a>'
+    ).encode()
     root = etree.fromstring(document, _parser())
     assert b"MARKER-FROM-DISK" not in etree.tostring(root)
 
@@ -36,16 +37,21 @@ def test_doctype_written_in_lower_case_is_refused() -> None:
 
 def test_bom_is_accepted_and_utf8_declaration_too() -> None:
     """A UTF-8 byte order mark and an explicit UTF-8 declaration are fine."""
-    data = (b'\xef\xbb\xbf<?xml version="1.0" encoding="utf-8"?>'
-            b'<KeyContainer Version="1.0" xmlns="urn:ietf:params:xml:ns:keyprov:pskc"/>')
+    data = (
+        b'\xef\xbb\xbf<?xml version="1.0" encoding="utf-8"?>'
+        b'<KeyContainer Version="1.0" xmlns="urn:ietf:params:xml:ns:keyprov:pskc"/>'
+    )
     assert parse_document(data).get("Version") == "1.0"
 
 
-@pytest.mark.parametrize("data,fragment", [
-    (b"", "file is empty"),
-    (b"   \n", "file is empty"),
-    (b"\x00\x00\xfe\xff", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "data,fragment",
+    [
+        (b"", "file is empty"),
+        (b"   \n", "file is empty"),
+        (b"\x00\x00\xfe\xff", "not UTF-8"),
+    ],
+)
 def test_degenerate_inputs(data: bytes, fragment: str) -> None:
     """Empty or binary input is refused with a clear message."""
     with pytest.raises(PskcImportError) as caught:
@@ -53,18 +59,22 @@ def test_degenerate_inputs(data: bytes, fragment: str) -> None:
     assert fragment in caught.value.problems[0]
 
 
-def test_streaming_reader_refuses_a_dtd_the_byte_scan_missed(monkeypatch: pytest.MonkeyPatch,
-                                                             tmp_path: Path) -> None:
+def test_streaming_reader_refuses_a_dtd_the_byte_scan_missed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """With the byte scan disabled, the streaming reader still refuses the DTD it parses."""
     import re
 
     from otp_agent.pskc import xmlsafe
+
     monkeypatch.setattr(xmlsafe, "_DOCTYPE", re.compile(rb"(?!)"))
     target = tmp_path / "target.txt"
     target.write_text("MARKER-FROM-DISK")
-    document = (f'<!DOCTYPE KeyContainer [<!ENTITY x SYSTEM "{target.as_uri()}">]>\n'
-                '<KeyContainer Version="1.0" xmlns="urn:ietf:params:xml:ns:keyprov:pskc">'
-                "<KeyPackage><Key Id='&x;'/></KeyPackage></KeyContainer>").encode()
+    document = (
+        f'<!DOCTYPE KeyContainer [<!ENTITY x SYSTEM "{target.as_uri()}">]>\n'
+        '<KeyContainer Version="1.0" xmlns="urn:ietf:params:xml:ns:keyprov:pskc">'
+        "<KeyPackage><Key Id='&x;'/></KeyPackage></KeyContainer>"
+    ).encode()
     with pytest.raises(PskcImportError) as caught:
         parse_pskc(document)
     assert "external DTD or entity" in caught.value.problems[0]

@@ -19,7 +19,7 @@ from otp_agent.sensitive import Secret
 pskc = pytest.importorskip("pskc")
 
 TOTP_SECRET = bytes(range(100, 132))  # 32 bytes, for HMAC-SHA256
-HOTP_SECRET = bytes(range(1, 21))     # 20 bytes, for HMAC-SHA1
+HOTP_SECRET = bytes(range(1, 21))  # 20 bytes, for HMAC-SHA1
 PASSWORD = "correct horse battery"
 
 
@@ -27,14 +27,28 @@ def vendor_file() -> Any:
     """A python-pskc container with one TOTP (SHA-256, 60 s) and one HOTP token."""
     container = pskc.PSKC()
     container.add_key(
-        id="VNTO00000001", secret=TOTP_SECRET, algorithm="urn:ietf:params:xml:ns:keyprov:pskc:totp",
-        algorithm_suite="HMAC-SHA256", response_length=8, response_encoding="DECIMAL",
-        time_offset=0, time_interval=60, time_drift=-1, manufacturer="Vendor", serial="00000001",
-        issuer="Vendor", key_userid="alice",
+        id="VNTO00000001",
+        secret=TOTP_SECRET,
+        algorithm="urn:ietf:params:xml:ns:keyprov:pskc:totp",
+        algorithm_suite="HMAC-SHA256",
+        response_length=8,
+        response_encoding="DECIMAL",
+        time_offset=0,
+        time_interval=60,
+        time_drift=-1,
+        manufacturer="Vendor",
+        serial="00000001",
+        issuer="Vendor",
+        key_userid="alice",
     )
     container.add_key(
-        id="VNHO00000002", secret=HOTP_SECRET, algorithm="urn:ietf:params:xml:ns:keyprov:pskc:hotp",
-        response_length=6, response_encoding="DECIMAL", counter=17, manufacturer="Vendor",
+        id="VNHO00000002",
+        secret=HOTP_SECRET,
+        algorithm="urn:ietf:params:xml:ns:keyprov:pskc:hotp",
+        response_length=6,
+        response_encoding="DECIMAL",
+        counter=17,
+        manufacturer="Vendor",
     )
     return container
 
@@ -62,10 +76,17 @@ def test_python_pskc_plaintext() -> None:
     check_vendor_tokens(written(vendor_file()))
 
 
-@pytest.mark.parametrize("algorithm,size", [
-    ("aes128-cbc", 16), ("aes192-cbc", 24), ("aes256-cbc", 32),
-    ("kw-aes128", 16), ("kw-aes192", 24), ("kw-aes256", 32),
-])
+@pytest.mark.parametrize(
+    "algorithm,size",
+    [
+        ("aes128-cbc", 16),
+        ("aes192-cbc", 24),
+        ("aes256-cbc", 32),
+        ("kw-aes128", 16),
+        ("kw-aes192", 24),
+        ("kw-aes256", 32),
+    ],
+)
 def test_python_pskc_preshared_key(algorithm: str, size: int) -> None:
     """python-pskc PSK files (AES-CBC with HMAC, AES key wrap) import with the key."""
     container = vendor_file()
@@ -100,7 +121,9 @@ def test_python_pskc_tampered_ciphertext_refused() -> None:
     data = written(container)
     marker = b"<xenc:CipherValue>"
     position = data.index(marker, data.index(b"<pskc:KeyPackage>")) + len(marker) + 30
-    tampered = data[:position] + (b"A" if data[position:position + 1] != b"A" else b"B") + data[position + 1:]
+    tampered = (
+        data[:position] + (b"A" if data[position : position + 1] != b"A" else b"B") + data[position + 1 :]
+    )
     with pytest.raises(PskcImportError) as caught:
         parse_pskc(tampered, psk=bytes(16))
     assert any("ValueMAC does not match" in p for p in caught.value.problems)
@@ -108,16 +131,21 @@ def test_python_pskc_tampered_ciphertext_refused() -> None:
 
 def our_tokens() -> list[ExportedToken]:
     return [
-        ExportedToken("OATO00000001", OathParams(TokenType.TOTP, HashAlgorithm.SHA512, 8, 30, 0),
-                      Secret(bytes(range(64))), drift=3, user="bob", issuer="Example",
-                      not_before=datetime(2026, 1, 1, tzinfo=UTC),
-                      not_after=datetime(2030, 1, 1, tzinfo=UTC)),
+        ExportedToken(
+            "OATO00000001",
+            OathParams(TokenType.TOTP, HashAlgorithm.SHA512, 8, 30, 0),
+            Secret(bytes(range(64))),
+            drift=3,
+            user="bob",
+            issuer="Example",
+            not_before=datetime(2026, 1, 1, tzinfo=UTC),
+            not_after=datetime(2030, 1, 1, tzinfo=UTC),
+        ),
         ExportedToken("OAHO00000002", OathParams(TokenType.HOTP), Secret(HOTP_SECRET), counter=99),
     ]
 
 
-def check_read_by_python_pskc(data: bytes, *, password: str | None = None,
-                              key: bytes | None = None) -> None:
+def check_read_by_python_pskc(data: bytes, *, password: str | None = None, key: bytes | None = None) -> None:
     container = pskc.PSKC(io.BytesIO(data))
     if password is not None:
         container.encryption.derive_key(password)
@@ -180,11 +208,13 @@ def test_export_python_pskc_rewrite_imports() -> None:
 def test_export_never_in_clear() -> None:
     """An export without a password or a key is refused, and no secret appears in clear."""
     from otp_agent.errors import UsageError
+
     with pytest.raises(UsageError):
         write_pskc(our_tokens())
     with pytest.raises(UsageError):
         write_pskc(our_tokens(), password="abc")  # too short
     data = write_pskc(our_tokens(), psk=bytes(16))
     import base64
+
     assert base64.b64encode(HOTP_SECRET) not in data and HOTP_SECRET not in data
     assert b"PlainValue>" + base64.b64encode(HOTP_SECRET) not in data

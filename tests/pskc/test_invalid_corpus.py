@@ -127,6 +127,7 @@ def test_corpus_problems_give_line_and_key(name: str) -> None:
 def test_huge_file_refused_before_parsing() -> None:
     """A file over the size limit is refused without being parsed."""
     from otp_agent.pskc import parse_pskc_report
+
     data = (INVALID.parent / "rfc6030" / "figure3.xml").read_bytes()
     with pytest.raises(PskcImportError) as caught:
         parse_pskc_report(data + b" " * 2048, strict_ids=False, max_size=len(data) + 1024)
@@ -136,7 +137,7 @@ def test_huge_file_refused_before_parsing() -> None:
 def test_all_or_nothing_one_bad_key_among_good(tmp_path: Path) -> None:
     """One bad record among good ones: nothing is returned and every problem is listed."""
     base = (INVALID / "duplicate-secret.xml").read_bytes()
-    bad = base.replace(b"<ResponseFormat Length=\"6\"", b"<ResponseFormat Length=\"5\"", 1)
+    bad = base.replace(b'<ResponseFormat Length="6"', b'<ResponseFormat Length="5"', 1)
     with pytest.raises(PskcImportError) as caught:
         parse_pskc(bad)
     lines = sorted(p.line or 0 for p in caught.value.details)

@@ -24,8 +24,13 @@ def raw_keys(name: str, **kwargs: object):
     """Read a figure without applying the profile rules."""
     problems: list[Any] = []
     notes: list[Any] = []
-    keys = read_keys(Document(read(RFC / name)), password=kwargs.get("password"),  # type: ignore[arg-type]
-                     psk=kwargs.get("psk"), problems=problems, notes=notes)  # type: ignore[arg-type]
+    keys = read_keys(
+        Document(read(RFC / name)),
+        password=kwargs.get("password"),  # type: ignore[arg-type]
+        psk=kwargs.get("psk"),  # type: ignore[arg-type]
+        problems=problems,
+        notes=notes,
+    )
     return keys, problems, notes
 
 
@@ -111,6 +116,7 @@ def test_figure6_preshared_key_aes128_cbc_with_mac() -> None:
 def test_figure6_mac_key_value() -> None:
     """Figure 6's MACKey decrypts to the documented HMAC-SHA1 key."""
     from otp_agent.pskc.protection import Protection
+
     protection = Protection(parse_document(read(RFC / "figure6.xml")), None, FIGURE6_PSK, [])
     assert protection.mac_hash == "sha1"
     assert protection.mac_key == bytes.fromhex("1122334455667788990011223344556677889900")
@@ -135,8 +141,7 @@ def test_figure6_needs_key() -> None:
 
 def test_figure7_pbe() -> None:
     """Figure 7: password "qwerty", PBKDF2 (1000 iterations, HMAC-SHA1) and AES-128-CBC."""
-    tokens, notes = parse_pskc_report(read(RFC / "figure7.xml"), password=FIGURE7_PASSWORD,
-                                      strict_ids=False)
+    tokens, notes = parse_pskc_report(read(RFC / "figure7.xml"), password=FIGURE7_PASSWORD, strict_ids=False)
     (token,) = tokens
     assert token.serial == "123456"
     assert token.secret.reveal() == RFC_SECRET
@@ -153,6 +158,7 @@ def test_figure7_derived_key_and_mac_key() -> None:
     key = crypto.pbkdf2(FIGURE7_PASSWORD, salt, 1000, 16)
     assert key.hex() == "651e63cd57008476af1ff6422cd02e41"
     from otp_agent.pskc.protection import Protection
+
     protection = Protection(parse_document(read(RFC / "figure7.xml")), FIGURE7_PASSWORD, None, [])
     assert protection.mac_key == bytes.fromhex("bdaab8d648e850d25a3289364f7d7eaaf53ce581")
 
@@ -167,8 +173,10 @@ def test_figure7_wrong_password() -> None:
 
 def test_figure8_asymmetric_encryption_is_refused_and_nothing_imported() -> None:
     """Figure 8: secret encrypted (rsa_1_5) to the RFC's test certificate; refused with its own message."""
-    expected = ("line 8: file is encrypted to an X.509 certificate (asymmetric encryption); "
-                "that needs the recipient's private key and is not supported")
+    expected = (
+        "line 8: file is encrypted to an X.509 certificate (asymmetric encryption); "
+        "that needs the recipient's private key and is not supported"
+    )
     for options in ({}, {"psk": FIGURE6_PSK}):
         with pytest.raises(PskcImportError, match="nothing imported") as caught:
             parse_pskc(read(RFC / "figure8.xml"), strict_ids=False, **options)  # type: ignore[arg-type]
@@ -185,16 +193,20 @@ def test_figure8_certificate_is_the_rfc_one() -> None:
     """The re-typed certificate is exact: it parses and its self-signature verifies."""
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
     root = parse_document(read(RFC / "figure8.xml"))
     ns = {"ds": "http://www.w3.org/2000/09/xmldsig#", "xenc": "http://www.w3.org/2001/04/xmlenc#"}
     text = root.findtext(".//ds:X509Certificate", namespaces=ns) or ""
     cert = x509.load_der_x509_certificate(crypto_b64(text))
-    assert cert.subject.rfc4514_string() == "CN=PSKC Test,OU=KeyProv WG,O=IETF" == cert.issuer.rfc4514_string()
+    assert (
+        cert.subject.rfc4514_string() == "CN=PSKC Test,OU=KeyProv WG,O=IETF" == cert.issuer.rfc4514_string()
+    )
     public_key = cert.public_key()
     assert isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size == 1024
     assert cert.signature_hash_algorithm is not None
-    public_key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                      cert.signature_hash_algorithm)
+    public_key.verify(
+        cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm
+    )
     cipher = crypto_b64(root.findtext(".//xenc:CipherValue", namespaces=ns) or "")
     assert len(cipher) == 128 and int.from_bytes(cipher, "big") < public_key.public_numbers().n
 
@@ -202,6 +214,7 @@ def test_figure8_certificate_is_the_rfc_one() -> None:
 def crypto_b64(text: str) -> bytes:
     """Decode base64 that spans lines, as the RFC prints it."""
     import base64
+
     return base64.b64decode("".join(text.split()), validate=True)
 
 
@@ -251,8 +264,11 @@ def test_figure10_bulk_values_read_and_shared_secret_refused() -> None:
 def test_figure10_dates_are_parsed_when_secrets_differ() -> None:
     """Figure 10 with distinct secrets imports with not_before/not_after from the Policy."""
     data = read(RFC / "figure10.xml").decode()
-    for secret in ("QUFBQUFBQUFBQUFBQUFBQUFBQUE=", "QkJCQkJCQkJCQkJCQkJCQkJCQkI=",
-                   "Q0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0M="):
+    for secret in (
+        "QUFBQUFBQUFBQUFBQUFBQUFBQUE=",
+        "QkJCQkJCQkJCQkJCQkJCQkJCQkI=",
+        "Q0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0M=",
+    ):
         data = data.replace("MTIzNDU2Nzg5MDEyMzQ1Njc4OTA=", secret, 1)
     tokens, notes = parse_pskc_report(data.encode(), strict_ids=False)
     assert [t.serial for t in tokens] == ["1", "2", "3", "4"]

@@ -20,31 +20,58 @@ def test_strict_ids_accepted(key_id: str) -> None:
     assert check_serial(key_id, strict=True) is None
 
 
-@pytest.mark.parametrize("key_id", [
-    "ab0100000001", "AB010000001", "AB01000000011", "AB-100000001", "ABCD1234567X", "12345678",
-    "AB01 0000001", "",
-])
+@pytest.mark.parametrize(
+    "key_id",
+    [
+        "ab0100000001",
+        "AB010000001",
+        "AB01000000011",
+        "AB-100000001",
+        "ABCD1234567X",
+        "12345678",
+        "AB01 0000001",
+        "",
+    ],
+)
 def test_strict_ids_refused(key_id: str) -> None:
     """Anything else is refused in strict mode."""
     assert check_serial(key_id, strict=True) is not None
 
 
-@pytest.mark.parametrize("key_id,ok", [
-    ("12345678", True), ("x" * 64, True), ("x" * 65, False), ("a b", False), ("tab\t", False),
-    ("caf\u00e9", False), ("serial/with:punct", True),
-])
+@pytest.mark.parametrize(
+    "key_id,ok",
+    [
+        ("12345678", True),
+        ("x" * 64, True),
+        ("x" * 65, False),
+        ("a b", False),
+        ("tab\t", False),
+        ("caf\u00e9", False),
+        ("serial/with:punct", True),
+    ],
+)
 def test_any_id_format(key_id: str, ok: bool) -> None:
     """The any-id option takes 1 to 64 printable ASCII characters without whitespace."""
     assert (check_serial(key_id, strict=False) is None) is ok
 
 
-@pytest.mark.parametrize("user_id,expected", [
-    ("alice", "alice"), ("UID=jsmith,DC=example-bank,DC=net", "jsmith"),
-    ("uid=bob, ou=people, dc=example", "bob"), ("DC=example-bank,DC=net", None),
-    ("CN=Jane Smith", None), ("UID=a,UID=b", None), ("Alice Smith", None),
-    ("jdoe@example.com", "jdoe@example.com"), ("EXAMPLE\\jdoe", "EXAMPLE\\jdoe"),
-    ("J.Doe", "J.Doe"), ("x" * 257, None), ("bell\x07", None),
-])
+@pytest.mark.parametrize(
+    "user_id,expected",
+    [
+        ("alice", "alice"),
+        ("UID=jsmith,DC=example-bank,DC=net", "jsmith"),
+        ("uid=bob, ou=people, dc=example", "bob"),
+        ("DC=example-bank,DC=net", None),
+        ("CN=Jane Smith", None),
+        ("UID=a,UID=b", None),
+        ("Alice Smith", None),
+        ("jdoe@example.com", "jdoe@example.com"),
+        ("EXAMPLE\\jdoe", "EXAMPLE\\jdoe"),
+        ("J.Doe", "J.Doe"),
+        ("x" * 257, None),
+        ("bell\x07", None),
+    ],
+)
 def test_user_from_user_id(user_id: str, expected: str | None) -> None:
     """A UserId is a login name, or a DN with exactly one UID= naming one."""
     assert user_from(user_id) == expected
@@ -122,8 +149,11 @@ def test_progress_reports_every_key() -> None:
     """The progress callback sees (done, total) up to (total, total)."""
     seen: list[tuple[int, int]] = []
     with pytest.raises(PskcImportError):
-        parse_pskc((RFC / "figure10.xml").read_bytes(), strict_ids=False,
-                   progress=lambda done, total: seen.append((done, total)))
+        parse_pskc(
+            (RFC / "figure10.xml").read_bytes(),
+            strict_ids=False,
+            progress=lambda done, total: seen.append((done, total)),
+        )
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
@@ -163,14 +193,26 @@ def test_encrypted_integers_from_python_pskc() -> None:
     """Counter, Time and TimeInterval may be encrypted too (python-pskc writes them so)."""
     pskc = pytest.importorskip("pskc")
     container = pskc.PSKC()
-    container.add_key(id="VNHO00000009", secret=RFC_SECRET, counter=123456,
-                      algorithm="urn:ietf:params:xml:ns:keyprov:pskc:hotp",
-                      response_length=6, response_encoding="DECIMAL")
-    container.add_key(id="VNTO00000009", secret=bytes(range(20)), time_offset=3, time_interval=45,
-                      algorithm="urn:ietf:params:xml:ns:keyprov:pskc:totp",
-                      response_length=6, response_encoding="DECIMAL")
-    container.encryption.setup_preshared_key(key=bytes(16), fields=["secret", "counter",
-                                                                    "time_offset", "time_interval"])
+    container.add_key(
+        id="VNHO00000009",
+        secret=RFC_SECRET,
+        counter=123456,
+        algorithm="urn:ietf:params:xml:ns:keyprov:pskc:hotp",
+        response_length=6,
+        response_encoding="DECIMAL",
+    )
+    container.add_key(
+        id="VNTO00000009",
+        secret=bytes(range(20)),
+        time_offset=3,
+        time_interval=45,
+        algorithm="urn:ietf:params:xml:ns:keyprov:pskc:totp",
+        response_length=6,
+        response_encoding="DECIMAL",
+    )
+    container.encryption.setup_preshared_key(
+        key=bytes(16), fields=["secret", "counter", "time_offset", "time_interval"]
+    )
     buffer = io.BytesIO()
     container.write(buffer)
     assert buffer.getvalue().count(b"<pskc:EncryptedValue") == 5
@@ -179,11 +221,18 @@ def test_encrypted_integers_from_python_pskc() -> None:
     assert totp.params.t0 == 3 and totp.params.period == 45
 
 
-@pytest.mark.parametrize("suite,expected", [
-    ("HMAC-SHA1", HashAlgorithm.SHA1), ("hmac-sha-256", HashAlgorithm.SHA256),
-    ("SHA512", HashAlgorithm.SHA512), (" HMAC_SHA256 ", HashAlgorithm.SHA256),
-    ("HMAC-MD5", None), ("HMAC-SHA384", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "suite,expected",
+    [
+        ("HMAC-SHA1", HashAlgorithm.SHA1),
+        ("hmac-sha-256", HashAlgorithm.SHA256),
+        ("SHA512", HashAlgorithm.SHA512),
+        (" HMAC_SHA256 ", HashAlgorithm.SHA256),
+        ("HMAC-MD5", None),
+        ("HMAC-SHA384", None),
+        ("", None),
+    ],
+)
 def test_suite_spellings(suite: str, expected: HashAlgorithm | None) -> None:
     """Common vendor spellings of the hash are understood; other hashes are not."""
     assert suite_hash(suite) is expected

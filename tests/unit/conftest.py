@@ -15,9 +15,12 @@ from tests.conftest import FakeClock, make_validator
 
 
 @pytest.fixture
-def setup(store: SQLiteStore, key_backend: KeyBackend, audit: AuditLog,
-          clock: FakeClock) -> Callable[..., Validator]:
+def setup(
+    store: SQLiteStore, key_backend: KeyBackend, audit: AuditLog, clock: FakeClock
+) -> Callable[..., Validator]:
     """Build a validator on this test's store, key backend, audit log and clock, with a policy."""
+
     def build(**policy: Any) -> Validator:
         return make_validator(store, key_backend, audit, clock, **policy)
+
     return build

@@ -22,11 +22,20 @@ def test_a_good_record() -> None:
     assert (spec.serial, spec.counter, spec.user, len(spec.secret)) == ("OAHO00000001", 5, "alice", 20)
 
 
-@pytest.mark.parametrize("fields,message", [
-    ({"counter": -1}, "counter"), ({"counter": 2**63}, "counter"), ({"drift": 1001}, "drift"),
-    ({"secret_b64": "not base64!"}, "base64"), ({"serial": ""}, "serial"), ({"type": "ocra"}, "parameters"),
-    ({"user": "a\nb"}, "user"), ({"not_after": "yesterday"}, "ISO 8601"), ({"digits": 7}, "digits"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"counter": -1}, "counter"),
+        ({"counter": 2**63}, "counter"),
+        ({"drift": 1001}, "drift"),
+        ({"secret_b64": "not base64!"}, "base64"),
+        ({"serial": ""}, "serial"),
+        ({"type": "ocra"}, "parameters"),
+        ({"user": "a\nb"}, "user"),
+        ({"not_after": "yesterday"}, "ISO 8601"),
+        ({"digits": 7}, "digits"),
+    ],
+)
 def test_bad_records_are_refused(fields: dict[str, Any], message: str) -> None:
     with pytest.raises((UsageError, InvalidToken), match=message):
         token_spec_from_record(record(**fields))

@@ -41,10 +41,13 @@ def locks_within(seconds: float, policy: PolicyConfig, burst: float) -> int:
         spent, level = spent + cost, level + 1
 
 
-def test_old_policy_greedy_day_is_the_ladder_then_five_per_hour(bruteforce: ModuleType, tmp_path: Path) -> None:
+def test_old_policy_greedy_day_is_the_ladder_then_five_per_hour(
+    bruteforce: ModuleType, tmp_path: Path
+) -> None:
     old = bruteforce.POLICIES["old"]
-    result = bruteforce.simulate_attack(old, TokenType.TOTP, "greedy", False, 1, directory=tmp_path,
-                                        record_times=True)
+    result = bruteforce.simulate_attack(
+        old, TokenType.TOTP, "greedy", False, 1, directory=tmp_path, record_times=True
+    )
     burst = (old.lock_threshold - 1) * bruteforce.GUESS_SECONDS
     # Every lock was bought with exactly lock_threshold evaluated guesses; the last burst may be
     # unfinished when the day ends.
@@ -53,7 +56,11 @@ def test_old_policy_greedy_day_is_the_ladder_then_five_per_hour(bruteforce: Modu
     # the locks of one uninterrupted day, at most those of the two stretches either side of it.
     lower = locks_within(bruteforce.DAY, old, burst)
     before = bruteforce.USER_LOGIN + old.lock_max_seconds
-    upper = locks_within(before, old, burst) + locks_within(bruteforce.DAY - bruteforce.USER_LOGIN, old, burst) + 2
+    upper = (
+        locks_within(before, old, burst)
+        + locks_within(bruteforce.DAY - bruteforce.USER_LOGIN, old, burst)
+        + 2
+    )
     assert lower * old.lock_threshold <= result.guesses <= upper * old.lock_threshold
     assert result.user_logins == 1 and result.refused == 0
     # After the ladder tops out (from 12:00 on, in this run): lock_threshold guesses per lock_max_seconds.
@@ -68,8 +75,9 @@ def test_old_policy_greedy_day_is_the_ladder_then_five_per_hour(bruteforce: Modu
 
 
 def test_new_policy_greedy_is_disabled_after_its_budget(bruteforce: ModuleType, tmp_path: Path) -> None:
-    old = bruteforce.simulate_attack(bruteforce.POLICIES["old"], TokenType.HOTP, "greedy", False, 1,
-                                     directory=tmp_path)
+    old = bruteforce.simulate_attack(
+        bruteforce.POLICIES["old"], TokenType.HOTP, "greedy", False, 1, directory=tmp_path
+    )
     policy = bruteforce.POLICIES["new (defaults)"]
     new = bruteforce.simulate_attack(policy, TokenType.HOTP, "greedy", False, 1, directory=tmp_path)
     assert new.guesses == policy.lock_threshold * policy.disable_after_locks

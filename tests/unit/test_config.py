@@ -19,20 +19,23 @@ def test_defaults_follow_the_spec() -> None:
     assert config.policy.unenrolled == "deny"
 
 
-@pytest.mark.parametrize("document,key", [
-    ({"agent": {"sockett": "/x"}}, "agent.sockett: unknown key"),
-    ({"policy": {"totp_window": "1"}}, "policy.totp_window: must be an integer"),
-    ({"policy": {"totp_window": True}}, "policy.totp_window: must be an integer"),
-    ({"policy": {"hotp_lookahead": 1000}}, "policy.hotp_lookahead: must be an integer from 0 to 100"),
-    ({"store": {"backend": "mysql"}}, 'store.backend: must be one of "sqlite", "postgresql"'),
-    ({"store": {"backend": "postgresql"}}, "store.dsn: required"),
-    ({"keystore": {"backend": "payshield"}}, "keystore.payshield: table required"),
-    ({"policy": {"unenrolled": "maybe"}}, "policy.unenrolled"),
-    ({"agent": 3}, "agent: must be a table"),
-    ({"extra": {}}, "extra: unknown key"),
-    ({"audit": {"syslog": "yes"}}, "audit.syslog: must be true or false"),
-    ({"policy": {"lock_base_seconds": 100, "lock_max_seconds": 10}}, "policy.lock_max_seconds"),
-])
+@pytest.mark.parametrize(
+    "document,key",
+    [
+        ({"agent": {"sockett": "/x"}}, "agent.sockett: unknown key"),
+        ({"policy": {"totp_window": "1"}}, "policy.totp_window: must be an integer"),
+        ({"policy": {"totp_window": True}}, "policy.totp_window: must be an integer"),
+        ({"policy": {"hotp_lookahead": 1000}}, "policy.hotp_lookahead: must be an integer from 0 to 100"),
+        ({"store": {"backend": "mysql"}}, 'store.backend: must be one of "sqlite", "postgresql"'),
+        ({"store": {"backend": "postgresql"}}, "store.dsn: required"),
+        ({"keystore": {"backend": "payshield"}}, "keystore.payshield: table required"),
+        ({"policy": {"unenrolled": "maybe"}}, "policy.unenrolled"),
+        ({"agent": 3}, "agent: must be a table"),
+        ({"extra": {}}, "extra: unknown key"),
+        ({"audit": {"syslog": "yes"}}, "audit.syslog: must be true or false"),
+        ({"policy": {"lock_base_seconds": 100, "lock_max_seconds": 10}}, "policy.lock_max_seconds"),
+    ],
+)
 def test_bad_values_name_the_key(document: dict, key: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError) as caught:
         parse_config(document)
@@ -73,8 +76,7 @@ def test_environment_variable_selects_the_file(tmp_path: Path, monkeypatch: pyte
 
 def test_dsn_password_is_not_in_the_repr() -> None:
     """The configuration's repr (a traceback, a debug line) must not show the DSN password."""
-    config = parse_config({"store": {"backend": "postgresql",
-                                     "dsn": "postgresql://otp:s3cr3t-pw@db1/otp"}})
+    config = parse_config({"store": {"backend": "postgresql", "dsn": "postgresql://otp:s3cr3t-pw@db1/otp"}})
     assert config.store.dsn == "postgresql://otp:s3cr3t-pw@db1/otp"
     for shown in (repr(config), repr(config.store), str(config)):
         assert "s3cr3t-pw" not in shown
@@ -84,8 +86,10 @@ def test_payshield_link_is_tls_unless_plain_tcp_is_opted_in(tmp_path: Path) -> N
     """Through the whole file: the payShield table defaults to TLS; tls = false is refused
     until insecure_plaintext = true says plain TCP is really wanted."""
     path = tmp_path / "agent.toml"
-    table = '[keystore]\nbackend = "payshield"\n[keystore.payshield]\nhosts = ["hsm1:1500"]\n' \
-            'lmk_check_value = "5D6727"\n'
+    table = (
+        '[keystore]\nbackend = "payshield"\n[keystore.payshield]\nhosts = ["hsm1:1500"]\n'
+        'lmk_check_value = "5D6727"\n'
+    )
     path.write_text(table)
     assert load_config(path).keystore.payshield.tls is True
     path.write_text(table + "tls = false\n")

@@ -20,8 +20,9 @@ ROOT = Peer(pid=1, uid=0, gid=0)
 @pytest.fixture
 def dispatcher(store, key_backend, audit, clock) -> Dispatcher:
     validator = make_validator(store, key_backend, audit, clock)
-    return Dispatcher(validator, Administration(store, key_backend, audit), admin_group=None,
-                      status=lambda: {})
+    return Dispatcher(
+        validator, Administration(store, key_backend, audit), admin_group=None, status=lambda: {}
+    )
 
 
 def call(dispatcher: Dispatcher, peer: Peer, op: str, **fields: Any) -> dict[str, Any]:
@@ -29,7 +30,8 @@ def call(dispatcher: Dispatcher, peer: Peer, op: str, **fields: Any) -> dict[str
 
 
 def test_case_insensitive_account_lookup_finds_the_canonical_tokens(
-        dispatcher: Dispatcher, clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    dispatcher: Dispatcher, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Like sssd with case_sensitive = false: getpwnam("ALICE") answers with the account "alice"."""
     real = accounts.lookup_account
 
@@ -59,12 +61,14 @@ def test_non_root_peer_only_its_own_user_and_no_admin(dispatcher: Dispatcher) ->
         assert call(dispatcher, peer, op, user="nobody")["error"]["code"] == "permission"
 
 
-def test_a_failing_account_lookup_fails_closed(store, key_backend, audit, clock,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_account_lookup_fails_closed(
+    store, key_backend, audit, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A name service error is not "no such user": with unenrolled = "allow" it must refuse."""
     validator = make_validator(store, key_backend, audit, clock, unenrolled="allow")
-    open_dispatcher = Dispatcher(validator, Administration(store, key_backend, audit),
-                                 admin_group=None, status=lambda: {})
+    open_dispatcher = Dispatcher(
+        validator, Administration(store, key_backend, audit), admin_group=None, status=lambda: {}
+    )
     assert call(open_dispatcher, ROOT, "validate", user="ALICE", code="123456")["result"] == "accept"
 
     def broken(name: str) -> str | None:
@@ -79,8 +83,13 @@ def test_a_failing_account_lookup_fails_closed(store, key_backend, audit, clock,
 def test_import_canonicalises_owner_names(dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> None:
     """An imported token owned by "ALICE" belongs to the account alice."""
     import base64
+
     monkeypatch.setattr(accounts, "lookup_account", lambda name: name.lower())
-    record = {"serial": "IMP1", "type": "totp", "user": "ALICE",
-              "secret_b64": base64.b64encode(b"q" * 20).decode()}
+    record = {
+        "serial": "IMP1",
+        "type": "totp",
+        "user": "ALICE",
+        "secret_b64": base64.b64encode(b"q" * 20).decode(),
+    }
     assert call(dispatcher, ROOT, "import", tokens=[record])["imported"] == 1
     assert call(dispatcher, ROOT, "show", target="IMP1")["tokens"][0]["user"] == "alice"

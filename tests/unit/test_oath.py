@@ -70,8 +70,9 @@ def test_match_code_compares_all_candidates() -> None:
     assert match_code("123456", [(1, "000000")]) is None
 
 
-@pytest.mark.parametrize("algorithm,size", [(HashAlgorithm.SHA1, 19), (HashAlgorithm.SHA256, 31),
-                                            (HashAlgorithm.SHA512, 63)])
+@pytest.mark.parametrize(
+    "algorithm,size", [(HashAlgorithm.SHA1, 19), (HashAlgorithm.SHA256, 31), (HashAlgorithm.SHA512, 63)]
+)
 def test_key_size_rules(algorithm: HashAlgorithm, size: int) -> None:
     """OATH profile: 20 bytes for SHA-1, 32 for SHA-256, 64 for SHA-512."""
     with pytest.raises(InvalidToken, match="at least"):
@@ -86,9 +87,12 @@ def test_bad_parameters_are_refused(kwargs: dict[str, int]) -> None:
 
 
 def test_provisioning_uri() -> None:
-    uri = provisioning_uri(b"12345678901234567890", OathParams(TokenType.TOTP, digits=8),
-                           account="alice", issuer="Example Corp")
-    assert uri == ("otpauth://totp/Example%20Corp:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
-                   "&issuer=Example%20Corp&algorithm=SHA1&digits=8&period=30")
+    uri = provisioning_uri(
+        b"12345678901234567890", OathParams(TokenType.TOTP, digits=8), account="alice", issuer="Example Corp"
+    )
+    assert uri == (
+        "otpauth://totp/Example%20Corp:alice?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+        "&issuer=Example%20Corp&algorithm=SHA1&digits=8&period=30"
+    )
     hotp = provisioning_uri(b"x" * 20, OathParams(TokenType.HOTP), account="bob", issuer="I", counter=5)
     assert hotp.startswith("otpauth://hotp/I:bob?") and hotp.endswith("&counter=5")

@@ -32,11 +32,13 @@ WHERE = "postgresql://alice@db.example:5432/otp"
 class FakeServer:
     """Counts statements; the next ``failures`` of them fail with ``error``."""
 
-    def __init__(self, failures: int = 0, error: Exception | None = None,
-                 breaks: bool = True) -> None:
+    def __init__(self, failures: int = 0, error: Exception | None = None, breaks: bool = True) -> None:
         self.failures = failures
-        self.error = error if error is not None else psycopg.OperationalError(
-            "server closed the connection unexpectedly")
+        self.error = (
+            error
+            if error is not None
+            else psycopg.OperationalError("server closed the connection unexpectedly")
+        )
         self.breaks = breaks  # Whether a failure leaves the connection broken (lost).
         self.executed: list[str] = []
 
@@ -104,8 +106,15 @@ class Harness:
         self.fresh: list[FakeConnection] = []
         self.refused = False  # New connections are refused (the server is down).
         self.watchdog = Watchdog()
-        self.calls = Calls(self.pool, self._connect, self.watchdog, Dsn(DSN),  # type: ignore[arg-type]
-                           pool_timeout=3.0, answer_timeout=5.0, max_connections=2)
+        self.calls = Calls(
+            self.pool,  # type: ignore[arg-type]
+            self._connect,  # type: ignore[arg-type]
+            self.watchdog,
+            Dsn(DSN),
+            pool_timeout=3.0,
+            answer_timeout=5.0,
+            max_connections=2,
+        )
 
     def _connect(self) -> FakeConnection:
         if self.refused:
@@ -114,8 +123,7 @@ class Harness:
         self.fresh.append(connection)
         return connection
 
-    def run(self, what: str = "committing token T1", *, write: bool = True,
-            retry: bool = True) -> Any:
+    def run(self, what: str = "committing token T1", *, write: bool = True, retry: bool = True) -> Any:
         return self.calls.run(what, lambda c: c.execute("UPDATE tokens"), write=write, retry=retry)
 
 
@@ -138,7 +146,8 @@ def test_a_call_that_works_runs_once_on_a_pooled_connection(harness: Harness) ->
 
 
 def test_a_lost_connection_is_retried_once_on_a_new_connection(
-        request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
     harness = _harness(request, FakeServer(failures=1))
     with caplog.at_level(logging.WARNING, logger="otp_agent.store.postgresql"):
         assert harness.run() == "UPDATE tokens on fresh-1"
@@ -146,8 +155,10 @@ def test_a_lost_connection_is_retried_once_on_a_new_connection(
     assert harness.pool.checked.wait(5), "the pool's idle connections were not checked"
     (record,) = caplog.records
     assert record.name == "otp_agent.store.postgresql"
-    assert record.getMessage() == (f"PostgreSQL {WHERE}: connection lost (server closed the "
-                                   "connection unexpectedly); retrying once on a new connection")
+    assert record.getMessage() == (
+        f"PostgreSQL {WHERE}: connection lost (server closed the "
+        "connection unexpectedly); retrying once on a new connection"
+    )
 
 
 def test_a_connection_lost_twice_fails_as_unavailable(request: pytest.FixtureRequest) -> None:
@@ -156,7 +167,8 @@ def test_a_connection_lost_twice_fails_as_unavailable(request: pytest.FixtureReq
         harness.run()
     assert str(raised.value) == (
         f"PostgreSQL {WHERE}: connection lost while committing token T1; it may or may not "
-        "have been committed: server closed the connection unexpectedly")
+        "have been committed: server closed the connection unexpectedly"
+    )
     assert len(harness.fresh) == 1 and not harness.server.executed
 
 
@@ -166,7 +178,8 @@ def test_a_write_marked_not_retryable_is_not_retried(request: pytest.FixtureRequ
         harness.run("removing token T1", retry=False)
     assert str(raised.value) == (
         f"PostgreSQL {WHERE}: connection lost while removing token T1; it may or may not "
-        "have been committed: server closed the connection unexpectedly")
+        "have been committed: server closed the connection unexpectedly"
+    )
     assert not harness.fresh and not harness.server.executed and harness.pool.handed_out == 1
 
 
@@ -174,18 +187,24 @@ def test_a_lost_read_says_nothing_about_writing(request: pytest.FixtureRequest) 
     harness = _harness(request, FakeServer(failures=2))
     with pytest.raises(StoreUnavailable) as raised:
         harness.run("reading", write=False)
-    assert str(raised.value) == (f"PostgreSQL {WHERE}: connection lost while reading: "
-                                 "server closed the connection unexpectedly")
+    assert str(raised.value) == (
+        f"PostgreSQL {WHERE}: connection lost while reading: server closed the connection unexpectedly"
+    )
 
 
-@pytest.mark.parametrize(("write", "expected"), [
-    (True, f"PostgreSQL {WHERE}: committing token T1 failed, nothing was written: "),
-    (False, f"PostgreSQL {WHERE}: read failed: "),
-])
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        (True, f"PostgreSQL {WHERE}: committing token T1 failed, nothing was written: "),
+        (False, f"PostgreSQL {WHERE}: read failed: "),
+    ],
+)
 def test_an_error_on_a_working_connection_is_a_store_error_with_the_password_redacted(
-        request: pytest.FixtureRequest, write: bool, expected: str) -> None:
+    request: pytest.FixtureRequest, write: bool, expected: str
+) -> None:
     error = psycopg.errors.InvalidTextRepresentation(
-        f"invalid input for {DSN}\n  (password {PASSWORD}, quoted s3cr%40t%20pw)")
+        f"invalid input for {DSN}\n  (password {PASSWORD}, quoted s3cr%40t%20pw)"
+    )
     harness = _harness(request, FakeServer(failures=1, error=error, breaks=False))
     with pytest.raises(StoreError) as raised:
         harness.run(write=write)
@@ -199,20 +218,24 @@ def test_an_error_on_a_working_connection_is_a_store_error_with_the_password_red
 def test_a_unique_violation_is_a_conflict_not_retried(request: pytest.FixtureRequest) -> None:
     error = psycopg.errors.UniqueViolation("duplicate key value violates unique constraint")
     harness = _harness(request, FakeServer(failures=1, error=error, breaks=False))
-    with pytest.raises(Conflict, match=r"^adding tokens: a token with this serial or this same "
-                                       r"secret exists$"):
+    with pytest.raises(
+        Conflict,
+        match=r"^adding tokens: a token with this serial or this same "
+        r"secret exists$",
+    ):
         harness.run("adding tokens")
     assert not harness.fresh
 
 
-def test_a_pool_timeout_is_unavailable_and_opens_no_connection(
-        request: pytest.FixtureRequest) -> None:
+def test_a_pool_timeout_is_unavailable_and_opens_no_connection(request: pytest.FixtureRequest) -> None:
     from psycopg_pool import PoolTimeout
+
     harness = _harness(request, FakeServer(), timeout=PoolTimeout("couldn't get a connection"))
     with pytest.raises(StoreUnavailable) as raised:
         harness.run()
-    assert str(raised.value) == (f"PostgreSQL {WHERE}: no connection within 3 s "
-                                 "(committing token T1, nothing was written)")
+    assert str(raised.value) == (
+        f"PostgreSQL {WHERE}: no connection within 3 s (committing token T1, nothing was written)"
+    )
     assert not harness.fresh
 
 
@@ -222,13 +245,16 @@ def test_a_server_that_cannot_be_reached_is_unavailable(request: pytest.FixtureR
     harness.refused = True
     with pytest.raises(StoreUnavailable) as raised:
         harness.run()
-    assert str(raised.value) == (f"PostgreSQL {WHERE} cannot be reached (committing token T1, "
-                                 'nothing was written): connection to "***" failed: '
-                                 "Connection refused")
+    assert str(raised.value) == (
+        f"PostgreSQL {WHERE} cannot be reached (committing token T1, "
+        'nothing was written): connection to "***" failed: '
+        "Connection refused"
+    )
 
 
 def test_after_a_lost_connection_calls_bypass_an_empty_pool_until_it_works_again(
-        request: pytest.FixtureRequest) -> None:
+    request: pytest.FixtureRequest,
+) -> None:
     harness = _harness(request, FakeServer(failures=1))
     harness.run()  # Lost on pooled-1, retried on fresh-1.
     assert harness.calls.degraded
@@ -249,9 +275,15 @@ def test_a_call_cut_by_the_watchdog_says_it_got_no_answer(request: pytest.Fixtur
 
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as raised:
-        harness.calls.run("committing token T1", hang, write=True,  # type: ignore[arg-type]
-                          retry=False)
+        harness.calls.run(
+            "committing token T1",
+            hang,  # type: ignore[arg-type]
+            write=True,
+            retry=False,
+        )
     assert time.monotonic() - started < 2.0
-    assert str(raised.value) == (f"PostgreSQL {WHERE}: connection lost while committing token "
-                                 "T1; it may or may not have been committed: no answer within "
-                                 "0.3 s")
+    assert str(raised.value) == (
+        f"PostgreSQL {WHERE}: connection lost while committing token "
+        "T1; it may or may not have been committed: no answer within "
+        "0.3 s"
+    )

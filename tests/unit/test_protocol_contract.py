@@ -20,10 +20,17 @@ def test_the_helpers_copies_match_wire() -> None:
     assert helper.PROTOCOL_VERSION == wire.VERSION
     assert helper.MAX_REPLY == wire.MAX_FRAME
     assert {helper.OP_VALIDATE, helper.OP_ENROLLED} <= wire.VALIDATION_OPS
-    assert (helper.RESULT_ACCEPT, helper.RESULT_REJECT) == (wire.Result.ACCEPT.value, wire.Result.REJECT.value)
+    assert (helper.RESULT_ACCEPT, helper.RESULT_REJECT) == (
+        wire.Result.ACCEPT.value,
+        wire.Result.REJECT.value,
+    )
     request_fields = {f.name for f in fields(wire.ValidateRequest)}
     assert {helper.FIELD_USER, helper.FIELD_CODE, helper.FIELD_PASSWORD_AND_CODE} <= request_fields
-    assert {name for _variable, name, _cap in helper._CONTEXT} == request_fields - {"user", "code", "password_and_code"}
+    assert {name for _variable, name, _cap in helper._CONTEXT} == request_fields - {
+        "user",
+        "code",
+        "password_and_code",
+    }
 
 
 def test_the_helpers_request_parses_as_a_validate_request() -> None:
@@ -46,8 +53,8 @@ def test_every_store_and_key_backend_error_is_a_reason() -> None:
 
 def test_docs_list_exactly_the_reasons_operations_and_error_codes() -> None:
     text = PROTOCOL_DOC.read_text()
-    table = text[text.index("| reason | result | meaning |"):]
-    table = table[:table.index("\n\n")]
+    table = text[text.index("| reason | result | meaning |") :]
+    table = table[: table.index("\n\n")]
     documented = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.M))
     assert documented == {r.value for r in wire.Reason}
     for op in wire.OPERATIONS:
@@ -64,8 +71,14 @@ def test_counters_have_one_bound_for_imports_and_administration() -> None:
     from otp_agent.errors import UsageError
     from otp_agent.oath.params import MAX_COUNTER
     from otp_agent.pskc import rules
+
     assert vars(rules)["MAX_COUNTER"] == MAX_COUNTER
-    record = {"serial": "C1", "type": "hotp", "secret_b64": "cXFxcXFxcXFxcXFxcXFxcXFxcXE=", "counter": MAX_COUNTER}
+    record = {
+        "serial": "C1",
+        "type": "hotp",
+        "secret_b64": "cXFxcXFxcXFxcXFxcXFxcXFxcXE=",
+        "counter": MAX_COUNTER,
+    }
     assert token_spec_from_record(record).counter == MAX_COUNTER
     with pytest.raises(UsageError):
         token_spec_from_record({**record, "counter": MAX_COUNTER + 1})
@@ -82,14 +95,30 @@ def test_one_token_record_type_for_views_imports_and_exports() -> None:
     from otp_agent.sensitive import Secret
     from otp_agent.store import Token
 
-    token = Token(serial="R1", token_type=TokenType.HOTP, algorithm=HashAlgorithm.SHA256, digits=8,
-                  period=30, t0=0, sealed=b"s", fingerprint=b"f", user="alice", counter=7,
-                  not_after=2_000_000_000.0, created=5.0)
+    token = Token(
+        serial="R1",
+        token_type=TokenType.HOTP,
+        algorithm=HashAlgorithm.SHA256,
+        digits=8,
+        period=30,
+        t0=0,
+        sealed=b"s",
+        fingerprint=b"f",
+        user="alice",
+        counter=7,
+        not_after=2_000_000_000.0,
+        created=5.0,
+    )
     view = token.public()
     assert wire.TokenRecord.parse(view) == token.record()
     assert "secret_b64" not in view and "sealed" not in view and "fingerprint" not in view
-    exported = ExportedToken(serial="R1", params=OathParams(TokenType.HOTP, HashAlgorithm.SHA256, 8),
-                             secret=Secret(b"k" * 32), counter=7, user="alice")
+    exported = ExportedToken(
+        serial="R1",
+        params=OathParams(TokenType.HOTP, HashAlgorithm.SHA256, 8),
+        secret=Secret(b"k" * 32),
+        counter=7,
+        user="alice",
+    )
     record = record_from_token(exported)
     assert set(record) < {f.name for f in fields(wire.TokenRecord)}
     spec = token_spec_from_record(record)
@@ -97,7 +126,7 @@ def test_one_token_record_type_for_views_imports_and_exports() -> None:
     back = token_from_record(token.record(secret_b64=base64.b64encode(b"k" * 32).decode()).message())
     assert (back.serial, back.counter, back.user) == ("R1", 7, "alice")
     text = PROTOCOL_DOC.read_text()
-    paragraph = text[text.index("A token record (`otp_agent.wire.TokenRecord`"):]
+    paragraph = text[text.index("A token record (`otp_agent.wire.TokenRecord`") :]
     paragraph = paragraph.split("\n\n")[0]
     documented = set(re.findall(r"`(\w+)`", paragraph))
     assert documented >= {f.name for f in fields(wire.TokenRecord)}

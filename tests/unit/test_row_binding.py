@@ -45,8 +45,10 @@ def test_a_token_moved_to_another_user_in_the_store_is_refused(setup, store, key
     assert store.get(serial).counter == 0
 
 
-@pytest.mark.parametrize("column,value", [("digits", 8), ("period", 60), ("t0", 30),
-                                          ("token_type", "totp"), ("serial", "OAHO99999999")])
+@pytest.mark.parametrize(
+    "column,value",
+    [("digits", 8), ("period", 60), ("t0", 30), ("token_type", "totp"), ("serial", "OAHO99999999")],
+)
 def test_changed_parameters_are_refused(setup, store, key_backend, audit, column: str, value: object) -> None:
     serial, uri = enrolled(store, key_backend, audit)
     raw_update(store, f"UPDATE tokens SET {column} = ? WHERE serial = ?", value, serial)
@@ -83,7 +85,9 @@ def test_rows_of_a_version_1_store_are_bound_once_by_init(tmp_path: Path, key_ba
         raw_update(store, "UPDATE tokens SET binding = NULL WHERE serial = ?", serial)
         with pytest.raises(StoreUnavailable, match="otp-agent init"):
             require_row_binding(store, key_backend)
-        assert bind_existing_rows(store, key_backend) == ["bound 1 existing token(s) to their owner and parameters"]
+        assert bind_existing_rows(store, key_backend) == [
+            "bound 1 existing token(s) to their owner and parameters"
+        ]
         require_row_binding(store, key_backend)
         validator = make_validator(store, key_backend, audit, FakeClock())
         assert validator.validate("alice", code_for_uri(uri, counter=0), CONTEXT).accepted

@@ -61,7 +61,8 @@ def test_sealed_secret_computes_hmacs(backend: SoftwareKeyBackend) -> None:
     assert SECRET not in sealed
     messages = [i.to_bytes(8, "big") for i in range(3)]
     assert backend.compute_hmacs(ALICE, sealed, messages) == [
-        hmac.new(SECRET, m, "sha1").digest() for m in messages]
+        hmac.new(SECRET, m, "sha1").digest() for m in messages
+    ]
 
 
 def test_sealed_secret_copied_to_another_token_fails(backend: SoftwareKeyBackend) -> None:
@@ -104,8 +105,9 @@ def test_secret_wrapper_never_shows_its_bytes() -> None:
     assert len(secret) == 0
 
 
-def test_group_readable_key_accepted_only_as_a_systemd_credential(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_group_readable_key_accepted_only_as_a_systemd_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """systemd's tmpfs+ACL credentials read 0440; the same mode elsewhere is refused."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()

@@ -24,12 +24,21 @@ from otp_agent.store.sqlite import SQLiteStore
 from tests.postgresql.support import fresh_database
 
 
-def token(serial: str, user: str | None = "alice", fingerprint: bytes | None = None,
-          created: float = 1.0) -> Token:
-    return Token(serial=serial, token_type=TokenType.TOTP, algorithm=HashAlgorithm.SHA1, digits=6,
-                 period=30, t0=0, sealed=b"sealed-" + serial.encode(),
-                 fingerprint=fingerprint or serial.encode().ljust(32, b"."), user=user,
-                 created=created)
+def token(
+    serial: str, user: str | None = "alice", fingerprint: bytes | None = None, created: float = 1.0
+) -> Token:
+    return Token(
+        serial=serial,
+        token_type=TokenType.TOTP,
+        algorithm=HashAlgorithm.SHA1,
+        digits=6,
+        period=30,
+        t0=0,
+        sealed=b"sealed-" + serial.encode(),
+        fingerprint=fingerprint or serial.encode().ljust(32, b"."),
+        user=user,
+        created=created,
+    )
 
 
 @dataclass
@@ -37,8 +46,8 @@ class Backend:
     """One store implementation and the backend-specific knobs the contract needs."""
 
     name: str
-    open: Callable[..., TokenStore]            # open(create=False) on the test's store
-    open_absent: Callable[[], TokenStore]      # open a store that was never created
+    open: Callable[..., TokenStore]  # open(create=False) on the test's store
+    open_absent: Callable[[], TokenStore]  # open a store that was never created
     open_not_a_store: Callable[[], TokenStore]  # open something that is not a store at all
     break_writes: Callable[[TokenStore], None]  # make every later write fail
     assert_durable: Callable[[TokenStore], None]
@@ -65,15 +74,22 @@ def _sqlite(tmp_path: Path, stack: ExitStack) -> Backend:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
-    return Backend("sqlite", lambda create=False: SQLiteStore(path, create=create),
-                   lambda: SQLiteStore(tmp_path / "absent.db"), not_a_store, break_writes,
-                   durable, store)
+    return Backend(
+        "sqlite",
+        lambda create=False: SQLiteStore(path, create=create),
+        lambda: SQLiteStore(tmp_path / "absent.db"),
+        not_a_store,
+        break_writes,
+        durable,
+        store,
+    )
 
 
 def _postgresql(stack: ExitStack) -> Backend:
     import psycopg
 
     from otp_agent.store.postgresql import PostgreSQLStore
+
     dsn = stack.enter_context(fresh_database())
     store = PostgreSQLStore(dsn, create=True)
     stack.callback(store.close)
@@ -105,10 +121,14 @@ def _postgresql(stack: ExitStack) -> Backend:
     def break_writes(_opened: TokenStore) -> None:
         # The server refuses every change to a token (as a full disk or a read-only replica would).
         with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                          "$$ BEGIN RAISE EXCEPTION 'writes refused by the test'; END $$")
-            admin.execute("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON tokens "
-                          "FOR EACH ROW EXECUTE FUNCTION refuse()")
+            admin.execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'writes refused by the test'; END $$"
+            )
+            admin.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON tokens "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
 
     def durable(opened: TokenStore) -> None:
         assert isinstance(opened, PostgreSQLStore)
@@ -119,8 +139,15 @@ def _postgresql(stack: ExitStack) -> Backend:
             row = connection.execute("SHOW statement_timeout").fetchone()
             assert row is not None and row[0] != "0"
 
-    return Backend("postgresql", lambda create=False: PostgreSQLStore(dsn, create=create), absent,
-                   not_a_store, break_writes, durable, store)
+    return Backend(
+        "postgresql",
+        lambda create=False: PostgreSQLStore(dsn, create=create),
+        absent,
+        not_a_store,
+        break_writes,
+        durable,
+        store,
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -176,11 +203,29 @@ def test_add_is_all_or_nothing(backend: Backend) -> None:
 
 def test_tokens_round_trip_every_field(backend: Backend) -> None:
     """Every field of a token comes back exactly as written."""
-    original = Token(serial="R1", token_type=TokenType.HOTP, algorithm=HashAlgorithm.SHA512,
-                     digits=8, period=60, t0=30, sealed=bytes(range(256)), fingerprint=b"\0" * 32,
-                     user="bob", counter=2**40, last_step=None, drift=-2, enabled=False,
-                     failures=3, lock_count=1, locked_until=1.5, issuer="ACME",
-                     not_before=10.25, not_after=2e9, created=5.5, version=7)
+    original = Token(
+        serial="R1",
+        token_type=TokenType.HOTP,
+        algorithm=HashAlgorithm.SHA512,
+        digits=8,
+        period=60,
+        t0=30,
+        sealed=bytes(range(256)),
+        fingerprint=b"\0" * 32,
+        user="bob",
+        counter=2**40,
+        last_step=None,
+        drift=-2,
+        enabled=False,
+        failures=3,
+        lock_count=1,
+        locked_until=1.5,
+        issuer="ACME",
+        not_before=10.25,
+        not_after=2e9,
+        created=5.5,
+        version=7,
+    )
     backend.store.add_tokens([original])
     assert backend.store.get("R1") == original
     assert backend.store.get("nope") is None
@@ -189,8 +234,9 @@ def test_tokens_round_trip_every_field(backend: Backend) -> None:
 def test_orderings(backend: Backend) -> None:
     """all_tokens orders by serial bytewise; tokens_for_user by creation, then serial."""
     store = backend.store
-    store.add_tokens([token("b", created=3.0), token("B", created=2.0), token("a", created=2.0),
-                      token("z", user="zoe")])
+    store.add_tokens(
+        [token("b", created=3.0), token("B", created=2.0), token("a", created=2.0), token("z", user="zoe")]
+    )
     assert [t.serial for t in store.all_tokens()] == ["B", "a", "b", "z"]  # bytewise
     assert [t.serial for t in store.tokens_for_user("alice")] == ["B", "a", "b"]
     assert store.tokens_for_user("nobody") == []
@@ -212,8 +258,16 @@ def test_compare_and_set_writes_every_state_field(backend: Backend) -> None:
     """Every state field can be written by compare-and-set."""
     store = backend.store
     store.add_tokens([token("A")])
-    state = TokenState(counter=5, last_step=99, drift=-1, failures=2, failures_at=77.25,
-                       lock_count=3, locked_until=123.5, enabled=False)
+    state = TokenState(
+        counter=5,
+        last_step=99,
+        drift=-1,
+        failures=2,
+        failures_at=77.25,
+        lock_count=3,
+        locked_until=123.5,
+        enabled=False,
+    )
     assert store.compare_and_set("A", 0, state)
     after = store.get("A")
     assert after is not None and after.state == state
@@ -250,8 +304,11 @@ def test_admin_changes_and_not_found(backend: Backend) -> None:
     assert store.set_enabled("A", False).enabled is False
     store.set_binding("A", b"new" * 8)
     assert store.get("A").binding == b"new" * 8  # type: ignore[union-attr]
-    for change in (lambda: store.set_enabled("Z", True), lambda: store.assign("Z", "x", b"t"),
-                   lambda: store.set_binding("Z", b"t")):
+    for change in (
+        lambda: store.set_enabled("Z", True),
+        lambda: store.assign("Z", "x", b"t"),
+        lambda: store.set_binding("Z", b"t"),
+    ):
         with pytest.raises(NotFound):
             change()
     with pytest.raises(NotFound):

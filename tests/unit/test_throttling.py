@@ -37,8 +37,14 @@ def test_replays_are_rejected_but_never_lock(setup, store, key_backend, clock) -
 def test_wrong_passwords_never_touch_the_tokens_lock(store, key_backend, audit, clock) -> None:
     """su VICTIM with junk, many times: the victim's token counts nothing and is not locked."""
     add_token(store, key_backend, "T1")
-    validator = Validator(store, key_backend, PolicyConfig(lock_threshold=5), audit, clock=clock,
-                          password_checker=lambda user, password: password == "hunter2")
+    validator = Validator(
+        store,
+        key_backend,
+        PolicyConfig(lock_threshold=5),
+        audit,
+        clock=clock,
+        password_checker=lambda user, password: password == "hunter2",
+    )
     for attempt in range(12):
         junk = "wrong" + str(attempt) + code(step(clock))
         assert validator.validate_password_and_code("alice", junk, CONTEXT).reason == "bad_password_or_code"
@@ -66,9 +72,15 @@ def test_a_success_does_not_wipe_failures_they_decay_with_time(setup, store, key
 def test_lock_level_survives_success_and_unlock_and_decays(setup, store, key_backend, clock) -> None:
     """The lock ladder is not reset by the real user's success nor by an unlock; it decays."""
     from otp_agent.administration import Administration
+
     add_token(store, key_backend, "T1")
-    validator = setup(lock_threshold=2, lock_base_seconds=60, lock_max_seconds=10**6,
-                      lock_decay_seconds=86400, disable_after_locks=0)
+    validator = setup(
+        lock_threshold=2,
+        lock_base_seconds=60,
+        lock_max_seconds=10**6,
+        lock_decay_seconds=86400,
+        disable_after_locks=0,
+    )
     admin = Administration(store, key_backend, validator.audit, clock=clock)
     for level, seconds in ((1, 60), (2, 120), (3, 240)):
         validator.validate("alice", "000000", CONTEXT)
@@ -92,14 +104,15 @@ def test_lock_level_survives_success_and_unlock_and_decays(setup, store, key_bac
     assert (token.lock_count, token.locked_until) == (3, clock() + 240)
 
 
-def test_repeated_locks_disable_the_token_until_an_administrator_acts(setup, store, key_backend,
-                                                                      clock, audit, tmp_path) -> None:
+def test_repeated_locks_disable_the_token_until_an_administrator_acts(
+    setup, store, key_backend, clock, audit, tmp_path
+) -> None:
     """At disable_after_locks the token is disabled (audited); re-enabled, it is disabled again
     by its very next failure (no new set of guesses); only time brings the level down."""
     from otp_agent.administration import Administration
+
     add_token(store, key_backend, "T1")
-    validator = setup(lock_threshold=2, lock_base_seconds=10, lock_max_seconds=100,
-                      disable_after_locks=3)
+    validator = setup(lock_threshold=2, lock_base_seconds=10, lock_max_seconds=100, disable_after_locks=3)
     admin = Administration(store, key_backend, audit, clock=clock)
     for _ in range(3):
         for _ in range(2):
@@ -147,14 +160,20 @@ def test_a_code_equal_to_the_last_accepted_one_is_a_replay(setup, store, key_bac
 def test_defaults_the_security_figures_are_computed_from() -> None:
     """The shipped defaults that docs/security.md computes its figures from."""
     policy = PolicyConfig()
-    assert (policy.lock_threshold, policy.failure_decay_seconds, policy.lock_decay_seconds,
-            policy.disable_after_locks, policy.lock_max_seconds) == (5, 86400, 7 * 86400, 10, 3600)
+    assert (
+        policy.lock_threshold,
+        policy.failure_decay_seconds,
+        policy.lock_decay_seconds,
+        policy.disable_after_locks,
+        policy.lock_max_seconds,
+    ) == (5, 86400, 7 * 86400, 10, 3600)
 
 
 def test_parallel_guesses_cannot_outrun_the_lock(store, key_backend, audit, clock) -> None:
     """Sixteen wrong codes at the same moment: only lock_threshold of them are compared (the
     user's attempts are decided one at a time), the rest are refused as locked."""
     import threading
+
     add_token(store, key_backend, "T1")
     validator = Validator(store, key_backend, PolicyConfig(lock_threshold=5), audit, clock=clock)
     barrier = threading.Barrier(16)

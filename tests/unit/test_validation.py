@@ -25,13 +25,32 @@ SECRET = b"12345678901234567890"
 CONTEXT = RequestContext(peer_uid=0, peer_pid=1, service="test")
 
 
-def add_token(store: SQLiteStore, keys: KeyBackend, serial: str, user: str | None = "alice", *,
-              token_type: TokenType = TokenType.TOTP, secret: bytes = SECRET,
-              algorithm: HashAlgorithm = HashAlgorithm.SHA1, digits: int = 6, **fields: Any) -> Token:
+def add_token(
+    store: SQLiteStore,
+    keys: KeyBackend,
+    serial: str,
+    user: str | None = "alice",
+    *,
+    token_type: TokenType = TokenType.TOTP,
+    secret: bytes = SECRET,
+    algorithm: HashAlgorithm = HashAlgorithm.SHA1,
+    digits: int = 6,
+    **fields: Any,
+) -> Token:
     identity = TokenIdentity(serial, algorithm)
-    token = Token(serial=serial, token_type=token_type, algorithm=algorithm, digits=digits,
-                  period=30, t0=0, sealed=keys.seal_secret(identity, Secret(secret)),
-                  fingerprint=keys.fingerprint(Secret(secret)), user=user, created=1.0, **fields)
+    token = Token(
+        serial=serial,
+        token_type=token_type,
+        algorithm=algorithm,
+        digits=digits,
+        period=30,
+        t0=0,
+        sealed=keys.seal_secret(identity, Secret(secret)),
+        fingerprint=keys.fingerprint(Secret(secret)),
+        user=user,
+        created=1.0,
+        **fields,
+    )
     token = dataclasses.replace(token, binding=keys.binding_tag(token.binding_message()))
     store.add_tokens([token])
     return token
@@ -43,7 +62,6 @@ def code(moving: int, secret: bytes = SECRET, digits: int = 6, algorithm: str = 
 
 def step(clock: FakeClock, offset: int = 0) -> int:
     return time_step(clock(), 30) + offset
-
 
 
 def test_totp_current_code_accepted_then_replay_rejected(setup, store, key_backend, clock) -> None:
@@ -99,23 +117,37 @@ def test_rfc4226_vectors_through_the_engine(setup, store, key_backend) -> None:
     """Counting through RFC 4226 Appendix D one by one, each accepted exactly once."""
     add_token(store, key_backend, "H1", token_type=TokenType.HOTP)
     validator = setup(hotp_lookahead=0)
-    for expected in ("755224", "287082", "359152", "969429", "338314",
-                     "254676", "287922", "162583", "399871", "520489"):
+    for expected in (
+        "755224",
+        "287082",
+        "359152",
+        "969429",
+        "338314",
+        "254676",
+        "287922",
+        "162583",
+        "399871",
+        "520489",
+    ):
         assert validator.validate("alice", expected, CONTEXT).accepted
 
 
-@pytest.mark.parametrize("algorithm,secret,digits", [
-    (HashAlgorithm.SHA256, b"12345678901234567890123456789012", 8),
-    (HashAlgorithm.SHA512, b"1234567890123456789012345678901234567890123456789012345678901234", 8),
-])
+@pytest.mark.parametrize(
+    "algorithm,secret,digits",
+    [
+        (HashAlgorithm.SHA256, b"12345678901234567890123456789012", 8),
+        (HashAlgorithm.SHA512, b"1234567890123456789012345678901234567890123456789012345678901234", 8),
+    ],
+)
 def test_sha2_tokens(setup, store, key_backend, clock, algorithm, secret, digits) -> None:
     add_token(store, key_backend, "S1", secret=secret, algorithm=algorithm, digits=digits)
     submitted = code(step(clock), secret, digits, algorithm.value)
     assert setup().validate("alice", submitted, CONTEXT).accepted
 
 
-@pytest.mark.parametrize("submitted", ["", "12345", "1234567", "123456789", "12345a", " 123456",
-                                       "１２３４５６", "123456\n"])
+@pytest.mark.parametrize(
+    "submitted", ["", "12345", "1234567", "123456789", "12345a", " 123456", "１２３４５６", "123456\n"]
+)
 def test_malformed_codes(setup, store, key_backend, submitted: str) -> None:
     add_token(store, key_backend, "T1")
     decision = setup().validate("alice", submitted, CONTEXT)
@@ -136,11 +168,18 @@ def test_disabled_and_expired_tokens(setup, store, key_backend, clock) -> None:
     assert setup().validate("bob", code(step(clock), b"b" * 20), CONTEXT).reason == "disabled"
 
 
-def test_throttling_locks_with_growing_duration_and_success_resets_in_the_old_mode(setup, store, key_backend, clock) -> None:
+def test_throttling_locks_with_growing_duration_and_success_resets_in_the_old_mode(
+    setup, store, key_backend, clock
+) -> None:
     """failure_decay_seconds = 0 keeps the first release's rule: success resets everything."""
     add_token(store, key_backend, "T1")
-    validator = setup(lock_threshold=3, lock_base_seconds=60, lock_max_seconds=1000,
-                      failure_decay_seconds=0, disable_after_locks=0)
+    validator = setup(
+        lock_threshold=3,
+        lock_base_seconds=60,
+        lock_max_seconds=1000,
+        failure_decay_seconds=0,
+        disable_after_locks=0,
+    )
     for _ in range(3):
         assert validator.validate("alice", "000000", CONTEXT).reason == "bad_code"
     locked = store.get("T1")
@@ -200,8 +239,15 @@ def test_password_and_code_never_says_which_part_failed(store, key_backend, audi
     add_token(store, key_backend, "T1")
     from otp_agent.config import PolicyConfig
     from otp_agent.validation import Validator
-    validator = Validator(store, key_backend, PolicyConfig(), audit, clock=clock,
-                          password_checker=lambda user, password: password == "hunter2")
+
+    validator = Validator(
+        store,
+        key_backend,
+        PolicyConfig(),
+        audit,
+        clock=clock,
+        password_checker=lambda user, password: password == "hunter2",
+    )
     good = code(step(clock))
     wrong_password = validator.validate_password_and_code("alice", "hunter3" + good, CONTEXT)
     assert (wrong_password.accepted, wrong_password.reason) == (False, "bad_password_or_code")
@@ -211,14 +257,23 @@ def test_password_and_code_never_says_which_part_failed(store, key_backend, audi
     assert not validator.validate_password_and_code("alice", "hunter2" + good, CONTEXT).accepted
 
 
-def test_audit_log_has_decisions_but_no_codes(setup, store, key_backend, clock, audit, tmp_path: Path) -> None:
+def test_audit_log_has_decisions_but_no_codes(
+    setup, store, key_backend, clock, audit, tmp_path: Path
+) -> None:
     add_token(store, key_backend, "T1")
     submitted = code(step(clock))
     setup().validate("alice", submitted, RequestContext(1000, 42, "sshd", "192.0.2.1", "ssh"))
     audit.flush()
     line = (tmp_path / "audit.log").read_text()
-    for field in ('"user":"alice"', '"serial":"T1"', '"service":"sshd"', '"rhost":"192.0.2.1"',
-                  '"peer_uid":1000', '"result":"accept"', '"reason":"accepted"'):
+    for field in (
+        '"user":"alice"',
+        '"serial":"T1"',
+        '"service":"sshd"',
+        '"rhost":"192.0.2.1"',
+        '"peer_uid":1000',
+        '"result":"accept"',
+        '"reason":"accepted"',
+    ):
         assert field in line
     assert submitted not in line
 
@@ -233,13 +288,22 @@ def test_user_whose_tokens_are_all_disabled_is_still_enrolled(setup, store, key_
     assert validator.is_enrolled("nobody") is False
 
 
-def test_password_and_code_refusals_are_identical_whichever_part_failed(store, key_backend, audit, clock) -> None:
+def test_password_and_code_refusals_are_identical_whichever_part_failed(
+    store, key_backend, audit, clock
+) -> None:
     """Not even the serial may tell a right password with a wrong code from a wrong password."""
     add_token(store, key_backend, "T1")
     from otp_agent.config import PolicyConfig
     from otp_agent.validation import Validator
-    validator = Validator(store, key_backend, PolicyConfig(lock_threshold=100), audit, clock=clock,
-                          password_checker=lambda user, password: password == "hunter2")
+
+    validator = Validator(
+        store,
+        key_backend,
+        PolicyConfig(lock_threshold=100),
+        audit,
+        clock=clock,
+        password_checker=lambda user, password: password == "hunter2",
+    )
     good = code(step(clock))
     wrong_password = validator.validate_password_and_code("alice", "hunter3" + good, CONTEXT)
     wrong_code = validator.validate_password_and_code("alice", "hunter2" + "000000", CONTEXT)

@@ -45,12 +45,15 @@ def test_clean_end_of_stream_is_none() -> None:
     assert wire.recv_frame(right) is None
 
 
-@pytest.mark.parametrize("raw,message", [
-    (b"\x00\x00", "frame header"),
-    (b"\x00\x00\x00\x10{}", "inside a frame"),
-    (struct.pack(">I", 0), "outside"),
-    (struct.pack(">I", wire.MAX_FRAME + 1), "outside"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (b"\x00\x00", "frame header"),
+        (b"\x00\x00\x00\x10{}", "inside a frame"),
+        (struct.pack(">I", 0), "outside"),
+        (struct.pack(">I", wire.MAX_FRAME + 1), "outside"),
+    ],
+)
 def test_truncated_or_oversized(raw: bytes, message: str) -> None:
     left, right = pair()
     left.sendall(raw)
@@ -59,10 +62,16 @@ def test_truncated_or_oversized(raw: bytes, message: str) -> None:
         wire.recv_frame(right)
 
 
-@pytest.mark.parametrize("payload,message", [
-    (b"not json", "not a UTF-8 JSON"), (b"\xff\xfe", "not a UTF-8 JSON"), (b"[1, 2]", "not a JSON object"),
-    (b'{"v": 2, "op": "ping"}', "unsupported protocol version"), (b'{"op": "ping"}', "version"),
-])
+@pytest.mark.parametrize(
+    "payload,message",
+    [
+        (b"not json", "not a UTF-8 JSON"),
+        (b"\xff\xfe", "not a UTF-8 JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"v": 2, "op": "ping"}', "unsupported protocol version"),
+        (b'{"op": "ping"}', "version"),
+    ],
+)
 def test_bad_payloads(payload: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         wire.decode_payload(payload)
@@ -84,10 +93,13 @@ def test_admin_frames_may_be_larger() -> None:
     sender.join()
 
 
-@pytest.mark.parametrize("payload", [
-    b"[" * 60000,                                   # nested past the interpreter's recursion limit
-    b'{"v": 1, "op": "ping", "n": ' + b"1" * 5000 + b"}",  # past int's digit limit
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 60000,  # nested past the interpreter's recursion limit
+        b'{"v": 1, "op": "ping", "n": ' + b"1" * 5000 + b"}",  # past int's digit limit
+    ],
+)
 def test_pathological_json_within_the_frame_limit_is_a_protocol_error(payload: bytes) -> None:
     """Any peer may send these in a 64 KiB frame: a clear protocol error, not a crash of the
     connection's worker with no answer."""

@@ -59,10 +59,17 @@ from otp_agent.keystore.payshield.transport import Transport
 from otp_agent.sensitive import Secret
 
 __all__ = [
-    "PayShieldKeyBackend", "initialise_payshield",
+    "PayShieldKeyBackend",
+    "initialise_payshield",
     # The self-test names, defined here before and now in .selftest: still importable from here.
-    "SELF_TEST_GENERATED", "SELF_TEST_KEY", "SELF_TEST_MESSAGE", "SELF_TEST_PUBLIC",
-    "SelfTestFileUnreadable", "load_self_test_file", "self_test_answer", "write_self_test_file",
+    "SELF_TEST_GENERATED",
+    "SELF_TEST_KEY",
+    "SELF_TEST_MESSAGE",
+    "SELF_TEST_PUBLIC",
+    "SelfTestFileUnreadable",
+    "load_self_test_file",
+    "self_test_answer",
+    "write_self_test_file",
 ]
 
 _FINGERPRINT_LABEL = b"otp-agent payshield fingerprint v1\x00"
@@ -125,8 +132,10 @@ class PayShieldKeyBackend:
         """
         config = self.config
         if config.zmk_file is None or config.zmk_key_block_file is None:
-            raise KeyBackendError("payShield import needs keystore.payshield.zmk_file and "
-                                  "zmk_key_block_file (see docs/hsm.md, key ceremony)")
+            raise KeyBackendError(
+                "payShield import needs keystore.payshield.zmk_file and "
+                "zmk_key_block_file (see docs/hsm.md, key ceremony)"
+            )
         zmk_key_block = _key_block_file(config.zmk_key_block_file, "ZMK key block")
         try:
             clear_zmk = bytes.fromhex(_read_text(config.zmk_file, "ZMK file"))
@@ -139,8 +148,7 @@ class PayShieldKeyBackend:
             wrapped = wrap_for_import(zmk.reveal(), secret.reveal())
         if config.key_format == "keyblock":
             blocks = (binding_block(identity.binding()),) if config.bind_identity else ()
-            tail = attributes(HMAC_USAGE[identity.algorithm], "H0", _MODE_OF_USE,
-                              _EXPORTABILITY, blocks)
+            tail = attributes(HMAC_USAGE[identity.algorithm], "H0", _MODE_OF_USE, _EXPORTABILITY, blocks)
             request = codec.encode_lu(zmk_key_block, wrapped, codec.KEY_BLOCK_FORMAT, tail)
         else:
             tail = f"{HASH_ID[identity.algorithm]}01{len(secret):04d}"
@@ -178,8 +186,7 @@ class PayShieldKeyBackend:
                 raise PayShieldKeyBlockError("key block is bound to another token")
         return "FF", HmacKey.key_block(text)
 
-    def compute_hmacs(self, identity: TokenIdentity, sealed: bytes,
-                      messages: Sequence[bytes]) -> list[bytes]:
+    def compute_hmacs(self, identity: TokenIdentity, sealed: bytes, messages: Sequence[bytes]) -> list[bytes]:
         """Return the HMAC of each message, computed by the HSM with pipelined LQ commands.
 
         :raises SealedSecretInvalid: the key block is malformed, bound elsewhere or refused.
@@ -204,8 +211,10 @@ class PayShieldKeyBackend:
 
     def _fingerprint_hmac(self, message: bytes) -> bytes:
         if self._fingerprint_key is None:
-            raise KeyBackendError("payShield fingerprint key missing: set keystore.payshield."
-                                  "fingerprint_key_file and run otp-agent init")
+            raise KeyBackendError(
+                "payShield fingerprint key missing: set keystore.payshield."
+                "fingerprint_key_file and run otp-agent init"
+            )
         key = HmacKey.key_block(self._fingerprint_key[1:])
         (response,) = self._transport.exchange([codec.encode_lq("FF", 32, key, message)])
         return codec.parse_lr(response, 32)
@@ -214,8 +223,7 @@ class PayShieldKeyBackend:
         """Return HMAC-SHA-256 of a token's binding message under the HSM-derived binding key."""
         with self._binding_lock:
             if self._binding_key is None:
-                self._binding_key = Secret(self._fingerprint_hmac(
-                    hashlib.sha256(_BINDING_LABEL).digest()))
+                self._binding_key = Secret(self._fingerprint_hmac(hashlib.sha256(_BINDING_LABEL).digest()))
             key = self._binding_key.reveal()
         return hmac.digest(key, message, "sha256")
 
@@ -230,11 +238,13 @@ class PayShieldKeyBackend:
             report.update({"ok": False, "error": str(exc)})
         if self._self_test_note:
             report["self_test"] = self._self_test_note
-        report.update({
-            "key_format": self.config.key_format,
-            "fingerprint_key": self._fingerprint_key is not None,
-            "import_enabled": self.config.zmk_file is not None,
-        })
+        report.update(
+            {
+                "key_format": self.config.key_format,
+                "fingerprint_key": self._fingerprint_key is not None,
+                "import_enabled": self.config.zmk_file is not None,
+            }
+        )
         return report
 
     def close(self) -> None:
@@ -286,14 +296,17 @@ def initialise_payshield(config: PayShieldConfig) -> list[str]:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="ascii") as handle:
             handle.write("S" + key.value.decode("ascii") + "\n")
-        messages.insert(0, f"payShield: created fingerprint key block {path} "
-                           "(HMAC-SHA-256 generated in the HSM)")
+        messages.insert(
+            0, f"payShield: created fingerprint key block {path} (HMAC-SHA-256 generated in the HSM)"
+        )
     if self_test is not None and self_test_path is not None:
         key_block, expected, source = self_test
         write_self_test_file(self_test_path, key_block, expected, source)
-        how = ("the public test key imported with LU, answer checked against the host's"
-               if source == SELF_TEST_PUBLIC else "a key generated in the HSM with L0, answer "
-               "recorded from the HSM")
+        how = (
+            "the public test key imported with LU, answer checked against the host's"
+            if source == SELF_TEST_PUBLIC
+            else "a key generated in the HSM with L0, answer recorded from the HSM"
+        )
         messages.append(f"payShield: created self-test key {self_test_path} ({how})")
     return messages
 
@@ -333,5 +346,6 @@ def _create_self_test(config: PayShieldConfig, transport: Transport) -> tuple[st
         raise KeyBackendUnavailable(
             "payShield answered the public self-test key's HMAC wrong (a faulty, misconfigured "
             "or impersonated HSM): no self-test file written; check the HSM and run otp-agent "
-            "init again")
+            "init again"
+        )
     return "S" + key.value.decode("ascii"), answer, source

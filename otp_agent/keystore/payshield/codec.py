@@ -26,12 +26,43 @@ from otp_agent.keystore.payshield.fields import (
 )
 
 __all__ = [
-    "DELIMITER", "KEY_BLOCK_FORMAT", "MAX_MESSAGE", "VARIANT_FORMAT", "CodecError", "FieldReader",
-    "FrameReader", "HmacKey", "HmacRequest", "KeyRequest", "encode_a0", "encode_b2", "encode_l0",
-    "encode_lq", "encode_ls", "encode_lu", "encode_n0", "encode_nc", "encode_no",
-    "encode_response", "frame", "open_response", "parse_a0", "parse_a1", "parse_b3",
-    "parse_key_response", "parse_l0", "parse_lq_request", "parse_lr", "parse_ls", "parse_lt",
-    "parse_lu", "parse_n1", "parse_nd", "parse_np", "response_code", "split_request",
+    "DELIMITER",
+    "KEY_BLOCK_FORMAT",
+    "MAX_MESSAGE",
+    "VARIANT_FORMAT",
+    "CodecError",
+    "FieldReader",
+    "FrameReader",
+    "HmacKey",
+    "HmacRequest",
+    "KeyRequest",
+    "encode_a0",
+    "encode_b2",
+    "encode_l0",
+    "encode_lq",
+    "encode_ls",
+    "encode_lu",
+    "encode_n0",
+    "encode_nc",
+    "encode_no",
+    "encode_response",
+    "frame",
+    "open_response",
+    "parse_a0",
+    "parse_a1",
+    "parse_b3",
+    "parse_key_response",
+    "parse_l0",
+    "parse_lq_request",
+    "parse_lr",
+    "parse_ls",
+    "parse_lt",
+    "parse_lu",
+    "parse_n1",
+    "parse_nd",
+    "parse_np",
+    "response_code",
+    "split_request",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -65,14 +96,12 @@ def encode_l0(key_length: int, attributes: str, hash_id: str = "FF", usage: str 
 
 def encode_lq(hash_id: str, hmac_length: int, key: HmacKey, data: bytes) -> bytes:
     """LQ: HMAC of ``data`` under ``key``; ``hmac_length`` output bytes (4N)."""
-    return (f"LQ{hash_id}{hmac_length:04d}".encode() + key.encode()
-            + f"{len(data):05d}".encode() + data)
+    return f"LQ{hash_id}{hmac_length:04d}".encode() + key.encode() + f"{len(data):05d}".encode() + data
 
 
 def encode_ls(hash_id: str, mac: bytes, key: HmacKey, data: bytes) -> bytes:
     """LS: verify the leftmost-truncated HMAC ``mac`` of ``data`` under ``key``."""
-    return (f"LS{hash_id}{len(mac):04d}".encode() + mac + key.encode()
-            + f"{len(data):05d}".encode() + data)
+    return f"LS{hash_id}{len(mac):04d}".encode() + mac + key.encode() + f"{len(data):05d}".encode() + data
 
 
 def encode_lu(zmk: str, wrapped: bytes, key_format: str, tail: str) -> bytes:
@@ -81,8 +110,7 @@ def encode_lu(zmk: str, wrapped: bytes, key_format: str, tail: str) -> bytes:
     ``tail`` is the key-block ``#`` attributes for format 04, or hash id 2N + usage 2N + key
     length 4N for format 00.  Transport format 00 (proprietary) is used.
     """
-    return (f"LU{zmk}{len(wrapped):04d}".encode("ascii") + wrapped
-            + f";00{key_format}{tail}".encode("ascii"))
+    return f"LU{zmk}{len(wrapped):04d}".encode("ascii") + wrapped + f";00{key_format}{tail}".encode("ascii")
 
 
 def encode_a0(mode: str, attributes: str) -> bytes:
@@ -251,7 +279,7 @@ def parse_np(payload: bytes) -> dict[str, object]:
     if rest[1:2].isdigit():
         status["protocol"] = "TCP" if rest[1:2] == b"1" else "UDP"
     for width in (4, 2):
-        sockets, firmware = rest[2:2 + width], rest[2 + width:11 + width]
+        sockets, firmware = rest[2 : 2 + width], rest[2 + width : 11 + width]
         if sockets.isdigit() and firmware[4:5] == b"-" and firmware.isascii():
             status["tcp_sockets"] = int(sockets)
             status["firmware"] = firmware.decode("ascii")
@@ -280,8 +308,11 @@ def parse_key_response(command: str, payload: bytes) -> HmacKey:
     reader = open_response(command, payload)
     try:
         length = reader.text(4)
-        key = (HmacKey.key_block(reader.key_block()) if length == "FFFF"
-               else HmacKey(VARIANT_FORMAT, reader.take(int(length))))
+        key = (
+            HmacKey.key_block(reader.key_block())
+            if length == "FFFF"
+            else HmacKey(VARIANT_FORMAT, reader.take(int(length)))
+        )
     except (CodecError, ValueError) as exc:
         raise PayShieldProtocolError(f"malformed {command} response: {exc}") from None
     _checked(reader)
@@ -321,4 +352,3 @@ def parse_lt(payload: bytes) -> bool:
         return False
     _checked(open_response("LS", payload))
     return True
-

@@ -74,15 +74,17 @@ class PayShieldConfig:
             raise ConfigError(
                 f"{PREFIX}.tls: false would send the HMACs the codes are made of in clear and "
                 "let anyone on the path forge them; set insecure_plaintext = true if plain TCP "
-                "is really wanted (see docs/hsm.md)")
+                "is really wanted (see docs/hsm.md)"
+            )
         if self.tls and self.insecure_plaintext:
-            raise ConfigError(f"{PREFIX}.insecure_plaintext: true contradicts tls = true; "
-                              "remove one of them")
+            raise ConfigError(f"{PREFIX}.insecure_plaintext: true contradicts tls = true; remove one of them")
         if self.insecure_plaintext:
             for name in _TLS_KEYS:
                 if getattr(self, name) is not None:
-                    raise ConfigError(f"{PREFIX}.{name}: is a TLS key, but insecure_plaintext "
-                                      "= true turns TLS off; remove one of them")
+                    raise ConfigError(
+                        f"{PREFIX}.{name}: is a TLS key, but insecure_plaintext "
+                        "= true turns TLS off; remove one of them"
+                    )
 
     @property
     def self_test_path(self) -> Path | None:
@@ -115,17 +117,22 @@ def _integer(low: int, high: int) -> Callable[[str, object], int]:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigError(f"{key}: must be an integer from {low} to {high}")
         return value
+
     return check
 
 
 def _number(low: float, high: float, zero: bool = False) -> Callable[[str, object], float]:
     def check(key: str, value: object) -> float:
-        ok = (not isinstance(value, bool) and isinstance(value, (int, float))
-              and (low <= value <= high or (zero and value == 0)))
+        ok = (
+            not isinstance(value, bool)
+            and isinstance(value, (int, float))
+            and (low <= value <= high or (zero and value == 0))
+        )
         if not ok:
             extra = " (or 0 to disable)" if zero else ""
             raise ConfigError(f"{key}: must be a number from {low:g} to {high:g}{extra}")
         return float(value)  # type: ignore[arg-type]
+
     return check
 
 
@@ -200,7 +207,8 @@ _KEYS: dict[str, Callable[[str, object], object]] = {
 PLAINTEXT_WARNING = (
     f"{PREFIX}.insecure_plaintext = true: the HSM link is plain TCP; anyone on the path reads "
     "the HMACs of every login (the codes of the window) and can forge answers that accept any "
-    "code")
+    "code"
+)
 
 
 def parse_payshield_config(table: dict[str, object]) -> PayShieldConfig:
@@ -223,8 +231,10 @@ def parse_payshield_config(table: dict[str, object]) -> PayShieldConfig:
     _check_transport(values)
     config = PayShieldConfig(**values)  # type: ignore[arg-type]
     if config.header_length == 0 and config.max_in_flight > 1 and "max_in_flight" in values:
-        raise ConfigError(f"{PREFIX}.max_in_flight: must be 1 when header_length is 0 "
-                          "(responses cannot be matched without a header)")
+        raise ConfigError(
+            f"{PREFIX}.max_in_flight: must be 1 when header_length is 0 "
+            "(responses cannot be matched without a header)"
+        )
     if config.retry_max < config.retry_initial:
         raise ConfigError(f"{PREFIX}.retry_max: must not be smaller than retry_initial")
     if (config.zmk_file is None) != (config.zmk_key_block_file is None):

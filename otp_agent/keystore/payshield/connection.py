@@ -25,24 +25,34 @@ logger = logging.getLogger(__name__)
 def _tls_failure(exc: BaseException) -> str:
     """Why a TLS handshake failed, in words an operator can act on (no key material)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"TLS certificate not accepted ({exc.verify_message}); check keystore.payshield."
-                "tls_ca_file and tls_server_name")
+        return (
+            f"TLS certificate not accepted ({exc.verify_message}); check keystore.payshield."
+            "tls_ca_file and tls_server_name"
+        )
     if isinstance(exc, asyncio.TimeoutError):
-        return ("TLS handshake timed out (is this the HSM's TLS port? plain TCP needs "
-                "keystore.payshield.insecure_plaintext = true)")
+        return (
+            "TLS handshake timed out (is this the HSM's TLS port? plain TCP needs "
+            "keystore.payshield.insecure_plaintext = true)"
+        )
     return f"TLS handshake failed: {type(exc).__name__}"
 
 
 class HsmConnection:
     """A persistent connection carrying pipelined requests to one HSM."""
 
-    def __init__(self, address: HsmAddress, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, header_length: int, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        address: HsmAddress,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        header_length: int,
+        max_in_flight: int,
+    ) -> None:
         self.address = address
         self._reader = reader
         self._writer = writer
         self._header_length = header_length
-        self._space = 10 ** header_length
+        self._space = 10**header_length
         self._slots = asyncio.Semaphore(max(1, min(max_in_flight, self._space)))
         self._pending: dict[bytes, tuple[str, asyncio.Future[bytes]]] = {}
         self._counter = 0
@@ -50,9 +60,15 @@ class HsmConnection:
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, address: HsmAddress, header_length: int, max_in_flight: int,
-                   timeout: float, tls: ssl.SSLContext | None,
-                   server_name: str | None) -> HsmConnection:
+    async def open(
+        cls,
+        address: HsmAddress,
+        header_length: int,
+        max_in_flight: int,
+        timeout: float,
+        tls: ssl.SSLContext | None,
+        server_name: str | None,
+    ) -> HsmConnection:
         """Connect with TCP_NODELAY and, if given, TLS; TCP and handshake within ``timeout`` s.
 
         The TLS context verifies the certificate; it is checked against ``server_name``, or
@@ -62,7 +78,8 @@ class HsmConnection:
         deadline = loop.time() + timeout
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address.host, address.port), timeout)
+                asyncio.open_connection(address.host, address.port), timeout
+            )
         except (TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
             raise PayShieldUnavailable(f"cannot connect to payShield {address}: {reason}") from None
@@ -73,12 +90,14 @@ class HsmConnection:
             try:
                 await asyncio.wait_for(
                     writer.start_tls(tls, server_hostname=server_name or address.host),
-                    max(0.0, deadline - loop.time()))
+                    max(0.0, deadline - loop.time()),
+                )
             except BaseException as exc:
                 writer.transport.abort()
                 if isinstance(exc, (OSError, asyncio.TimeoutError)):  # ssl.SSLError is an OSError.
                     raise PayShieldUnavailable(
-                        f"cannot connect to payShield {address}: {_tls_failure(exc)}") from None
+                        f"cannot connect to payShield {address}: {_tls_failure(exc)}"
+                    ) from None
                 raise
         return cls(address, reader, writer, header_length, max_in_flight)
 
@@ -116,8 +135,7 @@ class HsmConnection:
         try:
             self._writer.write(frame(header + payload))
         except (OSError, RuntimeError, CodecError) as exc:
-            self.fail(PayShieldUnavailable(f"cannot send to payShield {self.address}: "
-                                           f"{type(exc).__name__}"))
+            self.fail(PayShieldUnavailable(f"cannot send to payShield {self.address}: {type(exc).__name__}"))
         return future
 
     async def _read_loop(self) -> None:
@@ -133,25 +151,28 @@ class HsmConnection:
         except CodecError:
             self.fail(PayShieldProtocolError(f"payShield {self.address} sent a malformed frame"))
         except (OSError, ssl.SSLError) as exc:
-            self.fail(PayShieldUnavailable(
-                f"connection to payShield {self.address} failed: {type(exc).__name__}"))
+            self.fail(
+                PayShieldUnavailable(f"connection to payShield {self.address} failed: {type(exc).__name__}")
+            )
         except asyncio.CancelledError:
             self.fail(PayShieldUnavailable(f"connection to payShield {self.address} closed"), quiet=True)
             raise
 
     def _dispatch(self, body: bytes) -> None:
-        header, payload = body[:self._header_length], body[self._header_length:]
+        header, payload = body[: self._header_length], body[self._header_length :]
         if self._header_length == 0:
             header = next(iter(self._pending), b"\xff")
         entry = self._pending.pop(header, None)
         if entry is None:
-            self.fail(PayShieldProtocolError(
-                f"payShield {self.address} answered with a header matching no request"))
+            self.fail(
+                PayShieldProtocolError(f"payShield {self.address} answered with a header matching no request")
+            )
             return
         command, future = entry
         if payload[:2] != response_code(command).encode("ascii"):
             error = PayShieldProtocolError(
-                f"payShield {self.address} answered {command} with a wrong response code")
+                f"payShield {self.address} answered {command} with a wrong response code"
+            )
             if not future.done():
                 future.set_exception(error)
             self.fail(error)

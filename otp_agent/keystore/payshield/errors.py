@@ -84,8 +84,9 @@ ERROR_CODES: dict[str, str] = {
 }
 
 #: Error codes that say "this key block is damaged, forged or not ours": the sealed blob is bad.
-KEY_BLOCK_ERROR_CODES = frozenset({"08", "83", "84", "A1", "A3", "A4", "A5", "A6", "A7", "A8",
-                                   "AB", "AC", "B2", "B4", "BE"})
+KEY_BLOCK_ERROR_CODES = frozenset(
+    {"08", "83", "84", "A1", "A3", "A4", "A5", "A6", "A7", "A8", "AB", "AC", "B2", "B4", "BE"}
+)
 
 
 def describe(error_code: str) -> str:
@@ -137,8 +138,8 @@ def error_for(command: str, error_code: str) -> KeyBackendError:
     """Return the exception for a response of ``command`` carrying a non-``00`` ``error_code``."""
     if error_code in KEY_BLOCK_ERROR_CODES:
         return PayShieldKeyBlockError(
-            f"payShield {command} refused the key block with error {error_code}: "
-            f"{describe(error_code)}",
-            command=command, error_code=error_code,
+            f"payShield {command} refused the key block with error {error_code}: {describe(error_code)}",
+            command=command,
+            error_code=error_code,
         )
     return PayShieldCommandError(command, error_code)

@@ -52,8 +52,8 @@ class FrameReader:
                 raise CodecError("frame length zero or over 32 KB")
             if len(self._buffer) < 2 + size:
                 break
-            messages.append(bytes(self._buffer[2:2 + size]))
-            del self._buffer[:2 + size]
+            messages.append(bytes(self._buffer[2 : 2 + size]))
+            del self._buffer[: 2 + size]
         return messages
 
 
@@ -78,7 +78,7 @@ class FieldReader:
         end = self._position + size
         if size < 0 or end > len(self._data):
             raise CodecError("message ends before its fields")
-        chunk = self._data[self._position:end]
+        chunk = self._data[self._position : end]
         self._position = end
         return chunk
 
@@ -106,7 +106,7 @@ class FieldReader:
 
     def peek(self, size: int = 1) -> bytes:
         """Return the next ``size`` bytes without consuming them (fewer at the end)."""
-        return self._data[self._position:self._position + size]
+        return self._data[self._position : self._position + size]
 
     def expect(self, literal: bytes) -> None:
         """Consume ``literal`` or fail."""
@@ -115,7 +115,7 @@ class FieldReader:
 
     def rest(self) -> bytes:
         """Return every byte left."""
-        chunk = self._data[self._position:]
+        chunk = self._data[self._position :]
         self._position = len(self._data)
         return chunk
 

@@ -41,10 +41,16 @@ class HostState:
     def report(self) -> dict[str, object]:
         """JSON-able view for ``otpctl status``."""
         report: dict[str, object] = {
-            "address": str(self.address), "up": self.up, "lmk_check_value": self.lmk_check_value,
-            "firmware": self.firmware, "connections": len(self.connections),
+            "address": str(self.address),
+            "up": self.up,
+            "lmk_check_value": self.lmk_check_value,
+            "firmware": self.firmware,
+            "connections": len(self.connections),
             "in_flight": sum(c.in_flight for c in self.connections),
-            "failures": self.failures, "last_error": self.last_error, **self.status}
+            "failures": self.failures,
+            "last_error": self.last_error,
+            **self.status,
+        }
         if self.self_test:
             report["self_test"] = self.self_test
         return report
@@ -87,4 +93,4 @@ class HostState:
 
 def lmk_matches(configured: str, reported: str) -> bool:
     """Compare check values on the configured digits (6 significant, or all 16)."""
-    return reported[:len(configured)].upper() == configured.upper()
+    return reported[: len(configured)].upper() == configured.upper()

@@ -17,13 +17,17 @@ HEADER_LENGTH = 16
 
 #: Key usage of an HMAC key block for each hash (``62``/``64`` are SHA-224/SHA-384, unused here).
 HMAC_USAGE: dict[HashAlgorithm, str] = {
-    HashAlgorithm.SHA1: "61", HashAlgorithm.SHA256: "63", HashAlgorithm.SHA512: "65",
+    HashAlgorithm.SHA1: "61",
+    HashAlgorithm.SHA256: "63",
+    HashAlgorithm.SHA512: "65",
 }
 #: Digest size in bytes for each HMAC key usage.
 USAGE_DIGEST_SIZE: dict[str, int] = {"61": 20, "62": 28, "63": 32, "64": 48, "65": 64}
 #: Hash identifiers used with variant-format HMAC keys (payShield host command manual, LQ).
 HASH_ID: dict[HashAlgorithm, str] = {
-    HashAlgorithm.SHA1: "01", HashAlgorithm.SHA256: "06", HashAlgorithm.SHA512: "08",
+    HashAlgorithm.SHA1: "01",
+    HashAlgorithm.SHA256: "06",
+    HashAlgorithm.SHA512: "08",
 }
 HASH_ID_DIGEST_SIZE: dict[str, int] = {"01": 20, "05": 28, "06": 32, "07": 48, "08": 64}
 
@@ -68,8 +72,10 @@ class KeyBlockHeader:
 
     def encode(self) -> str:
         """Return the 16-character header followed by the encoded optional blocks."""
-        fixed = (f"{self.version}{self.length:04d}{self.usage}{self.algorithm}{self.mode}"
-                 f"{self.kvn}{self.exportability}{len(self.optional_blocks):02d}{self.lmk_id}")
+        fixed = (
+            f"{self.version}{self.length:04d}{self.usage}{self.algorithm}{self.mode}"
+            f"{self.kvn}{self.exportability}{len(self.optional_blocks):02d}{self.lmk_id}"
+        )
         if len(fixed) != HEADER_LENGTH:
             raise KeyBlockFormatError("header fields have the wrong widths")
         return fixed + "".join(block.encode() for block in self.optional_blocks)
@@ -100,18 +106,25 @@ def parse_header(text: str) -> KeyBlockHeader:
     blocks: list[OptionalBlock] = []
     position = HEADER_LENGTH
     for _ in range(int(count)):
-        block_id, size = text[position:position + 2], text[position + 2:position + 4]
+        block_id, size = text[position : position + 2], text[position + 2 : position + 4]
         try:
             total = int(size, 16)
         except ValueError:
             raise KeyBlockFormatError("optional block length is not hexadecimal") from None
         if total < 4 or position + total > len(text):
             raise KeyBlockFormatError("optional block overruns the key block")
-        blocks.append(OptionalBlock(block_id, text[position + 4:position + total]))
+        blocks.append(OptionalBlock(block_id, text[position + 4 : position + total]))
         position += total
     return KeyBlockHeader(
-        version=version, length=int(length), usage=text[5:7], algorithm=text[7], mode=text[8],
-        kvn=text[9:11], exportability=text[11], lmk_id=text[14:16], optional_blocks=tuple(blocks),
+        version=version,
+        length=int(length),
+        usage=text[5:7],
+        algorithm=text[7],
+        mode=text[8],
+        kvn=text[9:11],
+        exportability=text[11],
+        lmk_id=text[14:16],
+        optional_blocks=tuple(blocks),
     )
 
 
@@ -124,7 +137,7 @@ def split_key_block(text: str) -> tuple[KeyBlockHeader, str]:
     header = parse_header(text)
     if header.length != len(text):
         raise KeyBlockFormatError("key block length field does not match its size")
-    body = text[header.encoded_length:]
+    body = text[header.encoded_length :]
     if not body or any(c not in "0123456789ABCDEF" for c in body):
         raise KeyBlockFormatError("key block body is not upper-case hexadecimal")
     return header, body
@@ -142,8 +155,9 @@ def binding_block(binding: bytes) -> OptionalBlock:
     return OptionalBlock(BINDING_BLOCK_ID, _BINDING_TAG + digest[:_BINDING_HEX])
 
 
-def attributes(usage: str, algorithm: str, mode: str, exportability: str,
-               blocks: tuple[OptionalBlock, ...] = ()) -> str:
+def attributes(
+    usage: str, algorithm: str, mode: str, exportability: str, blocks: tuple[OptionalBlock, ...] = ()
+) -> str:
     """Return the ``#`` section of an L0/LU/A0 request (2-character algorithm code, e.g. ``H0``)."""
     encoded = "".join(block.encode() for block in blocks)
     return f"#{usage}{algorithm}{mode}00{exportability}{len(blocks):02d}{encoded}"

@@ -34,8 +34,10 @@ SELF_TEST_MESSAGE = hashlib.sha256(b"otp-agent payshield self-test message v1").
 #: generated in the HSM with L0 (answer recorded from the HSMs at init).
 SELF_TEST_PUBLIC = "public-test-key-v1"
 SELF_TEST_GENERATED = "generated-in-hsm"
-_SELF_TEST_HEADER = ("# otp-agent payShield known-answer self-test, written by otp-agent init.\n"
-                     "# Not secret: the key block is under the LMK, the answer is public.\n")
+_SELF_TEST_HEADER = (
+    "# otp-agent payShield known-answer self-test, written by otp-agent init.\n"
+    "# Not secret: the key block is under the LMK, the answer is public.\n"
+)
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ def write_self_test_file(path: Path, key_block: str, expected: bytes, source: st
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-        handle.write(f"{_SELF_TEST_HEADER}key_block = {key_block}\n"
-                     f"hmac_sha256 = {expected.hex()}\nsource = {source}\n")
+        handle.write(
+            f"{_SELF_TEST_HEADER}key_block = {key_block}\nhmac_sha256 = {expected.hex()}\nsource = {source}\n"
+        )
 
 
 def load_self_test_file(path: Path) -> SelfTest:
@@ -82,8 +85,9 @@ def load_self_test_file(path: Path) -> SelfTest:
     except PermissionError:
         raise SelfTestFileUnreadable(f"cannot read {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeyBackendUnavailable(f"cannot read the self-test key file {path}: "
-                                    f"{type(exc).__name__}") from None
+        raise KeyBackendUnavailable(
+            f"cannot read the self-test key file {path}: {type(exc).__name__}"
+        ) from None
     values: dict[str, str] = {}
     for line in text.splitlines():
         name, equals, value = line.partition("=")
@@ -94,15 +98,24 @@ def load_self_test_file(path: Path) -> SelfTest:
         header, _body = split_key_block(block[1:])
         expected = bytes.fromhex(answer)
     except (KeyBlockFormatError, ValueError):
-        raise KeyBackendUnavailable(f"{path} is not a payShield self-test file (key_block, "
-                                    "hmac_sha256, source): run otp-agent init") from None
-    if (not block.startswith("S") or header.usage != "63" or header.algorithm != "H"
-            or len(expected) != 32 or source not in (SELF_TEST_PUBLIC, SELF_TEST_GENERATED)):
-        raise KeyBackendUnavailable(f"{path} is not a payShield self-test file (an HMAC-SHA-256 "
-                                    "key block, its 32-byte answer and its source)")
+        raise KeyBackendUnavailable(
+            f"{path} is not a payShield self-test file (key_block, hmac_sha256, source): run otp-agent init"
+        ) from None
+    if (
+        not block.startswith("S")
+        or header.usage != "63"
+        or header.algorithm != "H"
+        or len(expected) != 32
+        or source not in (SELF_TEST_PUBLIC, SELF_TEST_GENERATED)
+    ):
+        raise KeyBackendUnavailable(
+            f"{path} is not a payShield self-test file (an HMAC-SHA-256 "
+            "key block, its 32-byte answer and its source)"
+        )
     if source == SELF_TEST_PUBLIC and not hmac.compare_digest(expected, self_test_answer()):
-        raise KeyBackendUnavailable(f"{path}: hmac_sha256 is not the answer of the public "
-                                    "self-test key; the file was changed")
+        raise KeyBackendUnavailable(
+            f"{path}: hmac_sha256 is not the answer of the public self-test key; the file was changed"
+        )
     return SelfTest(HmacKey.key_block(block[1:]), SELF_TEST_MESSAGE, expected)
 
 
@@ -113,18 +126,26 @@ def self_test_from_config(config: PayShieldConfig) -> tuple[SelfTest | None, str
     service) is reported like a missing one rather than stopping the daemon after an upgrade.
     """
     path = config.self_test_path
-    consequence = ("an HSM answering wrong HMACs would not be detected, and every login would "
-                   "fail as a wrong code and count towards its token's lock")
+    consequence = (
+        "an HSM answering wrong HMACs would not be detected, and every login would "
+        "fail as a wrong code and count towards its token's lock"
+    )
     if path is not None and path.exists():
         try:
             return load_self_test_file(path), ""
         except SelfTestFileUnreadable:
-            logger.warning("payShield self-test not configured: cannot read %s (mode 0600, "
-                           "root): %s; pass it to the service like the fingerprint key "
-                           "(LoadCredential=, see docs/hsm.md)", path, consequence)
+            logger.warning(
+                "payShield self-test not configured: cannot read %s (mode 0600, "
+                "root): %s; pass it to the service like the fingerprint key "
+                "(LoadCredential=, see docs/hsm.md)",
+                path,
+                consequence,
+            )
             return None, f"not configured (cannot read {path})"
     logger.warning(
         "payShield self-test not configured (%s): %s; run otp-agent init to create the "
         "self-test key (see docs/hsm.md)",
-        f"no file {path}" if path is not None else "no self_test_key_file", consequence)
+        f"no file {path}" if path is not None else "no self_test_key_file",
+        consequence,
+    )
     return None, ""

@@ -59,8 +59,9 @@ class Transport:
         self._self_test = self_test
         self._tls = self._tls_context(config)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="payshield-transport",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="payshield-transport", daemon=True
+        )
         self._thread.start()
         self._hosts: list[HostState] = self._call(self._make_hosts(), 5.0)
         self._next_slot = 0.0
@@ -87,10 +88,12 @@ class Transport:
             return None
         try:
             context = ssl.create_default_context(
-                cafile=str(config.tls_ca_file) if config.tls_ca_file else None)
+                cafile=str(config.tls_ca_file) if config.tls_ca_file else None
+            )
         except (OSError, ssl.SSLError) as exc:
-            raise KeyBackendUnavailable(f"{PREFIX}.tls_ca_file: cannot load {config.tls_ca_file}: "
-                                        f"{type(exc).__name__}") from None
+            raise KeyBackendUnavailable(
+                f"{PREFIX}.tls_ca_file: cannot load {config.tls_ca_file}: {type(exc).__name__}"
+            ) from None
         context.verify_mode = ssl.CERT_REQUIRED
         context.check_hostname = True
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -100,7 +103,8 @@ class Transport:
             except (OSError, ssl.SSLError) as exc:
                 raise KeyBackendUnavailable(
                     f"{PREFIX}.tls_cert_file, tls_key_file: cannot load {config.tls_cert_file} "
-                    f"with {config.tls_key_file}: {type(exc).__name__}") from None
+                    f"with {config.tls_key_file}: {type(exc).__name__}"
+                ) from None
         return context
 
     # -- the synchronous bridge ----------------------------------------------------------------
@@ -133,7 +137,8 @@ class Transport:
         """
         per_host = self._connect_budget
         budget = per_host * len(self._hosts) + self.config.request_timeout * (
-            1 if pipelined else max(1, len(payloads)))
+            1 if pipelined else max(1, len(payloads))
+        )
         return self._call(self._exchange(list(payloads), pipelined), budget)
 
     def health(self) -> dict[str, object]:
@@ -167,8 +172,7 @@ class Transport:
     # -- inside the loop -----------------------------------------------------------------------
 
     async def _start(self) -> None:
-        results = await asyncio.gather(*(self._connect(host) for host in self._hosts),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(self._connect(host) for host in self._hosts), return_exceptions=True)
         for host, result in zip(self._hosts, results, strict=True):
             if isinstance(result, LmkMismatch):
                 raise result
@@ -184,8 +188,13 @@ class Transport:
         host.last_attempt = time.monotonic()
         try:
             connection = await HsmConnection.open(
-                host.address, config.header_length, config.max_in_flight,
-                config.connect_timeout, self._tls, config.tls_server_name)
+                host.address,
+                config.header_length,
+                config.max_in_flight,
+                config.connect_timeout,
+                self._tls,
+                config.tls_server_name,
+            )
             try:
                 future = await connection.submit(codec.encode_nc())
                 check, firmware = codec.parse_nd(await asyncio.wait_for(future, config.request_timeout))
@@ -197,8 +206,10 @@ class Transport:
                 raise
             if not lmk_matches(config.lmk_check_value, check):
                 await connection.close()
-                raise LmkMismatch(f"payShield {host.address} has LMK check value {check[:6]}, "
-                                  f"configured {config.lmk_check_value[:6]}: refusing to use it")
+                raise LmkMismatch(
+                    f"payShield {host.address} has LMK check value {check[:6]}, "
+                    f"configured {config.lmk_check_value[:6]}: refusing to use it"
+                )
             try:
                 await self._run_self_test(host, connection)
             except BaseException:
@@ -226,26 +237,31 @@ class Transport:
         request = codec.encode_lq("FF", len(test.expected), test.key, test.message)
         future = await connection.submit(request)
         try:
-            answer = codec.parse_lr(await asyncio.wait_for(future, self.config.request_timeout),
-                                    len(test.expected))
+            answer = codec.parse_lr(
+                await asyncio.wait_for(future, self.config.request_timeout), len(test.expected)
+            )
         except TimeoutError:
-            raise PayShieldUnavailable(
-                f"payShield {host.address} did not answer the self-test LQ") from None
+            raise PayShieldUnavailable(f"payShield {host.address} did not answer the self-test LQ") from None
         except PayShieldUnavailable:
             raise
         except KeyBackendError as exc:  # An error code: the HSM cannot compute the test HMAC.
             host.self_test = f"failed: LQ refused ({exc})"
-            raise SelfTestFailed(f"payShield {host.address} failed its known-answer self-test: "
-                                 f"LQ refused ({exc}); not used") from None
+            raise SelfTestFailed(
+                f"payShield {host.address} failed its known-answer self-test: LQ refused ({exc}); not used"
+            ) from None
         if not hmac.compare_digest(answer, test.expected):
             if host.self_test != "failed: wrong HMAC":
-                logger.error("payShield %s answered the known-answer self-test with a wrong HMAC: "
-                             "not used until it answers right", host.address)
+                logger.error(
+                    "payShield %s answered the known-answer self-test with a wrong HMAC: "
+                    "not used until it answers right",
+                    host.address,
+                )
             host.self_test = "failed: wrong HMAC"
             raise SelfTestFailed(
                 f"payShield {host.address} failed its known-answer self-test: wrong HMAC for the "
                 "self-test key, so its answers cannot be trusted (a faulty, misconfigured or "
-                "impersonated HSM); not used")
+                "impersonated HSM); not used"
+            )
         host.self_test = "passed"
 
     async def _connection(self) -> HsmConnection:
@@ -279,8 +295,10 @@ class Transport:
         start = max(now, self._next_slot)
         last = start + (count - 1) / cps
         if last > deadline:
-            raise PayShieldBusy(f"calls-per-second limit of {cps:g} reached: request not sent "
-                                f"within {self.config.request_timeout:g}s")
+            raise PayShieldBusy(
+                f"calls-per-second limit of {cps:g} reached: request not sent "
+                f"within {self.config.request_timeout:g}s"
+            )
         self._next_slot = last + 1.0 / cps
         if last > now:
             await asyncio.sleep(last - now)
@@ -295,7 +313,8 @@ class Transport:
         except TimeoutError:
             error = PayShieldUnavailable(
                 f"payShield {host.address} did not answer within {timeout:g}s "
-                "(down, hanging, or queueing beyond its licensed calls per second)")
+                "(down, hanging, or queueing beyond its licensed calls per second)"
+            )
             connection.fail(error)
             host.mark_down(error, self.config)
             raise error from None
@@ -304,8 +323,7 @@ class Transport:
             raise
 
     @staticmethod
-    async def _send(connection: HsmConnection, payloads: list[bytes],
-                    pipelined: bool) -> list[bytes]:
+    async def _send(connection: HsmConnection, payloads: list[bytes], pipelined: bool) -> list[bytes]:
         """Write every request at once and gather (pipelined), or one after the other."""
         if pipelined:
             futures = [await connection.submit(payload) for payload in payloads]
@@ -319,12 +337,12 @@ class Transport:
             connection = min(host.connections, key=lambda c: c.in_flight)
             try:
                 future = await connection.submit(codec.encode_no())
-                host.status = codec.parse_np(
-                    await asyncio.wait_for(future, self.config.request_timeout))
+                host.status = codec.parse_np(await asyncio.wait_for(future, self.config.request_timeout))
                 await self._run_self_test(host, connection)
             except TimeoutError:
-                host.mark_down(PayShieldUnavailable(f"payShield {host.address} did not answer NO"),
-                               self.config)
+                host.mark_down(
+                    PayShieldUnavailable(f"payShield {host.address} did not answer NO"), self.config
+                )
             except KeyBackendError as exc:
                 host.mark_down(exc, self.config)
         elif host.up or time.monotonic() >= host.next_retry:
@@ -337,9 +355,12 @@ class Transport:
     async def _health(self) -> dict[str, object]:
         await asyncio.gather(*(self._probe(host) for host in self._hosts))
         active = next((str(h.address) for h in self._hosts if h.up), None)
-        return {"ok": active is not None, "active": active,
-                "self_test": "enabled" if self._self_test is not None else "not configured",
-                "hosts": [host.report() for host in self._hosts]}
+        return {
+            "ok": active is not None,
+            "active": active,
+            "self_test": "enabled" if self._self_test is not None else "not configured",
+            "hosts": [host.report() for host in self._hosts],
+        }
 
     def _start_health_loop(self) -> None:
         self._health_task = self._loop.create_task(self._health_loop())
