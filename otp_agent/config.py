@@ -115,16 +115,16 @@ def load_config(path: Path | None = None) -> Config:
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: configuration file not readable") from None
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: configuration file not found") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"{path}: configuration file not readable") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
         return parse_config(document, base=path.parent, source=path)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 class _Table:

@@ -4,6 +4,12 @@ Every error raised on purpose by the project derives from :class:`OtpAgentError`
 carries a stable ``code`` (sent on the wire and mapped to exit codes by the CLI) and an
 ``exit_status`` (the exit codes documented in otpctl(8)): 1 rejected or not found, 2 usage or configuration error,
 3 agent unreachable, 4 key backend or store unavailable.  Messages never contain secrets or codes.
+
+A foreign exception is translated at the boundary with ``raise ... from exc``, keeping its cause,
+except where the cause may carry a secret: PostgreSQL driver errors (the DSN and its password),
+HSM answers (the HMACs the codes are cut from), PSKC decryption and parsing (key material), and
+frames a client sent (codes, passwords); those are raised ``from None`` with a message that
+says what failed without quoting the cause.
 """
 
 from __future__ import annotations

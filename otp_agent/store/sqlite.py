@@ -88,7 +88,7 @@ class SQLiteStore:
             finally:
                 probe.close()
         except _DATABASE_ERRORS as exc:
-            raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from None
+            raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from exc
         if found is None:
             # An empty file (or one holding something else) must never become an empty store:
             # with unenrolled = "allow" that would let every enrolled user in.
@@ -144,7 +144,7 @@ class SQLiteStore:
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA secure_delete = ON")
         except _DATABASE_ERRORS as exc:
-            raise StoreUnavailable(f"database {self.path} cannot be opened: {exc}") from None
+            raise StoreUnavailable(f"database {self.path} cannot be opened: {exc}") from exc
         return connection
 
     def _connection(self) -> sqlite3.Connection:
@@ -162,7 +162,7 @@ class SQLiteStore:
         try:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path}: cannot start a transaction: {exc}") from None
+            raise StoreError(f"database {self.path}: cannot start a transaction: {exc}") from exc
         try:
             yield connection
             connection.execute("COMMIT")
@@ -177,7 +177,7 @@ class SQLiteStore:
         try:
             return self._connection().execute(sql, parameters).fetchall()
         except _DATABASE_ERRORS as exc:
-            raise StoreError(f"database {self.path}: read failed: {exc}") from None
+            raise StoreError(f"database {self.path}: read failed: {exc}") from exc
 
     def _migrate(self, *, create: bool) -> None:
         try:
@@ -205,7 +205,7 @@ class SQLiteStore:
                     database=f"database {self.path}",
                 )
         except _DATABASE_ERRORS as exc:
-            raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from None
+            raise StoreUnavailable(f"database {self.path} cannot be used: {exc}") from exc
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -242,7 +242,7 @@ class SQLiteStore:
         except sqlite3.IntegrityError:
             raise Conflict(f"{what}: a token with this serial or this same secret exists") from None
         except _DATABASE_ERRORS as exc:
-            raise StoreError(f"database {self.path}: {what} failed, nothing was written: {exc}") from None
+            raise StoreError(f"database {self.path}: {what} failed, nothing was written: {exc}") from exc
 
     def add_tokens(self, tokens: Sequence[Token]) -> None:
         marks = ", ".join("?" * len(COLUMNS))
