@@ -106,3 +106,18 @@ def test_pathological_json_within_the_frame_limit_is_a_protocol_error(payload: b
     assert len(payload) <= wire.MAX_FRAME
     with pytest.raises(ProtocolError, match="not a UTF-8 JSON"):
         wire.decode_payload(payload)
+
+
+def test_a_refusal_sent_before_the_request_is_read_even_when_the_write_fails() -> None:
+    """The agent answers "busy" and closes before the client writes (the flaky test of the
+    first release): the client's write fails with EPIPE, and the refusal is still read."""
+    client, agent = pair()
+    wire.send_frame(agent, wire.error_reply("unreachable", "agent busy, try again"))
+    agent.close()
+    with pytest.raises(BrokenPipeError):  # what the first release did: died on the write
+        wire.send_frame(client, {"v": 1, "op": "ping", "pad": "x" * 300_000})
+    client2, agent2 = pair()
+    wire.send_frame(agent2, wire.error_reply("unreachable", "agent busy, try again"))
+    agent2.close()
+    reply = wire.exchange(client2, {"v": 1, "op": "ping", "pad": "x" * 300_000})
+    assert reply is not None and reply["error"]["code"] == "unreachable"
