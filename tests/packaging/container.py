@@ -63,6 +63,16 @@ class Container:
                 start_new_session=True,
                 env={"PATH": PATH, "LANG": "C.UTF-8"},
             )
+        try:
+            self._wait_for_leader()
+        except BaseException:
+            self.__exit__(None, None, None)  # never leave the container (or its Popen) behind
+            raise
+        return self
+
+    def _wait_for_leader(self) -> None:
+        """Wait until the container's systemd runs; nspawn's children come and go meanwhile."""
+        assert self.process is not None
         deadline = time.monotonic() + 60
         while not self.leader:
             assert self.process.poll() is None, self.log.read_text(errors="replace")
@@ -70,10 +80,15 @@ class Container:
             children = subprocess.run(
                 ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
             ).stdout.split()
-            if children and Path(f"/proc/{children[0]}/comm").read_text().strip() == "systemd":
-                self.leader = int(children[0])
+            for child in children:
+                try:
+                    name = Path(f"/proc/{child}/comm").read_text().strip()
+                except OSError:  # the child exited between pgrep and the read
+                    continue
+                if name == "systemd":
+                    self.leader = int(child)
+                    break
             time.sleep(0.1)
-        return self
 
     def run(
         self, *argv: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
@@ -109,6 +124,8 @@ class Container:
         return state
 
     def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            self.process.wait()
         if self.process is not None and self.process.poll() is None:
             if self.leader:
                 # SIGRTMIN+4 asks systemd for a clean power-off; give it a moment, then kill.
