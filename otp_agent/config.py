@@ -33,6 +33,8 @@ class AgentConfig:
     client_timeout: float = 5.0
     max_clients: int = 64
     admin_group: str | None = None
+    #: Members may call ``validate``, ``enrolled`` and ``send`` for any user (applications).
+    validator_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,7 @@ def parse_config(
         client_timeout=a.number("client_timeout", 5.0, 0.1, 300.0),
         max_clients=a.integer("max_clients", 64, 1, 4096),
         admin_group=a.string("admin_group", None),
+        validator_group=a.string("validator_group", None),
     )
     a.finish()
 

@@ -28,6 +28,9 @@ _LENGTH = struct.Struct(">I")
 
 #: Operations a non-admin peer may call (anything else needs uid 0 or the admin group).
 VALIDATION_OPS = frozenset({"validate", "enrolled", "ping"})
+#: Operations a member of ``[agent] validator_group`` (and uid 0) may call for any user.  A
+#: validator is not an administrator; ``send`` is listed before the daemon answers it.
+VALIDATOR_OPS = frozenset({"validate", "enrolled", "send", "ping"})
 #: Every operation the agent answers (docs/protocol.md documents each; a test checks that).
 OPERATIONS = VALIDATION_OPS | frozenset(
     {

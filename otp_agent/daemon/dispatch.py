@@ -1,8 +1,10 @@
 """Turns decoded requests into calls on the validation engine and administration service.
 
 This is where the authorisation rules (docs/protocol.md, "Authorisation") are applied, with the peer's kernel
-credentials only: uid 0 may do anything; any other uid may validate only its own user name;
-administrative operations need uid 0 or membership of ``[agent] admin_group``.
+credentials only: uid 0 may do anything; a validator (uid 0 or a member of ``[agent]
+validator_group``) may call the operations of ``wire.VALIDATOR_OPS`` for any user; any other uid
+may validate only its own user name; administrative operations need uid 0 or membership of
+``[agent] admin_group``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,22 @@ def _optional_context(request: dict[str, Any], key: str) -> str | None:
     return value[:256] if isinstance(value, str) else None
 
 
+def _group_id(name: str | None, what: str, consequence: str) -> int | None:
+    """The gid of a configured group; ``None`` (with a warning) when it does not exist."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        _log.warning("%s %s does not exist; %s", what, name, consequence)
+        return None
+
+
+def _member(peer: Peer, gid: int | None) -> bool:
+    """True when ``gid`` is the peer's primary group or one of its supplementary groups."""
+    return gid is not None and (peer.gid == gid or gid in peer.groups)
+
+
 class Dispatcher:
     """Maps operation names to handlers and enforces who may call them."""
 
@@ -59,21 +77,27 @@ class Dispatcher:
         admin: Administration,
         *,
         admin_group: str | None,
+        validator_group: str | None = None,
         status: Callable[[], dict[str, Any]],
     ) -> None:
         self.validator, self.admin, self.status = validator, admin, status
-        self._admin_gid: int | None = None
-        if admin_group:
-            try:
-                self._admin_gid = grp.getgrnam(admin_group).gr_gid
-            except KeyError:
-                _log.warning("admin group %s does not exist; only root may administer", admin_group)
+        self._admin_gid = _group_id(admin_group, "admin group", "only root may administer")
+        self._validator_gid = _group_id(
+            validator_group, "validator group", "only root may validate for other users"
+        )
 
     def is_admin(self, peer: Peer) -> bool:
         """True for uid 0 or a member of the admin group."""
-        return peer.uid == 0 or (
-            self._admin_gid is not None and (peer.gid == self._admin_gid or self._admin_gid in peer.groups)
-        )
+        return peer.uid == 0 or _member(peer, self._admin_gid)
+
+    def is_validator(self, peer: Peer) -> bool:
+        """True for uid 0 or a member of the validator group: may name any user, not administer."""
+        return peer.uid == 0 or _member(peer, self._validator_gid)
+
+    def _may_call(self, op: str, peer: Peer) -> bool:
+        if op in wire.VALIDATION_OPS or self.is_admin(peer):
+            return True
+        return op in wire.VALIDATOR_OPS and self.is_validator(peer)
 
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Answer one request; every error becomes an error reply."""
@@ -81,8 +105,9 @@ class Dispatcher:
         try:
             if not isinstance(op, str):
                 raise UsageError("request has no operation")
-            if op not in wire.VALIDATION_OPS and not self.is_admin(peer):
-                raise PermissionDenied(f"operation {op!r} needs uid 0 or the admin group")
+            if not self._may_call(op, peer):
+                needs = "the validator or the admin group" if op in wire.VALIDATOR_OPS else "the admin group"
+                raise PermissionDenied(f"operation {op!r} needs uid 0 or {needs}")
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
                 raise UsageError(f"unknown operation {op!r}")
@@ -98,14 +123,19 @@ class Dispatcher:
             return wire.error_reply(exc.code, str(exc))
 
     def _check_user_for_peer(self, user: str, peer: Peer) -> str:
+        """The canonical user a request names, if this peer may name it.
+
+        A validator (uid 0, the validator group) may name anyone; every other peer only the
+        account of its own uid.
+        """
         user = canonical_user(check_name(user, "user"))
-        if peer.uid != 0:
+        if not self.is_validator(peer):
             try:
                 own = pwd.getpwuid(peer.uid).pw_name
             except (KeyError, OSError):
                 own = None
             if own != user:
-                raise PermissionDenied("a non-root peer may only validate its own user")
+                raise PermissionDenied("a peer outside the validator group may only validate its own user")
         return user
 
     # -- validation operations (any peer) ---------------------------------------------------

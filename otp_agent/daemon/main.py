@@ -126,7 +126,11 @@ class Agent:
         self.validator = Validator(self.store, self.keys, config.policy, self.audit, password_checker=checker)
         self.admin = Administration(self.store, self.keys, self.audit)
         self.dispatcher = Dispatcher(
-            self.validator, self.admin, admin_group=config.agent.admin_group, status=self.status
+            self.validator,
+            self.admin,
+            admin_group=config.agent.admin_group,
+            validator_group=config.agent.validator_group,
+            status=self.status,
         )
 
     def status(self) -> dict[str, Any]:
