@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from otp_agent import wire
 from otp_agent.testing import running_agent
 from otp_agent.wire import MAX_FRAME
 from tests.faults.conftest import Figures
@@ -75,21 +76,26 @@ OTHERS = [
     "*",
     "",
 ]
-ADMIN_OPS = [
-    "check",
-    "enroll",
-    "import",
-    "export",
-    "list",
-    "show",
-    "assign",
-    "disable",
-    "enable",
-    "remove",
-    "unlock",
-    "resync",
-    "status",
-]
+#: Every operation a plain uid may not call: all the agent answers (wire.OPERATIONS, so a new
+#: operation is covered by itself) but validate/enrolled/ping, which it may call for itself.
+ADMIN_OPS = sorted(
+    getattr(wire, "OPERATIONS", frozenset()) - wire.VALIDATION_OPS
+    | {
+        "check",
+        "enroll",
+        "import",
+        "export",
+        "list",
+        "show",
+        "assign",
+        "disable",
+        "enable",
+        "remove",
+        "unlock",
+        "resync",
+        "status",
+    }
+)
 SPELLINGS = [
     "LIST",
     "List",
@@ -132,7 +138,7 @@ def _admin_fields(op: str, serial: str, code: str) -> dict[str, Any]:
         "resync": {"user": "alice", "code1": code, "code2": code},
         "status": {},
     }
-    return fields[op]
+    return fields.get(op, {"user": "alice", "code": code})
 
 
 def _oversized(size: int) -> bytes:
