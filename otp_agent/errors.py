@@ -121,6 +121,17 @@ class StoreUnavailable(StoreError):
     code = "store_unavailable"
 
 
+class ChannelError(OtpAgentError):
+    """A delivery channel could not deliver a one-time code (mail relay or command failed).
+
+    The message says why (refused connection, refused recipient, failed TLS verification, exit
+    status, timeout) and never contains the code or a password.
+    """
+
+    code = "channel"
+    exit_status = 4
+
+
 class PskcError(OtpAgentError):
     """A PSKC file cannot be imported; ``problems`` lists every reason with key Id and line."""
 
@@ -150,6 +161,7 @@ ERRORS_BY_CODE: dict[str, type[OtpAgentError]] = {
         StoreError,
         StoreUnavailable,
         PskcError,
+        ChannelError,
     )
 }
 
