@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from otp_agent import __version__
-from otp_agent.cli.client import AgentClient
 from otp_agent.cli.render import print_decision, print_status, print_tokens, show_qr
+from otp_agent.client import AgentClient
 from otp_agent.config import load_config
 from otp_agent.errors import OtpAgentError, PskcError, UsageError, exit_status_of
 
