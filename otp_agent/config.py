@@ -78,6 +78,11 @@ class PolicyConfig:
     disable_after_locks: int = 10
     unenrolled: str = "deny"
     password_service: str = "otp-agent-password"
+    #: Out-of-band codes: seconds a sent code stays valid, seconds before another may be sent,
+    #: and sends per user and hour (SMS pumping and mail flooding are the threats).
+    oob_validity: int = 300
+    oob_resend_interval: int = 60
+    oob_max_per_hour: int = 10
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ class Config:
     keystore: KeystoreConfig = field(default_factory=KeystoreConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    #: The ``[channel.NAME]`` tables: where out-of-band codes are delivered (otp_agent.channels).
+    channels: Mapping[str, Any] = field(default_factory=dict)
     source: Path | None = None
 
 
@@ -214,6 +221,7 @@ def parse_config(
         for name in ("agent", "store", "keystore", "policy", "audit")
     }
     top.used.update(sections)
+    top.used.add("channel")
     top.finish()
     a, s, k, p, au = (sections[n] for n in ("agent", "store", "keystore", "policy", "audit"))
 
@@ -265,6 +273,9 @@ def parse_config(
         disable_after_locks=p.integer("disable_after_locks", 10, 0, 1000),
         unenrolled=p.choice("unenrolled", "deny", ("deny", "allow")),
         password_service=p.string("password_service", "otp-agent-password") or "otp-agent-password",
+        oob_validity=p.integer("oob_validity", 300, 30, 86400),
+        oob_resend_interval=p.integer("oob_resend_interval", 60, 0, 3600),
+        oob_max_per_hour=p.integer("oob_max_per_hour", 10, 1, 1000),
     )
     if policy.lock_max_seconds < policy.lock_base_seconds:
         raise ConfigError("policy.lock_max_seconds: must not be smaller than policy.lock_base_seconds")
@@ -282,4 +293,17 @@ def parse_config(
         on_failure=au.choice("on_failure", "continue", ("continue", "reject")),
     )
     au.finish()
-    return Config(agent=agent, store=store, keystore=keystore, policy=policy, audit=audit, source=source)
+    channels: Mapping[str, Any] = {}
+    if "channel" in document:
+        from otp_agent.channels.config import parse_channels
+
+        channels = parse_channels(document["channel"], base)  # type: ignore[arg-type]
+    return Config(
+        agent=agent,
+        store=store,
+        keystore=keystore,
+        policy=policy,
+        audit=audit,
+        channels=channels,
+        source=source,
+    )

@@ -98,3 +98,31 @@ def test_payshield_link_is_tls_unless_plain_tcp_is_opted_in(tmp_path: Path) -> N
     path.write_text(table + "insecure_plaintext = true\n")
     payshield = load_config(path).keystore.payshield
     assert (payshield.tls, payshield.insecure_plaintext) == (False, True)
+
+
+def test_channel_tables_and_out_of_band_policy(tmp_path: Path) -> None:
+    """[channel.NAME] tables are parsed by otp_agent.channels; a bad key is named in full."""
+    from otp_agent.config import load_config, parse_config
+
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[channel.mail]\nkind = "smtp"\nhost = "127.0.0.1"\nfrom = "otp@example.com"\n'
+        '[channel.sms]\nkind = "command"\ncommand = ["/usr/local/bin/send-sms", "{address}"]\n'
+        "[policy]\noob_validity = 600\n"
+    )
+    config = load_config(path)
+    assert sorted(config.channels) == ["mail", "sms"]
+    assert (
+        config.policy.oob_validity,
+        config.policy.oob_resend_interval,
+        config.policy.oob_max_per_hour,
+    ) == (
+        600,
+        60,
+        10,
+    )
+    assert parse_config({}).channels == {}
+    with pytest.raises(ConfigError, match=r"channel\.mail\.prot: unknown key"):
+        parse_config({"channel": {"mail": {"kind": "smtp", "host": "h", "from": "a@b.example", "prot": 1}}})
+    with pytest.raises(ConfigError, match=r"policy\.oob_max_per_hour"):
+        parse_config({"policy": {"oob_max_per_hour": 0}})
