@@ -209,6 +209,9 @@ class TokenRecord:
     lock_count: int = 0
     locked_until: float = 0.0
     created: float = 0.0
+    #: Out-of-band tokens: the delivery channel, and the address masked (``a***@example.com``).
+    channel: str | None = None
+    address: str | None = None
     secret_b64: str | None = field(default=None, repr=False)
 
     def message(self, *, state: bool = True) -> dict[str, Any]:
@@ -218,8 +221,9 @@ class TokenRecord:
         lock count and time, creation time): an ``import`` record carries none of it.
         """
         fields = asdict(self)
-        if fields["secret_b64"] is None:
-            del fields["secret_b64"]
+        for optional in ("secret_b64", "channel", "address"):
+            if fields[optional] is None:
+                del fields[optional]
         if not state:
             for name in _STATE_FIELDS:
                 del fields[name]
@@ -270,6 +274,8 @@ _RECORD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "locked_until": ((int, float), False),
     "created": ((int, float), False),
     "secret_b64": ((str,), True),
+    "channel": ((str,), True),
+    "address": ((str,), True),
 }
 _RECORD_FIELDS = set(_RECORD_TYPES) | {"serial", "not_before", "not_after"}
 _STATE_FIELDS = ("last_step", "enabled", "failures", "lock_count", "locked_until", "created")

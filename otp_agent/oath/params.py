@@ -9,10 +9,13 @@ from otp_agent.errors import InvalidToken
 
 
 class TokenType(str, enum.Enum):
-    """The two OATH one-time password families."""
+    """The token types: the two OATH families, and out-of-band HOTP codes the agent sends."""
 
     HOTP = "hotp"
     TOTP = "totp"
+    #: HOTP (RFC 4226) over a secret only the key backend knows; the agent computes each code
+    #: and hands it to a delivery channel (mail, SMS gateway); no phone app is involved.
+    OOB = "oob"
 
 
 class HashAlgorithm(str, enum.Enum):

@@ -7,7 +7,40 @@ from typing import Any
 
 from otp_agent.keystore import TokenIdentity
 from otp_agent.oath.params import HashAlgorithm, OathParams, TokenType
+from otp_agent.channels.addresses import mask
 from otp_agent.wire import TokenRecord
+
+
+SEND_PENDING, SEND_SENT, SEND_FAILED = "pending", "sent", "failed"
+
+
+@dataclass(frozen=True)
+class Send:
+    """One out-of-band send: which counter, when, and whether it was delivered.  Never the code."""
+
+    counter: int
+    at: float
+    outcome: str = SEND_PENDING
+
+    def encode(self) -> str:
+        return f"{self.counter}:{self.at:.3f}:{self.outcome}"
+
+    @classmethod
+    def decode(cls, text: str) -> Send:
+        counter, at, outcome = text.split(":")
+        if outcome not in (SEND_PENDING, SEND_SENT, SEND_FAILED):
+            raise ValueError(f"unknown send outcome {outcome!r}")
+        return cls(int(counter), float(at), outcome)
+
+
+def encode_sends(sends: tuple[Send, ...]) -> str:
+    """The ``sends`` column: the recent sends, oldest first."""
+    return ",".join(send.encode() for send in sends)
+
+
+def decode_sends(text: str | None) -> tuple[Send, ...]:
+    """Read the ``sends`` column (empty for HOTP and TOTP tokens)."""
+    return tuple(Send.decode(item) for item in (text or "").split(",") if item)
 
 
 @dataclass(frozen=True)
@@ -27,6 +60,9 @@ class TokenState:
     lock_count: int = 0
     locked_until: float = 0.0
     enabled: bool = True
+    #: Out-of-band tokens: the recent sends (``counter`` is then the next counter to send and
+    #: ``last_step`` the last counter accepted).
+    sends: tuple[Send, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +98,10 @@ class Token:
     version: int = 0
     binding: bytes | None = field(default=None, repr=False)
     failures_at: float = 0.0
+    #: Out-of-band tokens: the delivery channel's name and the address codes go to.
+    channel: str | None = None
+    address: str | None = field(default=None, repr=False)
+    sends: tuple[Send, ...] = ()
 
     @property
     def state(self) -> TokenState:
@@ -75,6 +115,7 @@ class Token:
             self.lock_count,
             self.locked_until,
             self.enabled,
+            self.sends,
         )
 
     @property
@@ -101,6 +142,9 @@ class Token:
                 str(self.digits),
                 str(self.period),
                 str(self.t0),
+                # Out-of-band tokens: where their codes go is bound too (a store writer must not
+                # redirect them); HOTP and TOTP tags are unchanged.
+                *((self.channel or "", self.address or "") if self.token_type is TokenType.OOB else ()),
             )
         ).encode()
 
@@ -125,6 +169,8 @@ class Token:
             lock_count=self.lock_count,
             locked_until=float(self.locked_until),
             created=self.created,
+            channel=self.channel,
+            address=None if self.address is None else mask(self.address),
             secret_b64=secret_b64,
         )
 

@@ -9,7 +9,7 @@ from typing import Any
 from otp_agent.oath.params import HashAlgorithm, TokenType
 
 # Moved to otp_agent.store.migrate; kept importable from here for otp_agent.daemon.initialise.
-from otp_agent.store.models import Token, TokenState
+from otp_agent.store.models import Token, TokenState, decode_sends, encode_sends
 
 COLUMNS = (
     "serial",
@@ -35,6 +35,9 @@ COLUMNS = (
     "version",
     "binding",
     "failures_at",
+    "channel",
+    "address",
+    "sends",
 )
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tokens"
 #: Token attribute names that differ from their column names.
@@ -42,7 +45,7 @@ COLUMN_OF = {"user": "user_name"}
 #: The compare-and-set: every state field, then serial and expected version.
 STATE_UPDATE = (
     "UPDATE tokens SET counter = %s, last_step = %s, drift = %s, failures = %s, "
-    "failures_at = %s, lock_count = %s, locked_until = %s, enabled = %s, "
+    "failures_at = %s, lock_count = %s, locked_until = %s, enabled = %s, sends = %s, "
     "version = version + 1 WHERE serial = %s AND version = %s"
 )
 ASSIGN = "UPDATE tokens SET user_name = %s, binding = %s, version = version + 1 WHERE serial = %s"
@@ -69,6 +72,7 @@ def state_parameters(serial: str, expected_version: int, state: TokenState) -> t
         state.lock_count,
         float(state.locked_until),
         bool(state.enabled),
+        encode_sends(state.sends),
         serial,
         expected_version,
     )
@@ -101,6 +105,9 @@ def row_to_token(row: Sequence[Any]) -> Token:
         version=values["version"],
         binding=None if values["binding"] is None else bytes(values["binding"]),
         failures_at=values["failures_at"],
+        channel=values["channel"],
+        address=values["address"],
+        sends=decode_sends(values["sends"]),
     )
 
 
@@ -130,4 +137,7 @@ def token_to_row(token: Token, now: float | None = None) -> tuple[Any, ...]:
         token.version,
         token.binding,
         float(token.failures_at),
+        token.channel,
+        token.address,
+        encode_sends(token.sends),
     )

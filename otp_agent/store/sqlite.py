@@ -35,7 +35,7 @@ from otp_agent.store.rows import (
     token_to_row,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _log = logging.getLogger(__name__)
 #: What a damaged database can raise: sqlite3's errors, and UnicodeDecodeError when an error
 #: message quotes a schema name that is not UTF-8.

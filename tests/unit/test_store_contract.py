@@ -20,6 +20,7 @@ import pytest
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.oath import HashAlgorithm, TokenType
 from otp_agent.store import Token, TokenState, TokenStore
+from otp_agent.store.models import Send
 from otp_agent.store.sqlite import SQLiteStore
 from tests.postgresql.support import fresh_database
 
@@ -167,17 +168,17 @@ def test_absent_store_is_a_clear_error(backend: Backend) -> None:
 
 def test_schema_version_recorded_and_reopen_is_idempotent(backend: Backend) -> None:
     """The schema version is recorded; opening again, even with create, changes nothing."""
-    assert backend.store.get_meta("schema_version") == "2"
+    assert backend.store.get_meta("schema_version") == "3"
     backend.open().close()
     backend.open(create=True).close()
     health = backend.store.health()
     assert health["ok"] is True and health["backend"] == backend.name
-    assert health["schema_version"] == 2 and health["tokens"] == 0
+    assert health["schema_version"] == 3 and health["tokens"] == 0
 
 
 def test_newer_schema_is_refused(backend: Backend) -> None:
     """A store written by a newer otp-agent is refused with a message saying so."""
-    backend.store.set_meta("schema_version", "3")
+    backend.store.set_meta("schema_version", "4")
     with pytest.raises(StoreUnavailable, match="newer"):
         backend.open()
 
@@ -259,6 +260,7 @@ def test_compare_and_set_writes_every_state_field(backend: Backend) -> None:
     store = backend.store
     store.add_tokens([token("A")])
     state = TokenState(
+        sends=(Send(4, 100.5, "sent"), Send(5, 160.25, "failed")),
         counter=5,
         last_step=99,
         drift=-1,
