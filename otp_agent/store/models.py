@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from otp_agent.channels.addresses import mask
 from otp_agent.keystore import TokenIdentity
 from otp_agent.oath.params import HashAlgorithm, OathParams, TokenType
-from otp_agent.channels.addresses import mask
 from otp_agent.wire import TokenRecord
-
 
 SEND_PENDING, SEND_SENT, SEND_FAILED = "pending", "sent", "failed"
 
