@@ -132,6 +132,18 @@ class ChannelError(OtpAgentError):
     exit_status = 4
 
 
+class SendRefused(OtpAgentError):
+    """An out-of-band send was refused by policy: ``reason`` is ``locked``, ``resend_blocked``
+    or ``rate_limited`` (the error reply carries it).  Refusals do not count toward the limits."""
+
+    code = "refused"
+    exit_status = 1
+
+    def __init__(self, message: str, reason: str = "refused") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class PskcError(OtpAgentError):
     """A PSKC file cannot be imported; ``problems`` lists every reason with key Id and line."""
 
@@ -162,6 +174,7 @@ ERRORS_BY_CODE: dict[str, type[OtpAgentError]] = {
         StoreUnavailable,
         PskcError,
         ChannelError,
+        SendRefused,
     )
 }
 

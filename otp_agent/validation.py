@@ -25,6 +25,7 @@ from otp_agent.keystore import KeyBackend
 from otp_agent.oath import TokenType, codes_for, match_code, time_step
 from otp_agent.oath.params import MAX_COUNTER
 from otp_agent.store import Token, TokenState, TokenStore
+from otp_agent.store.models import SEND_FAILED
 from otp_agent.throttle import FailureOutcome, after_success, failure_outcome, is_locked
 from otp_agent.wire import Reason, Result, ValidateReply
 
@@ -60,6 +61,7 @@ class _Match:
     factor: int | None = None
     replay: bool = False
     time_step: int = 0
+    expired: bool = False
 
 
 def is_valid_code(code: object) -> bool:
@@ -132,6 +134,8 @@ class Validator:
             raise UsageError("codes must be 6 or 8 digits")
         for _attempt in range(_CAS_ATTEMPTS):
             for token in self._usable(user):
+                if token.token_type is TokenType.OOB:
+                    continue  # only counters actually sent are accepted: nothing to resynchronise
                 if token.digits != len(code1) or len(code1) != len(code2):
                     continue
                 self.check_binding(token)
@@ -212,12 +216,10 @@ class Validator:
             # A replay tells a guesser nothing and is not counted (parallel logins with one
             # code must not lock their user); every other token of the user counts a failure.
             replayed = [t for t, m in matches if m.replay]
+            expired = any(m.expired for _t, m in matches)
             self._record_failures([t for t in unlocked if t not in replayed], context)
-            return Decision(
-                False,
-                Reason.REPLAY if replayed else Reason.BAD_CODE,
-                unlocked[0].serial if len(unlocked) == 1 else None,
-            )
+            reason = Reason.REPLAY if replayed else Reason.EXPIRED if expired else Reason.BAD_CODE
+            return Decision(False, reason, unlocked[0].serial if len(unlocked) == 1 else None)
         raise StoreError("too many concurrent changes to this user's tokens")
 
     def check_binding(self, token: Token) -> None:
@@ -261,6 +263,8 @@ class Validator:
         submissions of one code must never give two acceptances.
         """
         hmacs = self._hmacs_of(token)
+        if token.token_type is TokenType.OOB:
+            return self._match_sent(token, code, now)
         if token.token_type is TokenType.HOTP:
             first = max(token.counter - 1, 0)
             # An accepted counter c is stored as c + 1, which must still fit: a token at the end
@@ -298,9 +302,39 @@ class Validator:
 
         return hmacs
 
+    def _match_sent(self, token: Token, code: str, now: float) -> _Match:
+        """An out-of-band code: only counters actually sent and delivered (or being delivered)
+        match, within ``policy.oob_validity`` of their send; an acceptance invalidates every
+        code sent before it (``last_step`` holds the last counter accepted)."""
+        sends = [s for s in token.sends if s.outcome != SEND_FAILED]
+        if not sends:
+            return _Match()
+        factors = [s.counter for s in sends]
+        codes = dict(zip(factors, codes_for(self._hmacs_of(token), factors, token.digits), strict=True))
+        accepted = -1 if token.last_step is None else token.last_step
+        stale = [(s.counter, codes[s.counter]) for s in sends if s.counter <= accepted]
+        fresh = [
+            (s.counter, codes[s.counter])
+            for s in sends
+            if s.counter > accepted and now - s.at <= self.policy.oob_validity
+        ]
+        expired = [
+            (s.counter, codes[s.counter])
+            for s in sends
+            if s.counter > accepted and now - s.at > self.policy.oob_validity
+        ]
+        if match_code(code, stale) is not None:
+            return _Match(replay=True)
+        found = match_code(code, fresh)
+        if found is not None:
+            return _Match(factor=found)
+        return _Match(expired=match_code(code, expired) is not None)
+
     def _success_state(self, token: Token, match: _Match) -> TokenState:
         assert match.factor is not None
         state = after_success(token.state, self.policy)
+        if token.token_type is TokenType.OOB:
+            return replace(state, last_step=match.factor)
         if token.token_type is TokenType.HOTP:
             return replace(state, counter=match.factor + 1)
         offset = match.factor - match.time_step

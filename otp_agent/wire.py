@@ -47,6 +47,7 @@ OPERATIONS = VALIDATION_OPS | frozenset(
         "unlock",
         "resync",
         "status",
+        "send",
     }
 )
 
@@ -69,6 +70,7 @@ class Reason(str, enum.Enum):
     LOCKED = "locked"
     BAD_CODE = "bad_code"
     REPLAY = "replay"
+    EXPIRED = "expired"
     BAD_PASSWORD_OR_CODE = "bad_password_or_code"
     ACCOUNT_LOOKUP = "account_lookup"
     BUSY = "busy"

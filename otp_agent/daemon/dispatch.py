@@ -20,8 +20,17 @@ from otp_agent import __version__, wire
 from otp_agent.accounts import canonical_user
 from otp_agent.administration import Administration, check_name
 from otp_agent.audit import RequestContext
-from otp_agent.errors import AccountLookupError, OtpAgentError, PermissionDenied, PskcError, UsageError
+from otp_agent.channels import check_address
+from otp_agent.errors import (
+    AccountLookupError,
+    OtpAgentError,
+    PermissionDenied,
+    PskcError,
+    SendRefused,
+    UsageError,
+)
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType
+from otp_agent.oob import OutOfBand
 from otp_agent.validation import Validator
 
 _log = logging.getLogger(__name__)
@@ -79,8 +88,10 @@ class Dispatcher:
         admin_group: str | None,
         validator_group: str | None = None,
         status: Callable[[], dict[str, Any]],
+        oob: OutOfBand | None = None,
     ) -> None:
         self.validator, self.admin, self.status = validator, admin, status
+        self.oob = oob
         self._admin_gid = _group_id(admin_group, "admin group", "only root may administer")
         self._validator_gid = _group_id(
             validator_group, "validator group", "only root may validate for other users"
@@ -118,6 +129,10 @@ class Dispatcher:
         except PskcError as exc:
             reply = wire.error_reply(exc.code, str(exc))
             reply["error"]["problems"] = exc.problems
+            return reply
+        except SendRefused as exc:
+            reply = wire.error_reply(exc.code, str(exc))
+            reply["error"]["reason"] = exc.reason
             return reply
         except OtpAgentError as exc:
             return wire.error_reply(exc.code, str(exc))
@@ -177,7 +192,21 @@ class Dispatcher:
         user = canonical_user(check_name(_string(request, "user"), "user"))
         return self.validator.validate(user, _string(request, "code"), context).reply()
 
+    def _out_of_band(self) -> OutOfBand:
+        if self.oob is None:
+            raise UsageError("out-of-band codes are not available on this agent")
+        return self.oob
+
+    def op_send(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        user = self._check_user_for_peer(_string(request, "user"), peer)
+        serial = request.get("serial")
+        if serial is not None and not isinstance(serial, str):
+            raise UsageError("field 'serial' must be a string")
+        return self._out_of_band().send(user, serial, context).fields()
+
     def op_enroll(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        if request.get("type") == "oob":
+            return self._enroll_oob(request, context)
         try:
             params = OathParams(
                 TokenType(request.get("type", "totp")),
@@ -190,6 +219,22 @@ class Dispatcher:
         issuer = request.get("issuer") or "otp-agent"
         user = canonical_user(check_name(_string(request, "user"), "user"))
         return self.admin.enroll(user, params, issuer, context)
+
+    def _enroll_oob(self, request: dict[str, Any], context: RequestContext) -> dict[str, Any]:
+        name = _string(request, "channel")
+        channel = self._out_of_band().channels.get(name)
+        if channel is None:
+            raise UsageError(f"unknown channel {name!r}: configure [channel.{name}] in agent.toml")
+        address = check_address(channel, _string(request, "address"))
+        try:
+            params = OathParams(
+                TokenType.OOB, HashAlgorithm(request.get("algorithm", "sha1")), request.get("digits", 6)
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        user = canonical_user(check_name(_string(request, "user"), "user"))
+        issuer = request.get("issuer") or "otp-agent"
+        return self.admin.enroll_oob(user, params, name, address, check_name(issuer, "issuer"), context)
 
     def op_import(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         records = request.get("tokens")

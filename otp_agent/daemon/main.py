@@ -28,6 +28,7 @@ from otp_agent.daemon.server import AgentServer
 from otp_agent.daemon.systemd import Notifier, bind_socket, inherited_socket
 from otp_agent.errors import KeyBackendUnavailable, OtpAgentError, StoreUnavailable, exit_status_of
 from otp_agent.keystore import KeyBackend
+from otp_agent.oob import OutOfBand
 from otp_agent.rowbinding import require_row_binding
 from otp_agent.sensitive import Secret
 from otp_agent.store import TokenStore
@@ -131,6 +132,14 @@ class Agent:
             admin_group=config.agent.admin_group,
             validator_group=config.agent.validator_group,
             status=self.status,
+            oob=OutOfBand(
+                self.store,
+                self.keys,
+                config.policy,
+                self.audit,
+                config.channels,
+                check_binding=self.validator.check_binding,
+            ),
         )
 
     def status(self) -> dict[str, Any]:

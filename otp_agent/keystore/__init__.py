@@ -53,6 +53,16 @@ class KeyBackend(Protocol):
     def fingerprint(self, secret: Secret) -> bytes:
         """Return a keyed, non-reversible fingerprint of a secret, used to keep secrets unique."""
 
+    def generate_secret(self, identity: TokenIdentity) -> bytes:
+        """Make a fresh secret for ``identity`` that nobody sees, and return it sealed.
+
+        For out-of-band tokens: the payShield backend generates it inside the HSM (L0, not
+        exportable), so it never exists in clear; the software backend draws it at random and
+        seals it at once.
+
+        :raises KeyBackendError: the backend refused or failed.
+        """
+
     def binding_tag(self, message: bytes) -> bytes:
         """Return a MAC over a token's owner and parameters under a key only this backend holds.
 

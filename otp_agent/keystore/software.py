@@ -145,6 +145,11 @@ class SoftwareKeyBackend:
         """Return HMAC-SHA256 of the secret under the fingerprint sub-key."""
         return hmac.new(self._fingerprint_key.reveal(), secret.reveal(), hashlib.sha256).digest()
 
+    def generate_secret(self, identity: TokenIdentity) -> bytes:
+        """A random secret of the algorithm's size, sealed at once (never returned in clear)."""
+        with Secret(os.urandom(identity.algorithm.minimum_key_size)) as secret:
+            return self.seal_secret(identity, secret)
+
     def binding_tag(self, message: bytes) -> bytes:
         """Return HMAC-SHA256 of a token's binding message under the binding sub-key."""
         return hmac.digest(self._binding_key.reveal(), message, "sha256")

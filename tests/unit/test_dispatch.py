@@ -106,7 +106,13 @@ def _spare_group() -> grp.struct_group:
 def _dispatcher_with_groups(store, key_backend, audit, clock, **groups: str | None) -> Dispatcher:
     validator = make_validator(store, key_backend, audit, clock)
     admin = Administration(store, key_backend, audit)
-    return Dispatcher(validator, admin, admin_group=groups.pop("admin_group", None), status=dict, **groups)
+    return Dispatcher(
+        validator,
+        admin,
+        admin_group=groups.get("admin_group"),
+        validator_group=groups.get("validator_group"),
+        status=dict,
+    )
 
 
 def test_validator_group_members_validate_any_user_but_do_not_administer(

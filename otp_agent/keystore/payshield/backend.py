@@ -219,6 +219,20 @@ class PayShieldKeyBackend:
         (response,) = self._transport.exchange([codec.encode_lq("FF", 32, key, message)])
         return codec.parse_lr(response, 32)
 
+    def generate_secret(self, identity: TokenIdentity) -> bytes:
+        """Generate the secret inside the HSM with L0: an HMAC key block under the LMK, generate
+        only, not exportable, bound to the token; it never exists in clear, not even here."""
+        if self.config.key_format != "keyblock":
+            raise KeyBackendError('generating out-of-band secrets needs key_format = "keyblock"')
+        blocks = (binding_block(identity.binding()),) if self.config.bind_identity else ()
+        tail = attributes(HMAC_USAGE[identity.algorithm], "H0", _MODE_OF_USE, _EXPORTABILITY, blocks)
+        request = codec.encode_l0(identity.algorithm.minimum_key_size, tail)
+        (response,) = self._transport.exchange([request])
+        key = codec.parse_key_response("L0", response)
+        sealed = b"S" + key.value
+        self._open(identity, sealed)  # The HSM's answer must be what we asked for.
+        return sealed
+
     def binding_tag(self, message: bytes) -> bytes:
         """Return HMAC-SHA-256 of a token's binding message under the HSM-derived binding key."""
         with self._binding_lock:
