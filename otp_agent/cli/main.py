@@ -14,6 +14,7 @@ import argparse
 import getpass
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,7 +37,51 @@ def _emit(arguments: argparse.Namespace, out: TextIO, reply: dict[str, Any], tex
         print(text, file=out)
 
 
+def _enroll_oob(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    if not arguments.channel or not arguments.address:
+        raise UsageError("--type oob needs --channel NAME and --address ADDRESS")
+    reply = client.request(
+        "enroll",
+        user=arguments.user,
+        type="oob",
+        algorithm=arguments.algorithm,
+        digits=arguments.digits,
+        channel=arguments.channel,
+        address=arguments.address,
+        issuer=arguments.issuer,
+    )
+    if arguments.json:
+        _emit(arguments, out, reply, "")
+        return 0
+    token = reply["token"]
+    print(
+        f"Enrolled out-of-band token {reply['serial']} for {arguments.user}: codes go over "
+        f"{token['channel']} to {token['address']} (otpctl send {arguments.user}).",
+        file=out,
+    )
+    return 0
+
+
+def cmd_send(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    fields: dict[str, Any] = {"user": arguments.user}
+    if arguments.serial:
+        fields["serial"] = arguments.serial
+    reply = client.request("send", **fields)
+    if arguments.json:
+        _emit(arguments, out, {k: reply[k] for k in ("serial", "channel", "address", "expires")}, "")
+        return 0
+    expires = time.strftime("%H:%M:%S", time.localtime(reply["expires"]))
+    print(
+        f"Code sent for token {reply['serial']} over {reply['channel']} to {reply['address']}; "
+        f"valid until {expires}.",
+        file=out,
+    )
+    return 0
+
+
 def cmd_enroll(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    if arguments.type == "oob":
+        return _enroll_oob(arguments, client, out)
     reply = client.request(
         "enroll",
         user=arguments.user,
@@ -180,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     enroll = verb("enroll", cmd_enroll, "create a token with a fresh secret for USER")
     enroll.add_argument("user")
-    enroll.add_argument("--type", choices=["totp", "hotp"], default="totp")
+    enroll.add_argument("--type", choices=["totp", "hotp", "oob"], default="totp")
+    enroll.add_argument("--channel", help="oob: the [channel.NAME] codes are delivered over")
+    enroll.add_argument("--address", help="oob: the e-mail address or E.164 number codes go to")
     enroll.add_argument("--algorithm", choices=["sha1", "sha256", "sha512"], default="sha1")
     enroll.add_argument("--digits", type=int, choices=[6, 8], default=6)
     enroll.add_argument("--period", type=int, default=30, help="TOTP time step in seconds")
@@ -199,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     exporter = verb("export", pskc_commands.run_export, "export tokens to a protected PSKC file")
     pskc_commands.add_export_arguments(exporter)
 
+    send = verb("send", cmd_send, "send a fresh out-of-band code to a user (oob token)")
+    send.add_argument("user")
+    send.add_argument("--serial", help="this oob token rather than the user's oldest")
     verb("list", cmd_list, "list tokens (never secrets)")
     show = verb("show", cmd_show, "show the tokens of a serial or a user")
     show.add_argument("target", metavar="SERIAL|USER")
