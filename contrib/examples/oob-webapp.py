@@ -86,9 +86,8 @@ def make_app(agent: AgentClient) -> App:
         except OtpAgentError as exc:  # agent down or busy, mail relay down...: fail closed
             print(f"oob-webapp: {type(exc).__name__}: {exc}", file=environ["wsgi.errors"])
             return page(start, "503 Service Unavailable", "try again later")
-        if (
-            result.accepted
-        ):  # only True lets in (with [policy] unenrolled = "allow", users without a token too)
+        # Only accepted lets in (with [policy] unenrolled = "allow", users without a token too).
+        if result.accepted:
             return page(start, "200 OK", f"welcome, {html.escape(user)}")
         return page(start, "403 Forbidden", f"code refused ({html.escape(result.reason)})")
 
