@@ -41,7 +41,7 @@ MAX_ANSWER = 511
 #: these to that module): version, reply size cap, operations, request fields and verdicts.
 PROTOCOL_VERSION = 1
 MAX_REPLY = 65536
-OP_VALIDATE, OP_ENROLLED = "validate", "enrolled"
+OP_VALIDATE, OP_ENROLLED, OP_SEND = "validate", "enrolled", "send"
 FIELD_USER, FIELD_CODE, FIELD_PASSWORD_AND_CODE = "user", "code", "password_and_code"
 RESULT_ACCEPT, RESULT_REJECT = "accept", "reject"
 #: Seconds between connection attempts while the agent's listen backlog is full.
@@ -53,10 +53,10 @@ EXIT_REJECT = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
-MODES = ("--code-only", "--password-and-code", "--enrolled", "--not-enrolled")
+MODES = ("--code-only", "--password-and-code", "--enrolled", "--not-enrolled", "--send-code")
 USAGE = (
     "usage: pam-helper [--socket PATH] [--timeout SECONDS] [--syslog-socket PATH]"
-    " [--code-only | --password-and-code | --enrolled | --not-enrolled]\n"
+    " [--code-only | --password-and-code | --enrolled | --not-enrolled | --send-code]\n"
 )
 
 #: Untrusted PAM items: (environment name, request field, byte limit).
@@ -498,6 +498,17 @@ def judge(mode: str, reply: dict[str, object]) -> int:
 
     :raises Failure: with the reason for every non-zero status.
     """
+    if mode == "--send-code":
+        # Sent, or the user has no out-of-band token (nothing to do): 0; anything else 1, and
+        # the stack line is "optional", so the code prompt follows either way.
+        if reply.get("ok") is True:
+            return EXIT_ACCEPT
+        error = reply.get("error")
+        code = _word(error.get("code")) if isinstance(error, dict) else "?"
+        if code == "not_found":
+            return EXIT_ACCEPT
+        reason = _word(error.get("reason")) if isinstance(error, dict) and error.get("reason") else code
+        raise Failure(EXIT_REJECT, f"no code sent ({reason})")
     if reply.get("ok") is not True:
         error = reply.get("error")
         code = _word(error.get("code")) if isinstance(error, dict) else "?"
@@ -570,9 +581,11 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
             request[FIELD_CODE] = code_field(read_answer(deadline))
         elif options.mode == "--password-and-code":
             request[FIELD_PASSWORD_AND_CODE] = password_and_code_field(read_answer(deadline))
+        elif options.mode == "--send-code":
+            request = {"op": OP_SEND, FIELD_USER: user}
         else:
             request = {"op": OP_ENROLLED, FIELD_USER: user}
-        if request["op"] == OP_VALIDATE:
+        if request["op"] in (OP_VALIDATE, OP_SEND):
             request.update(context)
         reply = exchange(options.socket_path, encode_request(request), deadline, options.timeout)
         status = judge(options.mode, reply)

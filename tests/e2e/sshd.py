@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,11 +125,12 @@ def ssh_login(
     server: SshServer,
     user: str,
     key: paramiko.PKey,
-    answer: str | None,
+    answer: str | None | Callable[[], str],
     command: str = "echo hello-$(id -un)",
 ) -> Login:
-    """Log in with ``key`` then answer every keyboard-interactive prompt with ``answer``; on
-    success run ``command`` in a session and collect its output."""
+    """Log in with ``key`` then answer every keyboard-interactive prompt with ``answer`` (or
+    what ``answer()`` returns when the prompt comes, e.g. a code just mailed); on success run
+    ``command`` in a session and collect its output."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     transport = paramiko.Transport(sock)
     transport.auth_timeout = 45
@@ -143,7 +144,8 @@ def ssh_login(
 
             def handler(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
                 login.prompts.append((title, instructions, [text for text, _echo in prompts]))
-                return [answer or "" for _ in prompts]
+                text = answer() if callable(answer) else answer
+                return [text or "" for _ in prompts]
 
             try:
                 transport.auth_interactive(user, handler)

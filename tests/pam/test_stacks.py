@@ -76,7 +76,7 @@ def installed(setup: Setup) -> Iterator[dict[str, str]]:
     names: dict[str, str] = {}
     contexts = []
     try:
-        for stack in ("sshd", "sshd-rollout", "login", "su", "sudo"):
+        for stack in ("sshd", "sshd-rollout", "sshd-oob", "login", "su", "sudo"):
             for variant, helper in (("", setup.helper), ("-down", f"{setup.helper}-absent")):
                 context = pam_service(render_stack(stack, helper), prefix=f"otp-test-{stack}{variant}")
                 names[stack + variant] = context.__enter__()
@@ -126,7 +126,7 @@ def test_unknown_user_is_refused(setup: Setup, installed: dict[str, str]) -> Non
     assert pam_transaction(installed["sshd"], "no-such-user-x", ["123456"]).authenticate == PAM_AUTH_ERR
 
 
-@pytest.mark.parametrize("stack", ["sshd", "sshd-rollout", "login", "sudo", "su"])
+@pytest.mark.parametrize("stack", ["sshd", "sshd-rollout", "sshd-oob", "login", "sudo", "su"])
 def test_setcred_survives_the_sshd_trap(setup: Setup, installed: dict[str, str], stack: str) -> None:
     """pam_setcred on a handle that never authenticated (sshd's monitor) succeeds for every stack."""
     assert setcred_without_authenticate(installed[stack], setup.user.name) == PAM_SUCCESS
