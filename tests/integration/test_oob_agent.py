@@ -1,13 +1,20 @@
 """Out-of-band codes through the real daemon: otpctl enrolls an oob token with an SMTP channel,
 otpctl (and the application's typed client) asks for a code, a real SMTP server on loopback
-(aiosmtpd) receives the mail, and the code read from it is accepted once; replays and codes never sent are refused; nothing of the code is in the store or the logs.
+(aiosmtpd) receives the mail, and the code read from it is accepted once; replays and codes
+never sent are refused; nothing of the code is in the store or the logs.  On both key backends:
+on payShield (the simulator over TLS) the secret is generated inside the HSM by L0.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from otp_agent.client import AgentClient
 from otp_agent.errors import SendRefused
@@ -22,9 +29,23 @@ def _code(envelope: object) -> str:
     return found.group(1)
 
 
-def test_application_flow_over_smtp(agent_directory: Path) -> None:
+@contextmanager
+def _key_backend(name: str, directory: Path) -> Iterator[dict[str, Any]]:
+    """Config sections for the key backend: the software default, or the HSM simulator."""
+    if name == "software":
+        yield {}
+        return
+    from otp_agent.payshield_sim.testing import running_simulator
+    from tests.integration.test_payshield_agent import _payshield_table
+
+    with running_simulator() as simulator:
+        yield {"keystore": {"backend": "payshield", "payshield": _payshield_table(simulator, directory)}}
+
+
+@pytest.mark.parametrize("backend", ["software", "payshield"])
+def test_application_flow_over_smtp(agent_directory: Path, backend: str) -> None:
     handler = Recorder()
-    with smtp_server(handler) as server:
+    with smtp_server(handler) as server, _key_backend(backend, agent_directory) as keystore:
         channel = {
             "kind": "smtp",
             "host": "127.0.0.1",
@@ -34,7 +55,9 @@ def test_application_flow_over_smtp(agent_directory: Path) -> None:
             "subject": "Your code",
         }
         with running_agent(
-            agent_directory, sections={"channel": {"mail": channel}}, policy={"oob_resend_interval": 60}
+            agent_directory,
+            sections={"channel": {"mail": channel}, **keystore},
+            policy={"oob_resend_interval": 60},
         ) as agent:
             enrolled = agent.otpctl(
                 "enroll",
