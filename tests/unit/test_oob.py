@@ -205,3 +205,32 @@ def test_a_code_survives_a_restart_of_the_agent(
         assert fresh.validate("alice", code, CONTEXT).reason == "accepted"
     finally:
         reopened.close()
+
+
+def test_a_send_racing_an_acceptance_stays_consistent(oob, store: SQLiteStore) -> None:
+    """While one thread validates the code sent first, others send new ones: the first code is
+    accepted exactly once, every send gets its own counter, and the newer codes still work."""
+    setup = oob(oob_resend_interval=0, oob_max_per_hour=100)
+    first = setup.send()
+    barrier = threading.Barrier(4)
+    reasons: list[str] = []
+
+    def validate() -> None:
+        barrier.wait()
+        reasons.append(setup.check(first))
+
+    def send() -> None:
+        barrier.wait()
+        setup.oob.send("alice", None, CONTEXT)
+
+    threads = [threading.Thread(target=validate), threading.Thread(target=validate)]
+    threads += [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(reasons) == ["accepted", "replay"]
+    token = store.get(setup.serial)
+    assert token is not None and token.counter == 3 and token.last_step == 0
+    newest = re.findall(r"code is (\d{6})", setup.outbox.read_text())[-1]
+    assert setup.check(newest) == "accepted"
