@@ -244,6 +244,8 @@ class Administration:
             )
         exported = []
         for token in self.store.all_tokens():
+            if token.token_type is TokenType.OOB:
+                continue  # its secret was made never to be seen: it stays with the key backend
             with open_secret(token.identity, token.sealed) as secret:
                 encoded = base64.b64encode(secret.reveal()).decode("ascii")
                 exported.append(token.record(secret_b64=encoded).message())
@@ -298,6 +300,8 @@ class Administration:
 def token_spec_from_record(message: Mapping[str, Any]) -> TokenSpec:
     """Check one wire import record (a :class:`TokenRecord`) and turn it into a :class:`TokenSpec`."""
     record = TokenRecord.parse(message)
+    if record.type == TokenType.OOB.value:
+        raise UsageError("out-of-band tokens are not imported: enroll them (otpctl enroll --type oob)")
     if len(record.serial) > 64 or not record.serial.isprintable():
         raise UsageError("serial must be 1 to 64 printable characters")
     try:

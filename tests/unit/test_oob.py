@@ -234,3 +234,17 @@ def test_a_send_racing_an_acceptance_stays_consistent(oob, store: SQLiteStore) -
     assert token is not None and token.counter == 3 and token.last_step == 0
     newest = re.findall(r"code is (\d{6})", setup.outbox.read_text())[-1]
     assert setup.check(newest) == "accepted"
+
+
+def test_out_of_band_tokens_are_neither_exported_nor_imported(
+    oob, store: SQLiteStore, key_backend: KeyBackend, audit: AuditLog
+) -> None:
+    from otp_agent.administration import token_spec_from_record
+    from otp_agent.errors import UsageError
+
+    setup = oob()
+    admin = Administration(store, key_backend, audit)
+    if getattr(key_backend, "export_secret", None) is not None:
+        assert all(t["serial"] != setup.serial for t in admin.export_tokens(CONTEXT)["tokens"])
+    with pytest.raises(UsageError, match="not imported"):
+        token_spec_from_record({"serial": "X1", "type": "oob", "secret_b64": "cXFxcXFxcXFxcXFxcXFxcXFxcXE="})
