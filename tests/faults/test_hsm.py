@@ -120,7 +120,7 @@ def _until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 def test_hsm_fault_modes(hsm_agent: tuple[RunningAgent, Any, Any], figures: Figures) -> None:
     agent, simulator, server = hsm_agent
-    attempts = count(3, 40)
+    attempts = count(2, 40)
     modes = list(MODES)
     if "wrong_hmac" not in server.FAULTS:  # the knob may not exist in an older simulator
         modes = [m for m in modes if m.knobs.get("fault") != "wrong_hmac"]

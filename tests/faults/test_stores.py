@@ -457,7 +457,7 @@ def test_damaged_database(figures: Figures) -> None:
     accepted code (a replay) nor a wrong code is accepted, and it keeps answering.  The same
     damage is also done under a running agent."""
     require_root()
-    rounds, live_rounds = count(8, 150), count(3, 50)
+    rounds, live_rounds = count(6, 150), count(2, 50)
     random = rng("damaged")
     outcomes: Counter[str] = Counter()
     accepted_bad: list[str] = []
