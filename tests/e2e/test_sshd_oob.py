@@ -32,6 +32,7 @@ class World:
     mail: Recorder
     user: LocalUser
     key: paramiko.PKey
+    backend: str
 
     def mailed_code(self, after: int) -> str:
         """The code of the first mail beyond the ``after`` first ones (waits for it a little)."""
@@ -45,16 +46,25 @@ class World:
         return found.group(1)
 
 
-@pytest.fixture(scope="module")
-def world(open_dir: Path) -> Iterator[World]:
+@pytest.fixture(scope="module", params=["software", "payshield"])
+def world(open_dir: Path, request: pytest.FixtureRequest) -> Iterator[World]:
+    """The real agent on each key backend (on payShield the simulator generates the secret with
+    L0 and computes every code with LQ), a real SMTP server and a real sshd."""
     require_root()
-    base = open_dir / "e2e-sshd-oob"
+    base = open_dir / f"e2e-sshd-oob-{request.param}"
     base.mkdir()
     base.chmod(0o755)
     wrapper = make_wrapper(base)
     mail = Recorder()
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(smtp_server(mail))
+        keystore: dict[str, Any] = {}
+        if request.param == "payshield":
+            from otp_agent.payshield_sim.testing import running_simulator
+            from tests.integration.test_payshield_agent import _payshield_table
+
+            simulator = stack.enter_context(running_simulator())
+            keystore = {"keystore": {"backend": "payshield", "payshield": _payshield_table(simulator, base)}}
         channel = {
             "kind": "smtp",
             "host": "127.0.0.1",
@@ -65,7 +75,7 @@ def world(open_dir: Path) -> Iterator[World]:
         agent = stack.enter_context(
             running_agent(
                 base / "agent",
-                sections={"channel": {"mail": channel}},
+                sections={"channel": {"mail": channel}, **keystore},
                 policy={"oob_validity": VALIDITY, "oob_resend_interval": 0},
             )
         )
@@ -85,7 +95,7 @@ def world(open_dir: Path) -> Iterator[World]:
             f"{user.name}@example.com",
             check=True,
         )
-        yield World(agent, sshd, mail, user, key)
+        yield World(agent, sshd, mail, user, key, request.param)
 
 
 def test_mailed_code_opens_a_session_once(world: World) -> None:
