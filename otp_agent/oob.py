@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from otp_agent.audit import AuditLog, RequestContext
@@ -21,7 +21,7 @@ from otp_agent.channels.addresses import mask
 from otp_agent.config import PolicyConfig
 from otp_agent.errors import ChannelError, NotFound, SendRefused, StoreError
 from otp_agent.keystore import KeyBackend
-from otp_agent.oath import TokenType, counter_message, format_code
+from otp_agent.oath import TokenType, codes_for, counter_message, format_code, match_code
 from otp_agent.sensitive import Secret
 from otp_agent.store import Token, TokenStore
 from otp_agent.store.models import SEND_FAILED, SEND_PENDING, SEND_SENT, Send
@@ -50,6 +50,43 @@ class SentCode:
             "address": self.address,
             "expires": self.expires,
         }
+
+
+@dataclass(frozen=True)
+class SentMatch:
+    """Which sent counter a submitted code is, if any, and why it is refused otherwise."""
+
+    counter: int | None = None
+    replay: bool = False
+    expired: bool = False
+
+
+def match_sent_code(
+    token: Token, code: str, now: float, validity: int, hmacs: Callable[[Sequence[bytes]], list[bytes]]
+) -> SentMatch:
+    """Match an out-of-band code against the counters actually sent (no look-ahead).
+
+    Only sends delivered or being delivered count (a failed one never does), within ``validity``
+    seconds of their send; an acceptance invalidates every code sent before it (``last_step``
+    holds the last counter accepted), so those are replays, checked first.  Constant-time
+    comparison over every candidate (``match_code``).
+    """
+    sends = [s for s in token.sends if s.outcome != SEND_FAILED]
+    if not sends:
+        return SentMatch()
+    factors = [s.counter for s in sends]
+    codes = dict(zip(factors, codes_for(hmacs, factors, token.digits), strict=True))
+    accepted = -1 if token.last_step is None else token.last_step
+    stale = [(s.counter, codes[s.counter]) for s in sends if s.counter <= accepted]
+    live = [s for s in sends if s.counter > accepted]
+    fresh = [(s.counter, codes[s.counter]) for s in live if now - s.at <= validity]
+    expired = [(s.counter, codes[s.counter]) for s in live if now - s.at > validity]
+    if match_code(code, stale) is not None:
+        return SentMatch(replay=True)
+    found = match_code(code, fresh)
+    if found is not None:
+        return SentMatch(counter=found)
+    return SentMatch(expired=match_code(code, expired) is not None)
 
 
 def recent_sends(token: Token, policy: PolicyConfig, now: float) -> tuple[Send, ...]:

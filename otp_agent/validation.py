@@ -24,8 +24,8 @@ from otp_agent.keyedlock import KeyedLocks
 from otp_agent.keystore import KeyBackend
 from otp_agent.oath import TokenType, codes_for, match_code, time_step
 from otp_agent.oath.params import MAX_COUNTER
+from otp_agent.oob import match_sent_code
 from otp_agent.store import Token, TokenState, TokenStore
-from otp_agent.store.models import SEND_FAILED
 from otp_agent.throttle import FailureOutcome, after_success, failure_outcome, is_locked
 from otp_agent.wire import Reason, Result, ValidateReply
 
@@ -303,32 +303,9 @@ class Validator:
         return hmacs
 
     def _match_sent(self, token: Token, code: str, now: float) -> _Match:
-        """An out-of-band code: only counters actually sent and delivered (or being delivered)
-        match, within ``policy.oob_validity`` of their send; an acceptance invalidates every
-        code sent before it (``last_step`` holds the last counter accepted)."""
-        sends = [s for s in token.sends if s.outcome != SEND_FAILED]
-        if not sends:
-            return _Match()
-        factors = [s.counter for s in sends]
-        codes = dict(zip(factors, codes_for(self._hmacs_of(token), factors, token.digits), strict=True))
-        accepted = -1 if token.last_step is None else token.last_step
-        stale = [(s.counter, codes[s.counter]) for s in sends if s.counter <= accepted]
-        fresh = [
-            (s.counter, codes[s.counter])
-            for s in sends
-            if s.counter > accepted and now - s.at <= self.policy.oob_validity
-        ]
-        expired = [
-            (s.counter, codes[s.counter])
-            for s in sends
-            if s.counter > accepted and now - s.at > self.policy.oob_validity
-        ]
-        if match_code(code, stale) is not None:
-            return _Match(replay=True)
-        found = match_code(code, fresh)
-        if found is not None:
-            return _Match(factor=found)
-        return _Match(expired=match_code(code, expired) is not None)
+        """An out-of-band code: see :func:`otp_agent.oob.match_sent_code`."""
+        found = match_sent_code(token, code, now, self.policy.oob_validity, self._hmacs_of(token))
+        return _Match(factor=found.counter, replay=found.replay, expired=found.expired)
 
     def _success_state(self, token: Token, match: _Match) -> TokenState:
         assert match.factor is not None
