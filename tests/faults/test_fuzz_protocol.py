@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from otp_agent import wire
 from tests.conftest import IN_CI
 
 if not IN_CI:  # in CI a missing hypothesis is an error, never a skip
@@ -54,24 +55,7 @@ from tests.faults.support import (
 CLIENT_TIMEOUT = 1.0
 SLACK = 2.0
 SEEDS = sorted((CORPUS / "protocol").glob("*.bin"))
-OPS = [
-    "ping",
-    "validate",
-    "enrolled",
-    "check",
-    "enroll",
-    "import",
-    "export",
-    "list",
-    "show",
-    "assign",
-    "disable",
-    "enable",
-    "remove",
-    "unlock",
-    "resync",
-    "status",
-]
+OPS = sorted(wire.OPERATIONS)
 FIELDS = [
     "user",
     "code",

@@ -78,24 +78,7 @@ OTHERS = [
 ]
 #: Every operation a plain uid may not call: all the agent answers (wire.OPERATIONS, so a new
 #: operation is covered by itself) but validate/enrolled/ping, which it may call for itself.
-ADMIN_OPS = sorted(
-    getattr(wire, "OPERATIONS", frozenset()) - wire.VALIDATION_OPS
-    | {
-        "check",
-        "enroll",
-        "import",
-        "export",
-        "list",
-        "show",
-        "assign",
-        "disable",
-        "enable",
-        "remove",
-        "unlock",
-        "resync",
-        "status",
-    }
-)
+ADMIN_OPS = sorted(wire.OPERATIONS - wire.VALIDATION_OPS)
 SPELLINGS = [
     "LIST",
     "List",
