@@ -121,11 +121,7 @@ class OutOfBand:
         tokens = [
             t
             for t in self.store.tokens_for_user(user)
-            if t.token_type is TokenType.OOB
-            and (serial is None or t.serial == serial)
-            and t.enabled
-            and (t.not_before is None or t.not_before <= now)
-            and (t.not_after is None or now < t.not_after)
+            if t.token_type is TokenType.OOB and (serial is None or t.serial == serial) and t.usable_at(now)
         ]
         if not tokens:
             raise NotFound(f"{user} has no enabled out-of-band token" + (f" {serial}" if serial else ""))

@@ -180,11 +180,7 @@ class Validator:
     def _usable(self, user: str, tokens: list[Token] | None = None) -> list[Token]:
         now = self.clock()
         return [
-            t
-            for t in (self.store.tokens_for_user(user) if tokens is None else tokens)
-            if t.enabled
-            and (t.not_before is None or t.not_before <= now)
-            and (t.not_after is None or now < t.not_after)
+            t for t in (self.store.tokens_for_user(user) if tokens is None else tokens) if t.usable_at(now)
         ]
 
     def _validate_code(self, user: str, code: str, context: RequestContext) -> Decision:
@@ -262,9 +258,9 @@ class Validator:
         before it in the window) is a replay even when it also matches a later factor: two
         submissions of one code must never give two acceptances.
         """
-        hmacs = self._hmacs_of(token)
         if token.token_type is TokenType.OOB:
             return self._match_sent(token, code, now)
+        hmacs = self._hmacs_of(token)
         if token.token_type is TokenType.HOTP:
             first = max(token.counter - 1, 0)
             # An accepted counter c is stored as c + 1, which must still fit: a token at the end

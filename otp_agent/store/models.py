@@ -102,6 +102,14 @@ class Token:
     address: str | None = field(default=None, repr=False)
     sends: tuple[Send, ...] = ()
 
+    def usable_at(self, now: float) -> bool:
+        """True when the token is enabled and ``now`` is within its validity dates."""
+        return (
+            self.enabled
+            and (self.not_before is None or self.not_before <= now)
+            and (self.not_after is None or now < self.not_after)
+        )
+
     @property
     def state(self) -> TokenState:
         """The part of the token a validation changes."""
