@@ -316,9 +316,7 @@ class PostgreSQLStore:
         self._update_one(f"binding token {serial}", SET_BINDING, (binding, serial), serial)
 
     def reset_throttling(self, serial: str, now: float) -> None:
-        updated = self._write(f"unlocking token {serial}", RESET_THROTTLING, (now, now, now, serial))
-        if updated != 1:
-            raise NotFound(f"no token with serial {serial}")
+        self._update_one(f"unlocking token {serial}", RESET_THROTTLING, (now, now, now, serial), serial)
 
     def remove(self, serial: str) -> None:
         # Not retried: a delete whose answer was lost would come back as a false NotFound.

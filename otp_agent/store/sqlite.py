@@ -40,11 +40,10 @@ _log = logging.getLogger(__name__)
 #: What a damaged database can raise: sqlite3's errors, and UnicodeDecodeError when an error
 #: message quotes a schema name that is not UTF-8.
 _DATABASE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
-_RESET_THROTTLING_SQLITE = RESET_THROTTLING.replace("%s", "?")
-_STATE_UPDATE = STATE_UPDATE.replace("%s", "?")
-_ASSIGN = ASSIGN.replace("%s", "?")
-_SET_ENABLED = SET_ENABLED.replace("%s", "?")
-_SET_BINDING = SET_BINDING.replace("%s", "?")
+# The shared statements (store/rows.py) are written with psycopg's placeholders.
+_RESET_THROTTLING, _STATE_UPDATE, _ASSIGN, _SET_ENABLED, _SET_BINDING = (
+    sql.replace("%s", "?") for sql in (RESET_THROTTLING, STATE_UPDATE, ASSIGN, SET_ENABLED, SET_BINDING)
+)
 
 
 class SQLiteStore:
@@ -289,11 +288,7 @@ class SQLiteStore:
         self._update_one(f"binding token {serial}", _SET_BINDING, (binding, serial), serial)
 
     def reset_throttling(self, serial: str, now: float) -> None:
-        def update(connection: sqlite3.Connection) -> int:
-            return connection.execute(_RESET_THROTTLING_SQLITE, (now, now, now, serial)).rowcount
-
-        if self._write(f"unlocking token {serial}", update) != 1:
-            raise NotFound(f"no token with serial {serial}")
+        self._update_one(f"unlocking token {serial}", _RESET_THROTTLING, (now, now, now, serial), serial)
 
     def remove(self, serial: str) -> None:
         def delete(connection: sqlite3.Connection) -> int:
