@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,18 @@ def require(condition: bool, reason: str) -> None:
         if IN_CI:
             pytest.fail(f"prerequisite missing in CI: {reason}")
         pytest.skip(reason)
+
+
+@contextmanager
+def tmpfs(where: Path, size: str = "4m") -> Iterator[Path]:
+    """A small tmpfs mounted at ``where`` (made), for full-disk tests; unmounted afterwards."""
+    require(os.geteuid() == 0, "mounting a tmpfs needs root")
+    where.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 class FakeClock:

@@ -17,8 +17,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from otp_agent.keystore.software import SoftwareKeyBackend, create_master_key
 from otp_agent.store.sqlite import SQLiteStore
 from otp_agent.testing import RunningAgent, running_agent, start_agent
 from otp_agent.validation import Validator
+from tests.conftest import tmpfs
 from tests.faults.conftest import Figures
 from tests.faults.support import (
     NOBODY,
@@ -83,16 +82,6 @@ def _fill(directory: Path) -> Path:
     finally:
         os.close(descriptor)
     return filler
-
-
-@contextmanager
-def tmpfs(where: Path, size: str = "4m") -> Iterator[Path]:
-    where.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_full_disk_rounds(figures: Figures) -> None:

@@ -10,8 +10,6 @@ decisions while the file cannot be written.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,20 +18,14 @@ import pytest
 
 from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.testing import code_for_uri, running_agent
-from tests.conftest import require
+from tests.conftest import tmpfs
 from tests.integration.agentclient import request
 
 
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    require(os.geteuid() == 0, "mounting a tmpfs needs root")
-    mount_point = tmp_path / "fs"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
-    try:
+    with tmpfs(tmp_path / "fs", "64k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def _fill(directory: Path) -> Path:

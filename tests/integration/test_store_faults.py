@@ -10,7 +10,6 @@ served, and once space (or write access) is back the same code is accepted: it w
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,20 +18,14 @@ from pathlib import Path
 import pytest
 
 from otp_agent.testing import RunningAgent, code_for_uri, running_agent
-from tests.conftest import require
+from tests.conftest import tmpfs
 from tests.integration.agentclient import request
 
 
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    require(os.geteuid() == 0, "mounting a tmpfs needs root")
-    mount_point = tmp_path / "fs"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=True)
-    try:
+    with tmpfs(tmp_path / "fs", "4m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.fixture
