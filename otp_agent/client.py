@@ -43,6 +43,7 @@ from otp_agent.errors import (
     PskcError,
     UsageError,
 )
+from otp_agent.wire import SentCode
 
 __all__ = ["DEFAULT_SOCKET", "AgentClient", "SentCode", "ValidationResult"]
 
@@ -65,16 +66,6 @@ class ValidationResult:
     accepted: bool
     reason: str
     serial: str | None = None
-
-
-@dataclass(frozen=True)
-class SentCode:
-    """An out-of-band code the agent sent: by which token, channel and (masked) address, until when."""
-
-    serial: str
-    channel: str
-    address: str
-    expires: float
 
 
 class _Broken(Exception):
@@ -162,14 +153,7 @@ class AgentClient:
         fields: dict[str, Any] = {"user": user}
         if serial is not None:
             fields["serial"] = serial
-        reply = self.request("send", **fields)
-        serial, channel, address = reply.get("serial"), reply.get("channel"), reply.get("address")
-        expires = reply.get("expires")
-        if not (isinstance(serial, str) and isinstance(channel, str) and isinstance(address, str)):
-            raise ProtocolError("not a send reply")
-        if not isinstance(expires, (int, float)) or isinstance(expires, bool):
-            raise ProtocolError("not a send reply")
-        return SentCode(serial, channel, address, float(expires))
+        return SentCode.parse(self.request("send", **fields))
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send any operation (administration, for one); return the whole reply or raise its error.

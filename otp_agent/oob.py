@@ -26,30 +26,12 @@ from otp_agent.sensitive import Secret
 from otp_agent.store import Token, TokenStore
 from otp_agent.store.models import SEND_FAILED, SEND_PENDING, SEND_SENT, Send
 from otp_agent.throttle import is_locked
+from otp_agent.wire import SentCode
 
 _log = logging.getLogger(__name__)
 _CAS_ATTEMPTS = 16
 #: How long a send is remembered: the hourly limit and the code's validity both need it.
 _HOUR = 3600.0
-
-
-@dataclass(frozen=True)
-class SentCode:
-    """A code on its way: which token, which channel, to which (masked) address, until when."""
-
-    serial: str
-    channel: str
-    address: str
-    expires: float
-
-    def fields(self) -> dict[str, object]:
-        """The reply fields of the ``send`` operation."""
-        return {
-            "serial": self.serial,
-            "channel": self.channel,
-            "address": self.address,
-            "expires": self.expires,
-        }
 
 
 @dataclass(frozen=True)

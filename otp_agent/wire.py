@@ -130,6 +130,37 @@ class ValidateRequest:
 
 
 @dataclass(frozen=True)
+class SentCode:
+    """The answer to a ``send``: which token's code went over which channel to which (masked)
+    address, valid until ``expires`` (Unix time)."""
+
+    serial: str
+    channel: str
+    address: str
+    expires: float
+
+    def fields(self) -> dict[str, Any]:
+        """The reply's fields (without ``v``/``ok``)."""
+        return {
+            "serial": self.serial,
+            "channel": self.channel,
+            "address": self.address,
+            "expires": self.expires,
+        }
+
+    @classmethod
+    def parse(cls, reply: Mapping[str, Any]) -> SentCode:
+        """Read a ``send`` reply.  :raises ProtocolError: not one."""
+        serial, channel, address = reply.get("serial"), reply.get("channel"), reply.get("address")
+        expires = reply.get("expires")
+        if not (isinstance(serial, str) and isinstance(channel, str) and isinstance(address, str)):
+            raise ProtocolError("not a send reply")
+        if not isinstance(expires, (int, float)) or isinstance(expires, bool):
+            raise ProtocolError("not a send reply")
+        return cls(serial, channel, address, float(expires))
+
+
+@dataclass(frozen=True)
 class ValidateReply:
     """The answer to a ``validate``: accept or reject, why, and the token that decided."""
 
