@@ -96,6 +96,26 @@ def _key_block_file(path: Path, what: str) -> str:
     return text
 
 
+def _wrap_under_zmk(config: PayShieldConfig, key: bytes) -> tuple[str, bytes]:
+    """Wrap ``key`` under the configured ZMK for an LU import: ``(ZMK key block, wrapped key)``.
+
+    The clear ZMK is read from its file, used and wiped here; it never leaves this function.
+
+    :raises KeyBackendUnavailable: a ZMK file missing or not an AES key in hex.
+    """
+    assert config.zmk_file is not None and config.zmk_key_block_file is not None
+    zmk_key_block = _key_block_file(config.zmk_key_block_file, "ZMK key block")
+    try:
+        clear_zmk = bytes.fromhex(_read_text(config.zmk_file, "ZMK file"))
+    except ValueError:
+        clear_zmk = b""
+    if len(clear_zmk) not in (16, 24, 32):
+        raise KeyBackendUnavailable(f"{config.zmk_file} does not hold an AES ZMK in hex")
+    with Secret(clear_zmk) as zmk:
+        del clear_zmk
+        return zmk_key_block, wrap_for_import(zmk.reveal(), key)
+
+
 class PayShieldKeyBackend:
     """Key backend whose secrets exist only under the LMK of one or more payShield HSMs."""
 
@@ -136,16 +156,7 @@ class PayShieldKeyBackend:
                 "payShield import needs keystore.payshield.zmk_file and "
                 "zmk_key_block_file (see docs/hsm.md, key ceremony)"
             )
-        zmk_key_block = _key_block_file(config.zmk_key_block_file, "ZMK key block")
-        try:
-            clear_zmk = bytes.fromhex(_read_text(config.zmk_file, "ZMK file"))
-        except ValueError:
-            clear_zmk = b""
-        if len(clear_zmk) not in (16, 24, 32):
-            raise KeyBackendUnavailable(f"{config.zmk_file} does not hold an AES ZMK in hex")
-        with Secret(clear_zmk) as zmk:
-            del clear_zmk
-            wrapped = wrap_for_import(zmk.reveal(), secret.reveal())
+        zmk_key_block, wrapped = _wrap_under_zmk(config, secret.reveal())
         if config.key_format == "keyblock":
             blocks = (binding_block(identity.binding()),) if config.bind_identity else ()
             tail = attributes(HMAC_USAGE[identity.algorithm], "H0", _MODE_OF_USE, _EXPORTABILITY, blocks)
@@ -338,16 +349,7 @@ def _create_self_test(config: PayShieldConfig, transport: Transport) -> tuple[st
     tail = attributes("63", "H0", _MODE_OF_USE, _EXPORTABILITY)
     expected: bytes | None = None
     if config.zmk_file is not None and config.zmk_key_block_file is not None:
-        zmk_key_block = _key_block_file(config.zmk_key_block_file, "ZMK key block")
-        try:
-            clear_zmk = bytes.fromhex(_read_text(config.zmk_file, "ZMK file"))
-        except ValueError:
-            clear_zmk = b""
-        if len(clear_zmk) not in (16, 24, 32):
-            raise KeyBackendUnavailable(f"{config.zmk_file} does not hold an AES ZMK in hex")
-        with Secret(clear_zmk) as zmk:
-            del clear_zmk
-            wrapped = wrap_for_import(zmk.reveal(), SELF_TEST_KEY)
+        zmk_key_block, wrapped = _wrap_under_zmk(config, SELF_TEST_KEY)
         request = codec.encode_lu(zmk_key_block, wrapped, codec.KEY_BLOCK_FORMAT, tail)
         command, source, expected = "LU", SELF_TEST_PUBLIC, self_test_answer()
     else:
