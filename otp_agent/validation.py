@@ -17,15 +17,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from otp_agent import backup
 from otp_agent.audit import AuditLog, RequestContext
+from otp_agent.backup import BackupCodes, BackupUse
 from otp_agent.config import PolicyConfig
-from otp_agent.errors import KeyBackendError, NotFound, SealedSecretInvalid, StoreError, UsageError
+from otp_agent.errors import (
+    KeyBackendError,
+    KeyBackendUnavailable,
+    NotFound,
+    SealedSecretInvalid,
+    StoreError,
+    UsageError,
+)
 from otp_agent.keyedlock import KeyedLocks
 from otp_agent.keystore import KeyBackend
 from otp_agent.oath import TokenType, codes_for, match_code, time_step
 from otp_agent.oath.params import MAX_COUNTER
 from otp_agent.oob import match_sent_code
 from otp_agent.store import Token, TokenState, TokenStore
+from otp_agent.store.models import BACKUP_GENERATED, BACKUP_SCRATCH
 from otp_agent.throttle import FailureOutcome, after_success, failure_outcome, is_locked
 from otp_agent.wire import Reason, Result, ValidateReply
 
@@ -46,6 +56,8 @@ class Decision:
     accepted: bool
     reason: Reason
     serial: str | None = None
+    #: A backup code was tried: how many unused ones the user has left (audited, not sent).
+    remaining: int | None = None
 
     def wire(self) -> ValidateReply:
         """The decision as the protocol's reply type."""
@@ -85,6 +97,7 @@ class Validator:
         self.store, self.keys, self.policy, self.audit = store, keys, policy, audit
         self.clock = clock
         self.password_checker = password_checker
+        self.backup = BackupCodes(store, keys, clock=clock)
         self._user_locks = KeyedLocks()
 
     # -- public entry points ---------------------------------------------------------------
@@ -92,38 +105,45 @@ class Validator:
     def validate(self, user: str, code: str, context: RequestContext) -> Decision:
         """Validate ``code`` for ``user`` and commit the outcome; audit it."""
         decision = self._one_at_a_time(user, lambda: self._validate_code(user, code, context))
-        self.audit.record(
-            "validate",
-            context,
-            user=user,
-            serial=decision.serial,
-            result="accept" if decision.accepted else "reject",
-            reason=decision.reason,
-        )
+        self._audit_decision(decision, user, context)
         return decision
 
     def validate_password_and_code(self, user: str, answer: str, context: RequestContext) -> Decision:
         """Validate a password immediately followed by a code; never tell which part failed."""
         decision = self._one_at_a_time(user, lambda: self._password_and_code(user, answer, context))
+        self._audit_decision(decision, user, context, mode="password+code")
+        return decision
+
+    def _audit_decision(
+        self, decision: Decision, user: str, context: RequestContext, **extra: object
+    ) -> None:
+        if decision.remaining is not None:
+            extra["backup_codes_remaining"] = decision.remaining
         self.audit.record(
             "validate",
             context,
             user=user,
             serial=decision.serial,
-            mode="password+code",
             result="accept" if decision.accepted else "reject",
             reason=decision.reason,
+            **extra,
         )
-        return decision
 
     def is_enrolled(self, user: str) -> bool:
-        """True when the user has at least one token, enabled or not.
+        """True when the user has a token (enabled or not, pending or not) or a backup code.
 
         The same test as the ``unenrolled`` policy in :meth:`validate`: a disabled token blocks
         its user (reason ``disabled``), it does not make them unenrolled, which the roll-out PAM
         stack (``pam-helper --not-enrolled``) would turn into a login without the code.
         """
-        return bool(self.store.tokens_for_user(user))
+        return bool(self.live_tokens(user)) or self.backup.remaining(user) > 0
+
+    def live_tokens(self, user: str) -> list[Token]:
+        """The user's tokens, leaving out pending ones whose time is up (removed soon after)."""
+        now = self.clock()
+        return [
+            t for t in self.store.tokens_for_user(user) if t.pending_until is None or t.pending_until > now
+        ]
 
     def resync(self, user: str, code1: str, code2: str, context: RequestContext) -> str:
         """Resynchronise a token of ``user`` from two consecutive codes; return its serial.
@@ -177,38 +197,52 @@ class Validator:
             _log.error("validation failed closed: %s", exc)
             return Decision(False, Reason(exc.code))
 
-    def _usable(self, user: str, tokens: list[Token] | None = None) -> list[Token]:
+    def _usable(self, user: str, tokens: Sequence[Token] | None = None) -> list[Token]:
         now = self.clock()
         return [
             t for t in (self.store.tokens_for_user(user) if tokens is None else tokens) if t.usable_at(now)
         ]
 
     def _validate_code(self, user: str, code: str, context: RequestContext) -> Decision:
+        backup_code = backup.normalise(code)
+        if backup_code is not None:
+            return self._validate_backup_code(user, backup_code, context)
         if not is_valid_code(code):
             return Decision(False, Reason.MALFORMED)
         for _attempt in range(_CAS_ATTEMPTS):
-            tokens = self.store.tokens_for_user(user)
+            tokens = self.live_tokens(user)
             if not tokens:
-                if self.policy.unenrolled == "allow":
+                if self.policy.unenrolled == "allow" and not self.backup.remaining(user):
                     return Decision(True, Reason.NOT_ENROLLED)
                 return Decision(False, Reason.NO_TOKEN)
             usable = self._usable(user, tokens)
             if not usable:
-                return Decision(False, Reason.DISABLED)
+                return Decision(False, Reason.PENDING if all(t.pending for t in tokens) else Reason.DISABLED)
             now = self.clock()
             unlocked = [t for t in usable if not is_locked(t, now)]
             if not unlocked:
                 return Decision(False, Reason.LOCKED, usable[0].serial)
             candidates = [t for t in unlocked if t.digits == len(code)]
-            for token in candidates:
-                self.check_binding(token)
-            matches = [(t, self._match(t, code, now)) for t in candidates]
+            try:
+                for token in candidates:
+                    self.check_binding(token)
+                matches = [(t, self._match(t, code, now)) for t in candidates]
+            except KeyBackendUnavailable:
+                # The break-glass path: an imported scratch code needs no HSM.
+                scratch = self._scratch_code(user, code, tokens)
+                if scratch is None:
+                    raise
+                return scratch
             hit = next(((t, m) for t, m in matches if m.factor is not None), None)
             if hit is not None:
                 token, match = hit
                 if self.store.compare_and_set(token.serial, token.version, self._success_state(token, match)):
                     return Decision(True, Reason.ACCEPTED, token.serial)
                 continue  # Someone else changed the token: decide again on fresh state.
+            if not any(m.replay for _t, m in matches):
+                scratch = self._scratch_code(user, code, tokens)
+                if scratch is not None:
+                    return scratch
             # A replay tells a guesser nothing and is not counted (parallel logins with one
             # code must not lock their user); every other token of the user counts a failure.
             replayed = [t for t, m in matches if m.replay]
@@ -217,6 +251,51 @@ class Validator:
             reason = Reason.REPLAY if replayed else Reason.EXPIRED if expired else Reason.BAD_CODE
             return Decision(False, reason, unlocked[0].serial if len(unlocked) == 1 else None)
         raise StoreError("too many concurrent changes to this user's tokens")
+
+    def _validate_backup_code(self, user: str, code: str, context: RequestContext) -> Decision:
+        """A generated backup code: accepted even while the user's tokens are locked.
+
+        It is the way back in; its 45 bits need no lock to resist guessing.  A wrong one still
+        counts toward the lock of the user's tokens; explicitly disabled tokens still block.
+        """
+        tokens = self.live_tokens(user)
+        usable = self._usable(user, tokens)
+        if tokens and not usable and any(not t.enabled for t in tokens):
+            return Decision(False, Reason.DISABLED)
+        use = self.backup.use(user, code, BACKUP_GENERATED)
+        if use.accepted or use.replay:
+            return self._backup_decision(use, tokens)
+        now = self.clock()
+        unlocked = [t for t in usable if not is_locked(t, now)]
+        if usable and not unlocked:
+            return Decision(False, Reason.LOCKED, usable[0].serial, remaining=use.remaining)
+        self._record_failures(unlocked, context)
+        return Decision(False, Reason.BAD_CODE, remaining=use.remaining)
+
+    def _scratch_code(self, user: str, code: str, tokens: Sequence[Token]) -> Decision | None:
+        """An imported 8-digit scratch code, tried after the user's tokens (None: not one).
+
+        Unlike a generated code it is never tried while the tokens are locked: 8 digits are
+        only 27 bits, and the lock is what keeps them from being guessed.
+        """
+        now = self.clock()
+        if not backup.is_scratch_code(code) or not any(
+            not is_locked(t, now) for t in self._usable(user, tokens)
+        ):
+            return None
+        use = self.backup.use(user, code, BACKUP_SCRATCH)
+        return self._backup_decision(use, tokens) if use.accepted or use.replay else None
+
+    def _backup_decision(self, use: BackupUse, tokens: Sequence[Token]) -> Decision:
+        if not use.accepted:
+            return Decision(False, Reason.REPLAY, remaining=use.remaining)
+        # The way back in: the user's tokens lose their failures and running lock (the lock
+        # level decays as usual, as with otpctl unlock).
+        now = self.clock()
+        for token in tokens:
+            if token.failures or token.locked_until > now:
+                self.store.reset_throttling(token.serial, now)
+        return Decision(True, Reason.BACKUP_CODE, remaining=use.remaining)
 
     def check_binding(self, token: Token) -> None:
         """Refuse a token whose owner or parameters do not match the key backend's tag.
@@ -235,10 +314,10 @@ class Validator:
         if self.password_checker is None:
             raise UsageError("password-and-code mode is not available on this agent")
         tokens = self._usable(user)
-        lengths = sorted({t.digits for t in tokens}) or [6]
-        for digits in lengths:
-            password, code = answer[:-digits], answer[-digits:]
-            if not password or not is_valid_code(code):
+        lengths = {t.digits for t in tokens} | ({8} if self.backup.has_scratch_codes(user) else set())
+        splits = [(answer[:-digits], answer[-digits:]) for digits in sorted(lengths or {6})]
+        for password, code in splits + backup.split_password_and_code(answer):
+            if not password or not (is_valid_code(code) or backup.normalise(code) is not None):
                 continue
             if self.password_checker(user, password):
                 decision = self._validate_code(user, code, context)

@@ -63,10 +63,12 @@ class Reason(str, enum.Enum):
     """Why a ``validate`` reply says what it says.  docs/protocol.md lists every member."""
 
     ACCEPTED = "accepted"
+    BACKUP_CODE = "backup_code"
     NOT_ENROLLED = "not_enrolled"
     MALFORMED = "malformed"
     NO_TOKEN = "no_token"
     DISABLED = "disabled"
+    PENDING = "pending"
     LOCKED = "locked"
     BAD_CODE = "bad_code"
     REPLAY = "replay"
@@ -245,21 +247,26 @@ class TokenRecord:
     #: Out-of-band tokens: the delivery channel, and the address masked (``a***@example.com``).
     channel: str | None = None
     address: str | None = None
+    #: A self-enrolled token waiting for its owner's confirmation: when it expires.
+    pending_until: float | None = None
     secret_b64: str | None = field(default=None, repr=False)
 
     def message(self, *, state: bool = True) -> dict[str, Any]:
         """The record as a JSON object (``secret_b64`` only when the record carries a secret).
 
-        ``state=False`` leaves out what only the agent knows (last step, enabled, failures,
-        lock count and time, creation time): an ``import`` record carries none of it.
+        ``state=False`` leaves out what only the agent knows (enabled, failures, lock count and
+        time, creation time): an ``import`` record carries none of it, only a last used step
+        when it has one (a token migrated from a peer keeps its replay state).
         """
         fields = asdict(self)
-        for optional in ("secret_b64", "channel", "address"):
+        for optional in ("secret_b64", "channel", "address", "pending_until"):
             if fields[optional] is None:
                 del fields[optional]
         if not state:
             for name in _STATE_FIELDS:
                 del fields[name]
+            if fields["last_step"] is None:
+                del fields["last_step"]
         return fields
 
     @classmethod
@@ -306,12 +313,13 @@ _RECORD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "lock_count": ((int,), False),
     "locked_until": ((int, float), False),
     "created": ((int, float), False),
+    "pending_until": ((int, float), True),
     "secret_b64": ((str,), True),
     "channel": ((str,), True),
     "address": ((str,), True),
 }
 _RECORD_FIELDS = set(_RECORD_TYPES) | {"serial", "not_before", "not_after"}
-_STATE_FIELDS = ("last_step", "enabled", "failures", "lock_count", "locked_until", "created")
+_STATE_FIELDS = ("enabled", "failures", "lock_count", "locked_until", "created")
 
 
 def encode_frame(message: dict[str, Any], *, max_frame: int = MAX_ADMIN_FRAME) -> bytes:

@@ -8,12 +8,12 @@ This module imports no concrete store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
-from otp_agent.store.models import Token, TokenState
+from otp_agent.store.models import BackupCode, Token, TokenState
 
-__all__ = ["Token", "TokenState", "TokenStore"]
+__all__ = ["BackupCode", "Token", "TokenState", "TokenStore"]
 
 
 class TokenStore(Protocol):
@@ -21,8 +21,13 @@ class TokenStore(Protocol):
 
     name: str
 
-    def add_tokens(self, tokens: Sequence[Token]) -> None:
+    def add_tokens(
+        self, tokens: Sequence[Token], backup_codes: Mapping[str, Sequence[BackupCode]] | None = None
+    ) -> None:
         """Insert all tokens in one transaction, or none.
+
+        ``backup_codes`` (a migration's scratch codes) replaces, in the same transaction, the
+        backup codes of each user it names.
 
         :raises Conflict: a serial or a secret fingerprint already exists (named in the message).
         :raises StoreError: the write failed; nothing was written.
@@ -70,6 +75,21 @@ class TokenStore(Protocol):
 
     def remove(self, serial: str) -> None:
         """Delete a token.  :raises NotFound: no such token."""
+
+    def remove_expired_pending(self, now: float) -> list[str]:
+        """Delete the pending tokens whose ``pending_until`` is at or before ``now``; their serials."""
+
+    def backup_codes(self, user: str) -> list[BackupCode]:
+        """Return the user's backup codes, used ones included."""
+
+    def replace_backup_codes(self, user: str, codes: Sequence[BackupCode]) -> None:
+        """Replace the user's backup codes with ``codes`` (none: remove them), in one transaction."""
+
+    def use_backup_code(self, user: str, digest: bytes, now: float) -> bool:
+        """Mark an unused backup code used (one conditional UPDATE), durably.
+
+        False when it is gone or was used already (by a concurrent use, possibly on another host).
+        """
 
     def get_meta(self, key: str) -> str | None:
         """Read a store-wide setting (e.g. the key backend's check value)."""

@@ -62,6 +62,8 @@ class TokenState:
     #: Out-of-band tokens: the recent sends (``counter`` is then the next counter to send and
     #: ``last_step`` the last counter accepted).
     sends: tuple[Send, ...] = ()
+    #: A self-enrolled token not confirmed yet: when it expires (None once confirmed).
+    pending_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,20 @@ class Token:
     channel: str | None = None
     address: str | None = field(default=None, repr=False)
     sends: tuple[Send, ...] = ()
+    #: Self-service: a token its owner has not confirmed yet lets nobody in until then, and is
+    #: removed once this time passes.
+    pending_until: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True while the token waits for its owner's confirmation."""
+        return self.pending_until is not None
 
     def usable_at(self, now: float) -> bool:
-        """True when the token is enabled and ``now`` is within its validity dates."""
+        """True when the token is enabled, confirmed and ``now`` is within its validity dates."""
         return (
             self.enabled
+            and self.pending_until is None
             and (self.not_before is None or self.not_before <= now)
             and (self.not_after is None or now < self.not_after)
         )
@@ -123,6 +134,7 @@ class Token:
             self.locked_until,
             self.enabled,
             self.sends,
+            self.pending_until,
         )
 
     @property
@@ -178,9 +190,48 @@ class Token:
             created=self.created,
             channel=self.channel,
             address=None if self.address is None else mask(self.address),
+            pending_until=self.pending_until,
             secret_b64=secret_b64,
         )
 
     def public(self) -> dict[str, Any]:
         """A JSON-able view for clients: everything but the sealed secret and fingerprint."""
         return self.record().message()
+
+
+BACKUP_GENERATED, BACKUP_SCRATCH = "generated", "scratch"
+
+
+@dataclass(frozen=True)
+class BackupCode:
+    """One single-use backup code of a user, as the store keeps it: never the code itself.
+
+    ``digest`` is the code's slow hash under ``scheme`` with ``salt`` (one salt per set, so a
+    guess costs one hash whatever the set's size); ``kind`` is ``generated`` (``otpctl
+    backup-codes``) or ``scratch`` (an imported 8-digit scratch code); ``used_at`` is set by the
+    one use.  ``binding`` is the key backend's tag over :meth:`binding_message`: a store writer
+    without the key backend cannot add a code of their own.
+    """
+
+    user: str
+    kind: str
+    scheme: str
+    salt: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+    created: float
+    used_at: float | None = None
+    binding: bytes = field(default=b"", repr=False)
+
+    def binding_message(self) -> bytes:
+        """Canonical bytes of what the binding tag covers: owner, kind, scheme, salt and digest."""
+        return b"\x1f".join(
+            (
+                b"otp-agent/backup-code/v1",
+                str(len(self.user)).encode(),
+                self.user.encode(),
+                self.kind.encode(),
+                self.scheme.encode(),
+                self.salt.hex().encode(),
+                self.digest.hex().encode(),
+            )
+        )

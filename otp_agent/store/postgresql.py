@@ -19,23 +19,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.store.migrate import apply_migrations
-from otp_agent.store.models import Token, TokenState
+from otp_agent.store.models import BackupCode, Token, TokenState
 from otp_agent.store.pg_calls import Calls
 from otp_agent.store.pg_dsn import Dsn
 from otp_agent.store.pg_watchdog import Watchdog
 from otp_agent.store.rows import (
     ASSIGN,
     COLUMNS,
+    DELETE_BACKUP,
+    DELETE_EXPIRED_PENDING,
+    INSERT_BACKUP,
     RESET_THROTTLING,
     SELECT,
+    SELECT_BACKUP,
     SET_BINDING,
     SET_ENABLED,
     STATE_UPDATE,
+    USE_BACKUP,
+    backup_code_to_row,
+    row_to_backup_code,
     row_to_token,
     state_parameters,
     token_to_row,
@@ -48,7 +55,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Key of the advisory lock taken while the schema is checked and migrated ("otp-agen").
 MIGRATION_LOCK = 0x6F74702D6167656E
 _INSERT = f"INSERT INTO tokens ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
@@ -244,13 +251,18 @@ class PostgreSQLStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def add_tokens(self, tokens: Sequence[Token]) -> None:
+    def add_tokens(
+        self, tokens: Sequence[Token], backup_codes: Mapping[str, Sequence[BackupCode]] | None = None
+    ) -> None:
         now = time.time()
         rows = [token_to_row(token, now) for token in tokens]
 
         def insert(connection: _Connection) -> None:
             with connection.transaction(), connection.cursor() as cursor:
-                cursor.executemany(_INSERT, rows)
+                if rows:
+                    cursor.executemany(_INSERT, rows)
+                for user, codes in (backup_codes or {}).items():
+                    _replace_backup_codes(cursor, user, codes)
 
         try:
             # Not retried: a commit whose answer was lost would come back as a false Conflict.
@@ -287,6 +299,31 @@ class PostgreSQLStore:
             taken.add(token.serial)
             used.add(token.fingerprint)
         return None
+
+    def remove_expired_pending(self, now: float) -> list[str]:
+        def delete(connection: _Connection) -> list[str]:
+            rows = connection.execute(DELETE_EXPIRED_PENDING + " RETURNING serial", (now,)).fetchall()
+            return [str(row[0]) for row in rows]
+
+        # Not retried: a lost answer would hide which tokens went; the next sweep is harmless.
+        removed: list[str] = self._calls.run(
+            "removing expired pending tokens", delete, write=True, retry=False
+        )
+        return removed
+
+    def backup_codes(self, user: str) -> list[BackupCode]:
+        return [row_to_backup_code(row) for row in self._read(SELECT_BACKUP, (user,))]
+
+    def replace_backup_codes(self, user: str, codes: Sequence[BackupCode]) -> None:
+        def replace(connection: _Connection) -> None:
+            with connection.transaction(), connection.cursor() as cursor:
+                _replace_backup_codes(cursor, user, codes)
+
+        self._calls.run(f"replacing the backup codes of {user}", replace, write=True)
+
+    def use_backup_code(self, user: str, digest: bytes, now: float) -> bool:
+        # Not retried: a use whose answer was lost must not come back as "already used".
+        return self._write("using a backup code", USE_BACKUP, (now, user, digest), retry=False) == 1
 
     def compare_and_set(self, serial: str, expected_version: int, state: TokenState) -> bool:
         rowcount = self._write(
@@ -385,6 +422,12 @@ class PostgreSQLStore:
     def close(self) -> None:
         self._pool.close(timeout=5.0)
         self._watchdog.close()
+
+
+def _replace_backup_codes(cursor: Any, user: str, codes: Sequence[BackupCode]) -> None:
+    cursor.execute(DELETE_BACKUP, (user,))
+    if codes:
+        cursor.executemany(INSERT_BACKUP, [backup_code_to_row(code) for code in codes])
 
 
 def _scalar(connection: _Connection, query: Any) -> Any:

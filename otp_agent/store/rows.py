@@ -9,7 +9,7 @@ from typing import Any
 from otp_agent.oath.params import HashAlgorithm, TokenType
 
 # Moved to otp_agent.store.migrate; kept importable from here for otp_agent.daemon.initialise.
-from otp_agent.store.models import Token, TokenState, decode_sends, encode_sends
+from otp_agent.store.models import BackupCode, Token, TokenState, decode_sends, encode_sends
 
 COLUMNS = (
     "serial",
@@ -38,6 +38,7 @@ COLUMNS = (
     "channel",
     "address",
     "sends",
+    "pending_until",
 )
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tokens"
 #: Token attribute names that differ from their column names.
@@ -46,7 +47,7 @@ COLUMN_OF = {"user": "user_name"}
 STATE_UPDATE = (
     "UPDATE tokens SET counter = %s, last_step = %s, drift = %s, failures = %s, "
     "failures_at = %s, lock_count = %s, locked_until = %s, enabled = %s, sends = %s, "
-    "version = version + 1 WHERE serial = %s AND version = %s"
+    "pending_until = %s, version = version + 1 WHERE serial = %s AND version = %s"
 )
 ASSIGN = "UPDATE tokens SET user_name = %s, binding = %s, version = version + 1 WHERE serial = %s"
 SET_ENABLED = "UPDATE tokens SET enabled = %s, version = version + 1 WHERE serial = %s"
@@ -73,6 +74,7 @@ def state_parameters(serial: str, expected_version: int, state: TokenState) -> t
         float(state.locked_until),
         bool(state.enabled),
         encode_sends(state.sends),
+        state.pending_until,
         serial,
         expected_version,
     )
@@ -108,6 +110,7 @@ def row_to_token(row: Sequence[Any]) -> Token:
         channel=values["channel"],
         address=values["address"],
         sends=decode_sends(values["sends"]),
+        pending_until=values["pending_until"],
     )
 
 
@@ -140,4 +143,37 @@ def token_to_row(token: Token, now: float | None = None) -> tuple[Any, ...]:
         token.channel,
         token.address,
         encode_sends(token.sends),
+        token.pending_until,
+    )
+
+
+#: Self-service: pending tokens whose time is up (parameter: now).  Deleted in one statement.
+EXPIRED_PENDING = "SELECT serial FROM tokens WHERE pending_until IS NOT NULL AND pending_until <= %s"
+DELETE_EXPIRED_PENDING = "DELETE FROM tokens WHERE pending_until IS NOT NULL AND pending_until <= %s"
+
+BACKUP_COLUMNS = ("user_name", "kind", "scheme", "salt", "digest", "created", "used_at", "binding")
+SELECT_BACKUP = "SELECT " + ", ".join(BACKUP_COLUMNS) + " FROM backup_codes WHERE user_name = %s"
+INSERT_BACKUP = f"INSERT INTO backup_codes ({', '.join(BACKUP_COLUMNS)}) VALUES ({', '.join(['%s'] * len(BACKUP_COLUMNS))})"
+DELETE_BACKUP = "DELETE FROM backup_codes WHERE user_name = %s"
+#: The one use of a backup code: a compare-and-set on ``used_at`` (parameters: now, user, digest).
+USE_BACKUP = "UPDATE backup_codes SET used_at = %s WHERE user_name = %s AND digest = %s AND used_at IS NULL"
+
+
+def row_to_backup_code(row: Sequence[Any]) -> BackupCode:
+    """Build a backup code from a row of :data:`BACKUP_COLUMNS`."""
+    user, kind, scheme, salt, digest, created, used_at, binding = row
+    return BackupCode(user, kind, scheme, bytes(salt), bytes(digest), created, used_at, bytes(binding))
+
+
+def backup_code_to_row(code: BackupCode) -> tuple[Any, ...]:
+    """The values of :data:`BACKUP_COLUMNS` for a backup code."""
+    return (
+        code.user,
+        code.kind,
+        code.scheme,
+        code.salt,
+        code.digest,
+        code.created,
+        code.used_at,
+        code.binding,
     )

@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,28 +21,61 @@ from typing import Any
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.store.groupcommit import GroupCommitter
 from otp_agent.store.migrate import apply_migrations
-from otp_agent.store.models import Token, TokenState
+from otp_agent.store.models import BackupCode, Token, TokenState
 from otp_agent.store.rows import (
     ASSIGN,
     COLUMNS,
+    DELETE_BACKUP,
+    DELETE_EXPIRED_PENDING,
+    EXPIRED_PENDING,
+    INSERT_BACKUP,
     RESET_THROTTLING,
     SELECT,
+    SELECT_BACKUP,
     SET_BINDING,
     SET_ENABLED,
     STATE_UPDATE,
+    USE_BACKUP,
+    backup_code_to_row,
+    row_to_backup_code,
     row_to_token,
     state_parameters,
     token_to_row,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _log = logging.getLogger(__name__)
 #: What a damaged database can raise: sqlite3's errors, and UnicodeDecodeError when an error
 #: message quotes a schema name that is not UTF-8.
 _DATABASE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 # The shared statements (store/rows.py) are written with psycopg's placeholders.
-_RESET_THROTTLING, _STATE_UPDATE, _ASSIGN, _SET_ENABLED, _SET_BINDING = (
-    sql.replace("%s", "?") for sql in (RESET_THROTTLING, STATE_UPDATE, ASSIGN, SET_ENABLED, SET_BINDING)
+(
+    _RESET_THROTTLING,
+    _STATE_UPDATE,
+    _ASSIGN,
+    _SET_ENABLED,
+    _SET_BINDING,
+    _EXPIRED_PENDING,
+    _DELETE_EXPIRED_PENDING,
+    _SELECT_BACKUP,
+    _INSERT_BACKUP,
+    _DELETE_BACKUP,
+    _USE_BACKUP,
+) = (
+    sql.replace("%s", "?")
+    for sql in (
+        RESET_THROTTLING,
+        STATE_UPDATE,
+        ASSIGN,
+        SET_ENABLED,
+        SET_BINDING,
+        EXPIRED_PENDING,
+        DELETE_EXPIRED_PENDING,
+        SELECT_BACKUP,
+        INSERT_BACKUP,
+        DELETE_BACKUP,
+        USE_BACKUP,
+    )
 )
 
 
@@ -243,7 +276,9 @@ class SQLiteStore:
         except _DATABASE_ERRORS as exc:
             raise StoreError(f"database {self.path}: {what} failed, nothing was written: {exc}") from exc
 
-    def add_tokens(self, tokens: Sequence[Token]) -> None:
+    def add_tokens(
+        self, tokens: Sequence[Token], backup_codes: Mapping[str, Sequence[BackupCode]] | None = None
+    ) -> None:
         marks = ", ".join("?" * len(COLUMNS))
         sql = f"INSERT INTO tokens ({', '.join(COLUMNS)}) VALUES ({marks})"
 
@@ -255,8 +290,34 @@ class SQLiteStore:
                     raise Conflict(
                         f"token {token.serial}: a token with this serial or this same secret already exists"
                     ) from None
+            for user, codes in (backup_codes or {}).items():
+                _replace_backup_codes(connection, user, codes)
 
         self._write("adding tokens", insert)
+
+    def remove_expired_pending(self, now: float) -> list[str]:
+        def delete(connection: sqlite3.Connection) -> list[str]:
+            serials = [str(row[0]) for row in connection.execute(_EXPIRED_PENDING, (now,))]
+            connection.execute(_DELETE_EXPIRED_PENDING, (now,))
+            return serials
+
+        return list(self._write("removing expired pending tokens", delete))
+
+    def backup_codes(self, user: str) -> list[BackupCode]:
+        return [row_to_backup_code(row) for row in self._read(_SELECT_BACKUP, (user,))]
+
+    def replace_backup_codes(self, user: str, codes: Sequence[BackupCode]) -> None:
+        self._write(
+            f"replacing the backup codes of {user}",
+            lambda connection: _replace_backup_codes(connection, user, codes),
+        )
+
+    def use_backup_code(self, user: str, digest: bytes, now: float) -> bool:
+        rowcount = self._write(
+            "using a backup code",
+            lambda connection: connection.execute(_USE_BACKUP, (now, user, digest)).rowcount,
+        )
+        return bool(rowcount == 1)
 
     def compare_and_set(self, serial: str, expected_version: int, state: TokenState) -> bool:
         parameters = state_parameters(serial, expected_version, state)
@@ -332,3 +393,8 @@ class SQLiteStore:
                 connection.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def _replace_backup_codes(connection: sqlite3.Connection, user: str, codes: Sequence[BackupCode]) -> None:
+    connection.execute(_DELETE_BACKUP, (user,))
+    connection.executemany(_INSERT_BACKUP, [backup_code_to_row(code) for code in codes])

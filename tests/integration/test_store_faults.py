@@ -40,11 +40,11 @@ def agent_on_small_fs(small_filesystem: Path, tmp_path: Path) -> Iterator[Runnin
 
 def _fill(directory: Path) -> Path:
     filler = directory / "filler"
-    with open(filler, "wb") as handle:
+    # Unbuffered: a buffered file would try the refused bytes again when closed, and raise there.
+    with open(filler, "wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * 65536)
-                handle.flush()
         except OSError:
             pass
     return filler

@@ -19,14 +19,18 @@ import pytest
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.oath import HashAlgorithm, TokenType
-from otp_agent.store import Token, TokenState, TokenStore
+from otp_agent.store import BackupCode, Token, TokenState, TokenStore
 from otp_agent.store.models import Send
 from otp_agent.store.sqlite import SQLiteStore
 from tests.postgresql.support import fresh_database
 
 
 def token(
-    serial: str, user: str | None = "alice", fingerprint: bytes | None = None, created: float = 1.0
+    serial: str,
+    user: str | None = "alice",
+    fingerprint: bytes | None = None,
+    created: float = 1.0,
+    pending_until: float | None = None,
 ) -> Token:
     return Token(
         serial=serial,
@@ -39,6 +43,7 @@ def token(
         fingerprint=fingerprint or serial.encode().ljust(32, b"."),
         user=user,
         created=created,
+        pending_until=pending_until,
     )
 
 
@@ -168,17 +173,17 @@ def test_absent_store_is_a_clear_error(backend: Backend) -> None:
 
 def test_schema_version_recorded_and_reopen_is_idempotent(backend: Backend) -> None:
     """The schema version is recorded; opening again, even with create, changes nothing."""
-    assert backend.store.get_meta("schema_version") == "3"
+    assert backend.store.get_meta("schema_version") == "4"
     backend.open().close()
     backend.open(create=True).close()
     health = backend.store.health()
     assert health["ok"] is True and health["backend"] == backend.name
-    assert health["schema_version"] == 3 and health["tokens"] == 0
+    assert health["schema_version"] == 4 and health["tokens"] == 0
 
 
 def test_newer_schema_is_refused(backend: Backend) -> None:
     """A store written by a newer otp-agent is refused with a message saying so."""
-    backend.store.set_meta("schema_version", "4")
+    backend.store.set_meta("schema_version", "5")
     with pytest.raises(StoreUnavailable, match="newer"):
         backend.open()
 
@@ -395,3 +400,42 @@ def test_no_secret_material_in_repr(backend: Backend) -> None:
     backend.store.add_tokens([token("A")])
     text = repr(backend.store) + repr(backend.store.all_tokens())
     assert "sealed-A" not in text and "A......" not in text
+
+
+def _backup_row(user: str, digest: bytes, kind: str = "generated") -> BackupCode:
+    return BackupCode(user, kind, "scrypt-14-8-1", b"s" * 16, digest, 1.0, None, b"t" * 32)
+
+
+def test_backup_codes_replace_use_once_and_travel_with_an_import(backend: Backend) -> None:
+    """A set replaces the previous one; a use is a compare-and-set; an import carries a set."""
+    store = backend.store
+    store.replace_backup_codes("alice", [_backup_row("alice", b"a"), _backup_row("alice", b"b")])
+    store.replace_backup_codes("bob", [_backup_row("bob", b"a")])
+    assert sorted(r.digest for r in store.backup_codes("alice")) == [b"a", b"b"]
+    assert store.use_backup_code("alice", b"a", 5.0) is True
+    assert store.use_backup_code("alice", b"a", 6.0) is False  # once only
+    assert store.use_backup_code("alice", b"zz", 6.0) is False
+    used = {r.digest: r.used_at for r in store.backup_codes("alice")}
+    assert used == {b"a": 5.0, b"b": None}
+    assert store.backup_codes("bob")[0].used_at is None  # another user's code is untouched
+    store.add_tokens([token("M1")], {"alice": [_backup_row("alice", b"c", "scratch")]})
+    assert [(r.digest, r.kind) for r in store.backup_codes("alice")] == [(b"c", "scratch")]
+    assert store.get("M1") is not None
+    with pytest.raises(Conflict):  # all or nothing: the clash keeps alice's codes as they were
+        store.add_tokens([token("M1")], {"alice": []})
+    assert len(store.backup_codes("alice")) == 1
+    store.replace_backup_codes("alice", [])
+    assert store.backup_codes("alice") == []
+
+
+def test_expired_pending_tokens_are_removed(backend: Backend) -> None:
+    """Only pending tokens whose time is up go; confirmed ones and later ones stay."""
+    store = backend.store
+    store.add_tokens([token("P1", pending_until=100.0), token("P2", pending_until=300.0), token("C1")])
+    assert store.get("P1").pending is True
+    assert store.remove_expired_pending(200.0) == ["P1"]
+    assert store.get("P1") is None and store.get("P2") is not None and store.get("C1") is not None
+    p2 = store.get("P2")
+    assert store.compare_and_set("P2", p2.version, TokenState(pending_until=None)) is True
+    assert store.remove_expired_pending(400.0) == []
+    assert store.get("P2").pending is False
