@@ -155,6 +155,18 @@ class PskcError(OtpAgentError):
         self.problems = list(problems or [])
 
 
+class MigrationRefused(OtpAgentError):
+    """A peer's state file (google-authenticator, users.oath) cannot be migrated; ``problems``
+    lists every reason with its line.  Nothing of the file is imported."""
+
+    code = "migration_refused"
+    exit_status = 1
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
 ERRORS_BY_CODE: dict[str, type[OtpAgentError]] = {
     cls.code: cls
     for cls in (
