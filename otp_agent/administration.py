@@ -18,6 +18,7 @@ from typing import Any
 
 from otp_agent.accounts import canonical_user
 from otp_agent.audit import AuditLog, RequestContext
+from otp_agent.backup import BackupCodes
 from otp_agent.errors import (
     AccountLookupError,
     Conflict,
@@ -83,6 +84,7 @@ class Administration:
     ) -> None:
         self.store, self.keys, self.audit = store, keys, audit
         self.clock = clock
+        self.backup = BackupCodes(store, keys, clock=clock)
 
     def _sealed_token(self, spec: TokenSpec, fingerprint: bytes) -> Token:
         check_key_size(spec.params.algorithm, len(spec.secret))
@@ -111,15 +113,27 @@ class Administration:
         """The token with a fresh binding tag over its owner and parameters."""
         return replace(token, binding=self.keys.binding_tag(token.binding_message()))
 
-    def enroll(self, user: str, params: OathParams, issuer: str, context: RequestContext) -> dict[str, Any]:
-        """Create a token with a fresh random secret; return its serial, URI and public view."""
+    def enroll(
+        self,
+        user: str,
+        params: OathParams,
+        issuer: str,
+        context: RequestContext,
+        *,
+        pending_until: float | None = None,
+    ) -> dict[str, Any]:
+        """Create a token with a fresh random secret; return its serial, URI and public view.
+
+        With ``pending_until`` the token is pending (self-service): it lets nobody in until
+        confirmed, and is removed at that time if it was not.
+        """
         check_name(user, "user")
         check_name(issuer, "issuer")
         with Secret(secrets.token_bytes(params.algorithm.minimum_key_size)) as secret:
             fingerprint = self.keys.fingerprint(secret)
             for _attempt in range(_SERIAL_ATTEMPTS):
                 spec = TokenSpec(new_serial(params.token_type), params, secret, user=user, issuer=issuer)
-                token = self._sealed_token(spec, fingerprint)
+                token = replace(self._sealed_token(spec, fingerprint), pending_until=pending_until)
                 try:
                     self.store.add_tokens([token])
                     break
@@ -129,7 +143,13 @@ class Administration:
             else:
                 raise Conflict("could not find a free serial number")
             uri = provisioning_uri(secret.reveal(), params, account=user, issuer=issuer)
-        self.audit.record("enroll", context, user=user, serial=token.serial, result="ok")
+        self.audit.record(
+            "enroll",
+            context,
+            user=user,
+            serial=token.serial,
+            result="ok" if pending_until is None else "pending",
+        )
         return {"serial": token.serial, "uri": uri, "token": token.public()}
 
     def enroll_oob(
@@ -283,6 +303,25 @@ class Administration:
         """Delete a token."""
         self.store.remove(serial)
         self.audit.record("remove", context, serial=serial, result="ok")
+
+    def create_backup_codes(self, user: str, count: int, context: RequestContext) -> list[str]:
+        """Replace the user's backup codes with ``count`` fresh ones; return them, printed, once."""
+        codes = self.backup.create(user, count)
+        self.audit.record("backup_codes", context, user=user, result="ok", count=count)
+        return codes
+
+    def revoke_backup_codes(self, user: str, context: RequestContext) -> int:
+        """Remove the user's backup codes; return how many unused ones there were."""
+        left = self.backup.revoke(user)
+        self.audit.record("backup_codes", context, user=user, result="revoked", count=left)
+        return left
+
+    def expire_pending(self, context: RequestContext) -> list[str]:
+        """Remove the pending tokens whose confirmation time is up; audit each."""
+        removed = self.store.remove_expired_pending(self.clock())
+        for serial in removed:
+            self.audit.record("expire", context, serial=serial, result="removed", reason="not_confirmed")
+        return removed
 
     def unlock(self, target: str, context: RequestContext) -> int:
         """Clear failures and end the locks of the tokens found by serial or owner.

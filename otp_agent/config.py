@@ -24,11 +24,15 @@ CONFIG_ENVIRONMENT_VARIABLE = "OTP_AGENT_CONFIG"
 T = TypeVar("T")
 
 
+#: Where the agent listens unless ``[agent] socket`` says otherwise.
+DEFAULT_SOCKET = "/run/otp-agent/agent.sock"
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """The ``[agent]`` table: the socket and how clients are treated."""
 
-    socket: Path = Path("/run/otp-agent/agent.sock")
+    socket: Path = Path(DEFAULT_SOCKET)
     socket_mode: int = 0o666
     client_timeout: float = 5.0
     max_clients: int = 64
@@ -83,6 +87,12 @@ class PolicyConfig:
     oob_validity: int = 300
     oob_resend_interval: int = 60
     oob_max_per_hour: int = 10
+    #: Self-service: who may enroll a token for themselves ("never", "first": only while they
+    #: have no active token, "always"); whether users may list their own tokens and make their
+    #: own backup codes; seconds a self-enrolled token waits for its confirmation.
+    self_enroll: str = "never"
+    self_service: bool = False
+    pending_lifetime: int = 600
 
 
 @dataclass(frozen=True)
@@ -276,6 +286,9 @@ def parse_config(
         oob_validity=p.integer("oob_validity", 300, 30, 86400),
         oob_resend_interval=p.integer("oob_resend_interval", 60, 0, 3600),
         oob_max_per_hour=p.integer("oob_max_per_hour", 10, 1, 1000),
+        self_enroll=p.choice("self_enroll", "never", ("never", "first", "always")),
+        self_service=p.boolean("self_service", False),
+        pending_lifetime=p.integer("pending_lifetime", 600, 60, 7 * 86400),
     )
     if policy.lock_max_seconds < policy.lock_base_seconds:
         raise ConfigError("policy.lock_max_seconds: must not be smaller than policy.lock_base_seconds")

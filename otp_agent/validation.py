@@ -145,6 +145,58 @@ class Validator:
             t for t in self.store.tokens_for_user(user) if t.pending_until is None or t.pending_until > now
         ]
 
+    def confirm(self, serial: str, code: str, context: RequestContext, *, owner: str | None) -> Decision:
+        """Confirm a pending token with a current code (consumed); audit it.
+
+        The token's normal window applies and a wrong code counts toward its lock.  ``owner``
+        is the peer's own user (None for an administrator, who may confirm any token).
+
+        :raises NotFound: no pending token with this serial (for this owner), or it expired.
+        """
+        token = self.store.get(serial)
+        now = self.clock()
+        if token is None or (owner is not None and token.user != owner) or token.user is None:
+            raise NotFound(f"no token {serial} of yours")
+        if token.pending_until is None:
+            raise NotFound(f"token {serial} is not waiting for a confirmation")
+        if token.pending_until <= now:
+            raise NotFound(f"token {serial} was not confirmed in time; enroll again")
+        user = token.user
+        decision = self._one_at_a_time(user, lambda: self._confirm(serial, code, context))
+        self.audit.record(
+            "confirm",
+            context,
+            user=user,
+            serial=serial,
+            result="accept" if decision.accepted else "reject",
+            reason=decision.reason,
+        )
+        return decision
+
+    def _confirm(self, serial: str, code: str, context: RequestContext) -> Decision:
+        if not is_valid_code(code):
+            return Decision(False, Reason.MALFORMED, serial)
+        for _attempt in range(_CAS_ATTEMPTS):
+            token = self.store.get(serial)
+            now = self.clock()
+            if token is None or token.pending_until is None or token.pending_until <= now:
+                return Decision(False, Reason.NO_TOKEN, serial)
+            if is_locked(token, now):
+                return Decision(False, Reason.LOCKED, serial)
+            if token.digits != len(code):
+                self._record_failures([token], context)
+                return Decision(False, Reason.BAD_CODE, serial)
+            self.check_binding(token)
+            match = self._match(token, code, now)
+            if match.factor is None:
+                if not match.replay:
+                    self._record_failures([token], context)
+                return Decision(False, Reason.REPLAY if match.replay else Reason.BAD_CODE, serial)
+            state = replace(self._success_state(token, match), pending_until=None)
+            if self.store.compare_and_set(token.serial, token.version, state):
+                return Decision(True, Reason.ACCEPTED, serial)
+        raise StoreError("too many concurrent changes to this token; try again")
+
     def resync(self, user: str, code1: str, code2: str, context: RequestContext) -> str:
         """Resynchronise a token of ``user`` from two consecutive codes; return its serial.
 

@@ -31,6 +31,9 @@ VALIDATION_OPS = frozenset({"validate", "enrolled", "ping"})
 #: Operations a member of ``[agent] validator_group`` (and uid 0) may call for any user.  A
 #: validator is not an administrator; ``send`` is listed before the daemon answers it.
 VALIDATOR_OPS = frozenset({"validate", "enrolled", "send", "ping"})
+#: Operations any peer may call for its own user, as ``policy.self_enroll`` and
+#: ``policy.self_service`` allow (administrators may call them for anyone).
+SELF_SERVICE_OPS = frozenset({"enroll", "confirm", "list", "backup_codes"})
 #: Every operation the agent answers (docs/protocol.md documents each; a test checks that).
 OPERATIONS = VALIDATION_OPS | frozenset(
     {
@@ -48,6 +51,8 @@ OPERATIONS = VALIDATION_OPS | frozenset(
         "resync",
         "status",
         "send",
+        "confirm",
+        "backup_codes",
     }
 )
 

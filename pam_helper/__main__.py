@@ -47,6 +47,12 @@ RESULT_ACCEPT, RESULT_REJECT = "accept", "reject"
 #: Seconds between connection attempts while the agent's listen backlog is full.
 _BACKLOG_RETRY = 0.005
 CODE_DIGITS = (6, 8)
+#: Backup codes (the agent's otp_agent.backup; a test pins these): ten letters of this alphabet,
+#: any case, separators optional; printed ``xxxx-xxxx-xx``.  Never digits, so never a code.
+BACKUP_ALPHABET = "abcdefghjkmnpqrstuvwxyz"
+BACKUP_LENGTH = 10
+BACKUP_PRINTED_LENGTH = 12
+_BACKUP_LETTERS = frozenset((BACKUP_ALPHABET + BACKUP_ALPHABET.upper()).encode())
 
 EXIT_ACCEPT = 0
 EXIT_REJECT = 1
@@ -200,15 +206,39 @@ def read_answer(deadline: float, fd: int = 0) -> bytes:
     return data
 
 
+def is_backup_code(answer: bytes) -> bool:
+    """True when the answer has the shape of a backup code (the agent decides whether it is one)."""
+    if len(answer) > 2 * BACKUP_LENGTH:
+        return False
+    letters = answer.replace(b"-", b"").replace(b" ", b"")
+    return len(letters) == BACKUP_LENGTH and all(byte in _BACKUP_LETTERS for byte in letters)
+
+
+def _backup_tail(answer: bytes) -> bool:
+    """True when the answer ends with a backup code: printed (``xxxx-xxxx-xx``) or bare."""
+    printed = answer[-BACKUP_PRINTED_LENGTH:]
+    if (
+        len(answer) > BACKUP_PRINTED_LENGTH
+        and printed[4:5] == printed[9:10] == b"-"
+        and is_backup_code(printed)
+        and printed.count(b"-") == 2
+    ):
+        return True
+    bare = answer[-BACKUP_LENGTH:]
+    return len(answer) > BACKUP_LENGTH and bare.isalpha() and is_backup_code(bare)
+
+
 def code_field(answer: bytes) -> str:
-    """Check that the answer can be a code (6 to 8 ASCII digits) and return it as text.
+    """Check that the answer can be a code (6 to 8 ASCII digits) or a backup code; return it.
 
     :raises Failure: with EXIT_REJECT and a reason that does not contain the answer.
     """
     if not answer:
         raise Failure(EXIT_REJECT, "empty answer")
+    if is_backup_code(answer):
+        return answer.decode("ascii")
     if not answer.isdigit() or not CODE_DIGITS[0] <= len(answer) <= CODE_DIGITS[1]:
-        raise Failure(EXIT_REJECT, "answer is not a 6- to 8-digit code")
+        raise Failure(EXIT_REJECT, "answer is not a 6- to 8-digit code nor a backup code")
     return answer.decode("ascii")
 
 
@@ -221,7 +251,8 @@ def password_and_code_field(answer: bytes) -> str:
         raise Failure(EXIT_REJECT, "empty answer")
     if b"\0" in answer:
         raise Failure(EXIT_REJECT, "answer contains a NUL byte")
-    if len(answer) <= CODE_DIGITS[0] or not answer[-CODE_DIGITS[0] :].isdigit():
+    digits_tail = len(answer) > CODE_DIGITS[0] and answer[-CODE_DIGITS[0] :].isdigit()
+    if not digits_tail and not _backup_tail(answer):
         raise Failure(EXIT_REJECT, "answer is not a password followed by a code")
     try:
         return answer.decode("utf-8", "strict")

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from otp_agent import __version__
+from otp_agent.cli import recovery_commands
 from otp_agent.cli.render import print_decision, print_status, print_tokens, show_qr
 from otp_agent.client import AgentClient
-from otp_agent.config import load_config
-from otp_agent.errors import OtpAgentError, PskcError, UsageError, exit_status_of
+from otp_agent.config import DEFAULT_SOCKET, load_config
+from otp_agent.errors import ConfigError, OtpAgentError, PskcError, UsageError, exit_status_of
 
 Command = Callable[[argparse.Namespace, AgentClient, TextIO], int]
 
@@ -82,9 +83,10 @@ def cmd_send(arguments: argparse.Namespace, client: AgentClient, out: TextIO) ->
 def cmd_enroll(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
     if arguments.type == "oob":
         return _enroll_oob(arguments, client, out)
+    fields = {"user": arguments.user} if arguments.user else {}
     reply = client.request(
         "enroll",
-        user=arguments.user,
+        **fields,
         type=arguments.type,
         algorithm=arguments.algorithm,
         digits=arguments.digits,
@@ -94,12 +96,24 @@ def cmd_enroll(arguments: argparse.Namespace, client: AgentClient, out: TextIO) 
     if arguments.json:
         _emit(arguments, out, reply, "")
         return 0
-    print(f"Enrolled token {reply['serial']} for {arguments.user}.", file=out)
+    print(f"Enrolled token {reply['serial']} for {reply['token']['user']}.", file=out)
     print("Scan this code with an authenticator app, or enter the URI by hand:", file=out)
     print(reply["uri"], file=out)
     if arguments.qr == "always" or (arguments.qr == "auto" and out.isatty()):
         show_qr(reply["uri"], out)
+    if reply["token"].get("pending_until") is None:
+        return 0
+    print(recovery_commands.pending_note(reply), file=out)
+    if sys.stdin is not None and sys.stdin.isatty():
+        return recovery_commands.prompt_confirmation(reply["serial"], client, out)
     return 0
+
+
+def cmd_confirm(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    code = arguments.code
+    if code is None:
+        (code,) = read_codes([f"Code of token {arguments.serial}: "])
+    return recovery_commands.run_confirm(arguments, client, out, code)
 
 
 def cmd_list(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
@@ -115,8 +129,10 @@ def cmd_show(arguments: argparse.Namespace, client: AgentClient, out: TextIO) ->
     reply = client.request("show", target=arguments.target)
     if arguments.json:
         _emit(arguments, out, reply, "")
-    else:
-        print_tokens(reply["tokens"], out, detailed=True)
+        return 0
+    print_tokens(reply["tokens"], out, detailed=True)
+    if "backup_codes_remaining" in reply:
+        print(f"backup codes remaining: {reply['backup_codes_remaining']}", file=out)
     return 0
 
 
@@ -202,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--timeout", type=float, default=argparse.SUPPRESS, help="seconds to wait for the agent (default 60)"
     )
+    common.add_argument(
+        "--socket",
+        default=argparse.SUPPRESS,
+        help=f"the agent's socket (default: [agent] socket of the configuration, or {DEFAULT_SOCKET})",
+    )
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -223,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    enroll = verb("enroll", cmd_enroll, "create a token with a fresh secret for USER")
-    enroll.add_argument("user")
+    enroll = verb("enroll", cmd_enroll, "create a token with a fresh secret for USER (default: yourself)")
+    enroll.add_argument("user", nargs="?")
     enroll.add_argument("--type", choices=["totp", "hotp", "oob"], default="totp")
     enroll.add_argument("--channel", help="oob: the [channel.NAME] codes are delivered over")
     enroll.add_argument("--address", help="oob: the e-mail address or E.164 number codes go to")
@@ -283,7 +304,34 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("user")
     check.add_argument("code", nargs="?", help=f"the code; {on_argv}")
     verb("status", cmd_status, "agent, store and key backend health")
+    codes = verb(
+        "backup-codes",
+        recovery_commands.run_backup_codes,
+        "make a fresh set of single-use backup codes for USER (replaces the previous set)",
+    )
+    recovery_commands.add_backup_codes_arguments(codes)
+    confirm = verb("confirm", cmd_confirm, "confirm a self-enrolled (pending) token with a current code")
+    recovery_commands.add_confirm_arguments(confirm, on_argv)
     return parser
+
+
+def agent_socket(arguments: argparse.Namespace) -> str:
+    """The socket to talk to: --socket, else the configuration's, else the default path.
+
+    A user who is not root usually cannot read agent.toml (and never needs it): when it is
+    missing or unreadable, the default socket is used.  A file that is there, readable and
+    wrong is still an error.
+    """
+    if getattr(arguments, "socket", None):
+        return str(arguments.socket)
+    try:
+        return str(load_config(getattr(arguments, "config", None)).agent.socket)
+    except ConfigError as exc:
+        if isinstance(exc.__cause__, (FileNotFoundError, PermissionError)) and not hasattr(
+            arguments, "config"
+        ):
+            return DEFAULT_SOCKET
+        raise
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -293,8 +341,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     arguments = parser.parse_args(argv)
     client: AgentClient | None = None
     try:
-        config = load_config(getattr(arguments, "config", None))
-        client = AgentClient(config.agent.socket, timeout=getattr(arguments, "timeout", 60.0))
+        client = AgentClient(agent_socket(arguments), timeout=getattr(arguments, "timeout", 60.0))
         return int(arguments.handler(arguments, client, out))
     except PskcError as exc:
         print(f"otpctl: {exc}", file=sys.stderr)

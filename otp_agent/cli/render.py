@@ -13,6 +13,8 @@ def token_state(token: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     if not token.get("enabled"):
         return "disabled"
+    if token.get("pending_until") is not None:
+        return f"pending {max(int(token['pending_until'] - now), 0)}s"
     if token.get("locked_until", 0) > now:
         return f"locked {int(token['locked_until'] - now)}s"
     if token.get("not_after") is not None and token["not_after"] <= now:

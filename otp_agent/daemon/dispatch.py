@@ -3,8 +3,9 @@
 This is where the authorisation rules (docs/protocol.md, "Authorisation") are applied, with the peer's kernel
 credentials only: uid 0 may do anything; a validator (uid 0 or a member of ``[agent]
 validator_group``) may call the operations of ``wire.VALIDATOR_OPS`` for any user; any other uid
-may validate only its own user name; administrative operations need uid 0 or membership of
-``[agent] admin_group``.
+may validate only its own user name, and call the operations of ``wire.SELF_SERVICE_OPS`` for
+its own user as the policy allows (:mod:`otp_agent.selfservice`); administrative operations need
+uid 0 or membership of ``[agent] admin_group``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from otp_agent.audit import RequestContext
 from otp_agent.channels import check_address
 from otp_agent.errors import (
     AccountLookupError,
+    NotFound,
     OtpAgentError,
     PermissionDenied,
     PskcError,
@@ -31,6 +33,7 @@ from otp_agent.errors import (
 )
 from otp_agent.oath import HashAlgorithm, OathParams, TokenType
 from otp_agent.oob import OutOfBand
+from otp_agent.selfservice import DEFAULT_COUNT, SelfService
 from otp_agent.validation import Validator
 
 _log = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ class Dispatcher:
     ) -> None:
         self.validator, self.admin, self.status = validator, admin, status
         self.oob = oob
+        self.self_service = SelfService(admin, validator, validator.policy, clock=validator.clock)
         self._admin_gid = _group_id(admin_group, "admin group", "only root may administer")
         self._validator_gid = _group_id(
             validator_group, "validator group", "only root may validate for other users"
@@ -106,8 +110,8 @@ class Dispatcher:
         return peer.uid == 0 or _member(peer, self._validator_gid)
 
     def _may_call(self, op: str, peer: Peer) -> bool:
-        if op in wire.VALIDATION_OPS or self.is_admin(peer):
-            return True
+        if op in wire.VALIDATION_OPS or op in wire.SELF_SERVICE_OPS or self.is_admin(peer):
+            return True  # a self-service handler keeps a non-admin peer to its own user
         return op in wire.VALIDATOR_OPS and self.is_validator(peer)
 
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -152,6 +156,22 @@ class Dispatcher:
             if own != user:
                 raise PermissionDenied("a peer outside the validator group may only validate its own user")
         return user
+
+    @staticmethod
+    def _own_user(peer: Peer) -> str:
+        """The account of the peer's uid (the kernel's word, never the request's)."""
+        try:
+            return pwd.getpwuid(peer.uid).pw_name
+        except (KeyError, OSError):
+            raise PermissionDenied(f"uid {peer.uid} has no account") from None
+
+    def _self_user(self, request: dict[str, Any], peer: Peer) -> str:
+        """A non-admin peer's own user; a ``user`` field naming anybody else is refused."""
+        own = self._own_user(peer)
+        named = request.get("user")
+        if named not in (None, "", own):
+            raise PermissionDenied("you may only act on your own user")
+        return own
 
     # -- validation operations (any peer) ---------------------------------------------------
 
@@ -205,7 +225,8 @@ class Dispatcher:
         return self._out_of_band().send(user, serial, context).fields()
 
     def op_enroll(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
-        if request.get("type") == "oob":
+        admin = self.is_admin(peer)
+        if request.get("type") == "oob" and admin:
             return self._enroll_oob(request, context)
         try:
             params = OathParams(
@@ -217,8 +238,32 @@ class Dispatcher:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         issuer = request.get("issuer") or "otp-agent"
+        if not admin:
+            return self.self_service.enroll(self._self_user(request, peer), params, issuer, context)
         user = canonical_user(check_name(_string(request, "user"), "user"))
         return self.admin.enroll(user, params, issuer, context)
+
+    def op_confirm(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        owner = None if self.is_admin(peer) else self._own_user(peer)
+        decision = self.self_service.confirm(
+            owner, _string(request, "serial"), _string(request, "code"), context
+        )
+        return decision.reply()
+
+    def op_backup_codes(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        count = request.get("count", DEFAULT_COUNT)
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise UsageError("field 'count' must be an integer")
+        if not self.is_admin(peer):
+            user = self._self_user(request, peer)
+            codes = self.self_service.backup_codes(user, count, context)
+        else:
+            user = canonical_user(check_name(_string(request, "user"), "user"))
+            if request.get("revoke") is True:
+                return {"user": user, "codes": [], "revoked": self.admin.revoke_backup_codes(user, context)}
+            codes = self.admin.create_backup_codes(user, count, context)
+        serials = [t.serial for t in self.validator.live_tokens(user)]
+        return {"user": user, "codes": codes, "serials": serials}
 
     def _enroll_oob(self, request: dict[str, Any], context: RequestContext) -> dict[str, Any]:
         name = _string(request, "channel")
@@ -246,10 +291,22 @@ class Dispatcher:
         return self.admin.export_tokens(context)
 
     def op_list(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        if not self.is_admin(peer):
+            user = self._own_user(peer)
+            return {"tokens": self.self_service.tokens(user, context), "user": user}
         return {"tokens": [t.public() for t in self.admin.store.all_tokens()]}
 
     def op_show(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
-        return {"tokens": [t.public() for t in self.admin.find(_string(request, "target"))]}
+        target = _string(request, "target")
+        reply: dict[str, Any] = {"tokens": []}
+        try:
+            reply["tokens"] = [t.public() for t in self.admin.find(target)]
+        except NotFound:
+            if not self.admin.backup.remaining(target):
+                raise
+        if self.admin.store.get(target) is None:  # the target is a user: their backup codes too
+            reply["backup_codes_remaining"] = self.admin.backup.remaining(target)
+        return reply
 
     def op_assign(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         user = canonical_user(check_name(_string(request, "user"), "user"))

@@ -30,6 +30,7 @@ from otp_agent.errors import KeyBackendUnavailable, OtpAgentError, StoreUnavaila
 from otp_agent.keystore import KeyBackend
 from otp_agent.oob import OutOfBand
 from otp_agent.rowbinding import require_row_binding
+from otp_agent.selfservice import SWEEP_SECONDS, PendingSweeper
 from otp_agent.sensitive import Secret
 from otp_agent.store import TokenStore
 from otp_agent.validation import Validator
@@ -109,6 +110,9 @@ class Agent:
             self.store = open_store(config)
             require_backend_binding(self.keys, self.store)
             require_row_binding(self.store, self.keys)
+            # Derive the binding key now, while the key backend answers: backup codes are
+            # checked with it, on the host, when the HSM is down (the break-glass path).
+            self.keys.binding_tag(b"otp-agent/warm-up")
         except BaseException:
             self.keys.close()
             raise
@@ -225,9 +229,12 @@ def serve(config: Config) -> int:
         agent.keys.name,
     )
     notifier.notify(f"READY=1\nSTATUS=serving on {config.agent.socket}\nMAINPID={os.getpid()}")
+    sweeper = PendingSweeper(agent.admin, min(SWEEP_SECONDS, config.policy.pending_lifetime / 4))
+    sweeper.start()
     try:
         server.serve_forever(tick=notifier.watchdog_tick)
     finally:
+        sweeper.stop()
         listener.close()
         agent.close()
     _log.info("otp-agent stopped")

@@ -16,6 +16,26 @@ from otp_agent.errors import ERRORS_BY_CODE, KeyBackendError, StoreError
 PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
+def test_the_helpers_backup_code_shape_is_the_agents() -> None:
+    from otp_agent import backup
+
+    assert helper.BACKUP_ALPHABET == backup.ALPHABET
+    assert (helper.BACKUP_LENGTH, helper.BACKUP_PRINTED_LENGTH) == (backup.LENGTH, backup.PRINTED_LENGTH)
+    for code in backup.generate(50):
+        shown = backup.printed(code)
+        for form in (shown, shown.upper(), code, shown.replace("-", " ")):
+            assert helper.code_field(form.encode()) == form
+        for answer in ("pw" + shown, "pw" + code, "pässwörd" + shown.upper()):
+            assert helper.password_and_code_field(answer.encode()) == answer
+            assert backup.split_password_and_code(answer) != []
+    for not_code in (b"abcdefghjkl", b"abcd-efgh-j", b"1234567890", b"abcdefghi"):
+        try:
+            helper.code_field(not_code)
+        except helper.Failure:
+            continue
+        raise AssertionError(f"{not_code!r} passed as a code")
+
+
 def test_the_helpers_copies_match_wire() -> None:
     assert helper.PROTOCOL_VERSION == wire.VERSION
     assert helper.MAX_REPLY == wire.MAX_FRAME

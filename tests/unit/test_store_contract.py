@@ -432,10 +432,13 @@ def test_expired_pending_tokens_are_removed(backend: Backend) -> None:
     """Only pending tokens whose time is up go; confirmed ones and later ones stay."""
     store = backend.store
     store.add_tokens([token("P1", pending_until=100.0), token("P2", pending_until=300.0), token("C1")])
-    assert store.get("P1").pending is True
+    p1 = store.get("P1")
+    assert p1 is not None and p1.pending is True
     assert store.remove_expired_pending(200.0) == ["P1"]
-    assert store.get("P1") is None and store.get("P2") is not None and store.get("C1") is not None
+    assert store.get("P1") is None and store.get("C1") is not None
     p2 = store.get("P2")
+    assert p2 is not None
     assert store.compare_and_set("P2", p2.version, TokenState(pending_until=None)) is True
     assert store.remove_expired_pending(400.0) == []
-    assert store.get("P2").pending is False
+    confirmed = store.get("P2")
+    assert confirmed is not None and confirmed.pending is False
