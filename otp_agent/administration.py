@@ -18,7 +18,7 @@ from typing import Any
 
 from otp_agent.accounts import canonical_user
 from otp_agent.audit import AuditLog, RequestContext
-from otp_agent.backup import BackupCodes
+from otp_agent.backup import BackupCodes, is_scratch_code
 from otp_agent.errors import (
     AccountLookupError,
     Conflict,
@@ -33,7 +33,8 @@ from otp_agent.oath import HashAlgorithm, OathParams, TokenType, check_key_size
 from otp_agent.oath.params import MAX_COUNTER
 from otp_agent.oath.uri import provisioning_uri
 from otp_agent.sensitive import Secret
-from otp_agent.store import Token, TokenStore
+from otp_agent.store import BackupCode, Token, TokenStore
+from otp_agent.store.models import BACKUP_SCRATCH
 from otp_agent.wire import TokenRecord
 
 _SERIAL_ATTEMPTS = 8
@@ -74,6 +75,16 @@ class TokenSpec:
     issuer: str | None = None
     not_before: float | None = None
     not_after: float | None = None
+    #: A token migrated from a peer: its last used step (replay state) and the smallest secret
+    #: accepted for it (None: the OATH profile's, as for new tokens).
+    last_step: int | None = None
+    minimum_key_size: int | None = None
+
+
+#: Import formats whose tokens come from a peer (docs/migration.md): their phones keep working,
+#: so their shorter secrets are accepted down to 80 bits.
+MIGRATION_FORMATS = ("google-authenticator", "users.oath")
+MIGRATED_MINIMUM_KEY_SIZE = 10
 
 
 class Administration:
@@ -87,7 +98,7 @@ class Administration:
         self.backup = BackupCodes(store, keys, clock=clock)
 
     def _sealed_token(self, spec: TokenSpec, fingerprint: bytes) -> Token:
-        check_key_size(spec.params.algorithm, len(spec.secret))
+        check_key_size(spec.params.algorithm, len(spec.secret), spec.minimum_key_size)
         identity = TokenIdentity(spec.serial, spec.params.algorithm)
         return self.bound(
             Token(
@@ -102,6 +113,7 @@ class Administration:
                 user=spec.user,
                 counter=spec.counter,
                 drift=spec.drift,
+                last_step=spec.last_step,
                 issuer=spec.issuer,
                 not_before=spec.not_before,
                 not_after=spec.not_after,
@@ -207,9 +219,18 @@ class Administration:
         return {"serial": token.serial, "token": token.public()}
 
     def import_tokens(
-        self, records: Sequence[Mapping[str, Any]], *, dry_run: bool, context: RequestContext
+        self,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        dry_run: bool,
+        context: RequestContext,
+        source: str = "pskc",
+        scratch_codes: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, Any]:
-        """Import token records (from a PSKC file), all or nothing.
+        """Import token records (from a PSKC file or a peer's file), all or nothing.
+
+        ``scratch_codes`` (a migration's) become the named users' backup codes, replacing any
+        they had, in the same transaction as the tokens.
 
         :raises PskcError: one or more records are invalid, duplicated or already present; the
             ``problems`` name each one; nothing was written.
@@ -218,10 +239,14 @@ class Administration:
         tokens: list[Token] = []
         seen_serials: dict[str, int] = {}
         seen_fingerprints: dict[bytes, str] = {}
+        if source not in ("pskc", *MIGRATION_FORMATS):
+            raise UsageError(f"unknown import format {source!r}")
+        minimum = MIGRATED_MINIMUM_KEY_SIZE if source in MIGRATION_FORMATS else None
+        backup_rows, replaced = self._scratch_rows(scratch_codes or {}, problems)
         for index, record in enumerate(records):
             label = str(record.get("serial") or f"record {index + 1}")
             try:
-                spec = token_spec_from_record(record)
+                spec = replace(token_spec_from_record(record), minimum_key_size=minimum)
                 if spec.user is not None:
                     spec = replace(spec, user=canonical_user(spec.user))
                 with spec.secret:
@@ -243,17 +268,48 @@ class Administration:
             for fp in duplicates
         ]
         if problems:
-            self.audit.record("import", context, result="refused", reason=f"{len(problems)} problems")
+            self.audit.record(
+                "import", context, source=source, result="refused", reason=f"{len(problems)} problems"
+            )
             raise PskcError(f"import refused, nothing was imported ({len(problems)} problems)", problems)
         if not dry_run:
-            self.store.add_tokens(tokens)
-        self.audit.record("import", context, result="dry_run" if dry_run else "ok", count=len(tokens))
+            self.store.add_tokens(tokens, backup_rows)
+        self.audit.record(
+            "import",
+            context,
+            source=source,
+            result="dry_run" if dry_run else "ok",
+            count=len(tokens),
+            backup_codes=sum(len(rows) for rows in backup_rows.values()),
+        )
         return {
             "imported": 0 if dry_run else len(tokens),
             "checked": len(tokens),
             "dry_run": dry_run,
             "serials": [t.serial for t in tokens],
+            "backup_codes": {user: len(rows) for user, rows in backup_rows.items()},
+            "replaced_backup_codes": replaced,
         }
+
+    def _scratch_rows(
+        self, scratch_codes: Mapping[str, Sequence[str]], problems: list[str]
+    ) -> tuple[dict[str, list[BackupCode]], dict[str, int]]:
+        """Hash a migration's scratch codes per user; note how many unused codes each replaces."""
+        rows: dict[str, list[BackupCode]] = {}
+        replaced: dict[str, int] = {}
+        for name, codes in scratch_codes.items():
+            try:
+                user = canonical_user(check_name(name, "user"))
+            except (UsageError, AccountLookupError) as exc:
+                problems.append(f"scratch codes of {name[:64]!r}: {exc}")
+                continue
+            if not codes or not all(isinstance(c, str) and is_scratch_code(c) for c in codes):
+                problems.append(f"scratch codes of {user}: each must be exactly 8 digits")
+                continue
+            rows[user] = self.backup.hashed(user, sorted(set(codes), key=list(codes).index), BACKUP_SCRATCH)
+            if left := self.backup.remaining(user):
+                replaced[user] = left
+        return rows, replaced
 
     def export_tokens(self, context: RequestContext) -> dict[str, Any]:
         """Return every token with its secret, for an encrypted PSKC export (software backend)."""
@@ -359,6 +415,8 @@ def token_spec_from_record(message: Mapping[str, Any]) -> TokenSpec:
         secret = Secret(base64.b64decode(record.secret_b64, validate=True))
     except (binascii.Error, ValueError):
         raise UsageError("secret is not valid base64") from None
+    if record.last_step is not None and not 0 <= record.last_step <= MAX_COUNTER:
+        raise UsageError("last_step must be a time step from 0")
     return TokenSpec(
         serial=record.serial,
         params=params,
@@ -366,6 +424,7 @@ def token_spec_from_record(message: Mapping[str, Any]) -> TokenSpec:
         user=check_name(record.user, "user") if record.user is not None else None,
         counter=record.counter,
         drift=record.drift,
+        last_step=record.last_step if params.token_type is TokenType.TOTP else None,
         issuer=check_name(record.issuer, "issuer") if record.issuer is not None else None,
         not_before=record.not_before,
         not_after=record.not_after,

@@ -62,7 +62,17 @@ def _add_protection(parser: argparse.ArgumentParser, *, required: bool, password
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``otpctl import`` (``--json`` comes from the common options)."""
-    parser.add_argument("file", type=Path, metavar="FILE", help="PSKC file (RFC 6030)")
+    parser.add_argument(
+        "file", type=Path, metavar="FILE", help="PSKC file (RFC 6030), or a peer's file with --format"
+    )
+    parser.add_argument(
+        "--format",
+        choices=["pskc", "google-authenticator", "users.oath"],
+        default="pskc",
+        help="pskc (default); google-authenticator: a ~/.google_authenticator file (with --user); "
+        "users.oath: pam_oath's usersfile (docs/migration.md)",
+    )
+    parser.add_argument("--user", help="google-authenticator: the user the file belongs to")
     _add_protection(parser, required=False, password_min=crypto.PASSWORD_MIN)
     parser.add_argument(
         "--dry-run", action="store_true", help="check everything, against the store too, and write nothing"
@@ -211,6 +221,14 @@ def _print_refusal(
 
 def run_import(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     """Run ``otpctl import``: parse and check FILE, then send one ``import`` request."""
+    if getattr(args, "format", "pskc") != "pskc":
+        from otp_agent.cli.migration_commands import run_migration_import
+
+        if getattr(args, "password_file", None) or getattr(args, "key_file", None):
+            raise UsageError("--password-file and --key-file are for PSKC files")
+        return run_migration_import(args, client, out, sys.stderr)
+    if getattr(args, "user", None):
+        raise UsageError("--user is for --format google-authenticator")
     try:
         password, key = _protection(args)
         data = _read_pskc_file(args.file)

@@ -285,7 +285,19 @@ class Dispatcher:
         records = request.get("tokens")
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise UsageError("field 'tokens' must be a list of objects")
-        return self.admin.import_tokens(records, dry_run=bool(request.get("dry_run")), context=context)
+        source = request.get("format", "pskc")
+        scratch = request.get("scratch_codes") or {}
+        if not isinstance(source, str):
+            raise UsageError("field 'format' must be a string")
+        if not isinstance(scratch, dict) or not all(isinstance(v, list) for v in scratch.values()):
+            raise UsageError("field 'scratch_codes' must map user names to lists of codes")
+        return self.admin.import_tokens(
+            records,
+            dry_run=bool(request.get("dry_run")),
+            context=context,
+            source=source,
+            scratch_codes=scratch,
+        )
 
     def op_export(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         return self.admin.export_tokens(context)

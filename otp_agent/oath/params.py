@@ -66,12 +66,16 @@ class OathParams:
             )
 
 
-def check_key_size(algorithm: HashAlgorithm, size: int) -> None:
-    """Raise :class:`InvalidToken` when a secret of ``size`` bytes is too short for ``algorithm``."""
-    if size < algorithm.minimum_key_size:
+def check_key_size(algorithm: HashAlgorithm, size: int, minimum: int | None = None) -> None:
+    """Raise :class:`InvalidToken` when a secret of ``size`` bytes is too short for ``algorithm``.
+
+    ``minimum`` lowers the bar for tokens migrated from a peer, whose phones hold shorter
+    secrets (google-authenticator makes 10- or 16-byte ones).
+    """
+    least = algorithm.minimum_key_size if minimum is None else minimum
+    if size < least:
         raise InvalidToken(
-            f"a {algorithm.value.upper()} secret must be at least {algorithm.minimum_key_size} bytes, "
-            f"this one has {size}"
+            f"a {algorithm.value.upper()} secret must be at least {least} bytes, this one has {size}"
         )
     if size > MAX_SECRET_SIZE:
         raise InvalidToken(f"a secret may not exceed {MAX_SECRET_SIZE} bytes, this one has {size}")
