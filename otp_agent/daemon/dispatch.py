@@ -255,6 +255,8 @@ class Dispatcher:
         if not isinstance(count, int) or isinstance(count, bool):
             raise UsageError("field 'count' must be an integer")
         if not self.is_admin(peer):
+            if request.get("revoke"):
+                raise PermissionDenied("only an administrator may remove backup codes")
             user = self._self_user(request, peer)
             codes = self.self_service.backup_codes(user, count, context)
         else:
