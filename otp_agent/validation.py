@@ -1,10 +1,13 @@
-"""The validation engine: windows, replay rejection, resynchronisation and throttling.
+"""The validation engine: decisions on codes, backup codes and confirmations, and throttling.
 
-It knows the store and the key backend only through their Protocols.  Every decision is made on a
-fresh read of the token and committed with the store's compare-and-set *before* it is returned,
-so of two submissions of the same code exactly one can be accepted.  Wrong codes are counted in the same way and turn into
+It knows the store and the key backend only through their Protocols, and the window maths
+through :mod:`otp_agent.matching`.  Every decision is made on a fresh read of the token and
+committed with the store's compare-and-set *before* it is returned, so of two submissions of the
+same code exactly one can be accepted.  Wrong codes are counted in the same way and turn into
 locks by the rules of :mod:`otp_agent.throttle`; replays and wrong passwords are not counted.
 Before a token is used, its binding tag (owner and parameters, under the key backend) is checked.
+Backup codes (:mod:`otp_agent.backup`) are answered at the same prompt, need no HSM, and are
+the way back in past a lock.
 """
 
 from __future__ import annotations
@@ -31,12 +34,11 @@ from otp_agent.errors import (
 )
 from otp_agent.keyedlock import KeyedLocks
 from otp_agent.keystore import KeyBackend
-from otp_agent.oath import TokenType, codes_for, match_code, time_step
-from otp_agent.oath.params import MAX_COUNTER
-from otp_agent.oob import match_sent_code
+from otp_agent.matching import Match, find_match, resync_state, success_state
+from otp_agent.oath import TokenType
 from otp_agent.store import Token, TokenState, TokenStore
 from otp_agent.store.models import BACKUP_GENERATED, BACKUP_SCRATCH
-from otp_agent.throttle import FailureOutcome, after_success, failure_outcome, is_locked
+from otp_agent.throttle import FailureOutcome, failure_outcome, is_locked
 from otp_agent.wire import Reason, Result, ValidateReply
 
 _log = logging.getLogger(__name__)
@@ -66,14 +68,6 @@ class Decision:
     def reply(self) -> dict[str, Any]:
         """The reply fields sent to the client."""
         return self.wire().fields()
-
-
-@dataclass(frozen=True)
-class _Match:
-    factor: int | None = None
-    replay: bool = False
-    time_step: int = 0
-    expired: bool = False
 
 
 def is_valid_code(code: object) -> bool:
@@ -211,7 +205,7 @@ class Validator:
                 if token.digits != len(code1) or len(code1) != len(code2):
                     continue
                 self.check_binding(token)
-                state = self._resync_state(token, code1, code2)
+                state = resync_state(token, code1, code2, self.clock(), self.policy, self._hmacs_of(token))
                 if state is None:
                     continue
                 if self.store.compare_and_set(token.serial, token.version, state):
@@ -382,44 +376,11 @@ class Validator:
         # out (su VICTIM with junk).  The stacks' pam_faildelay evens out the timing.
         return Decision(False, Reason.BAD_PASSWORD_OR_CODE)
 
-    def _match(self, token: Token, code: str, now: float) -> _Match:
-        """Find the moving factor of ``code`` within the token's window (no writes).
+    def _match(self, token: Token, code: str, now: float) -> Match:
+        return find_match(token, code, now, self.policy, self._hmacs_of(token))
 
-        A code equal to one already used (the last accepted counter or step, or any step at or
-        before it in the window) is a replay even when it also matches a later factor: two
-        submissions of one code must never give two acceptances.
-        """
-        if token.token_type is TokenType.OOB:
-            return self._match_sent(token, code, now)
-        hmacs = self._hmacs_of(token)
-        if token.token_type is TokenType.HOTP:
-            first = max(token.counter - 1, 0)
-            # An accepted counter c is stored as c + 1, which must still fit: a token at the end
-            # of its counter is refused, never wrapped.
-            last = min(token.counter + self.policy.hotp_lookahead, MAX_COUNTER - 1)
-            if token.counter > last:
-                _log.warning("token %s has exhausted its counter; it can accept no code", token.serial)
-            factors = list(range(first, last + 1))
-            fresh = [f for f in factors if f >= token.counter]
-            current = 0
-        else:
-            if now < token.t0:
-                return _Match()
-            current = time_step(now, token.period, token.t0)
-            centre = current + token.drift
-            window = self.policy.totp_window
-            factors = [s for s in range(centre - window, centre + window + 1) if s >= 0]
-            if token.last_step is not None and token.last_step not in factors:
-                factors.insert(0, token.last_step)
-            fresh = [s for s in factors if token.last_step is None or s > token.last_step]
-        codes = dict(zip(factors, codes_for(hmacs, factors, token.digits), strict=True))
-        stale = [(f, codes[f]) for f in factors if f not in fresh]
-        found = match_code(code, [(f, codes[f]) for f in fresh])
-        if match_code(code, stale) is not None:
-            return _Match(replay=True)
-        if found is not None:
-            return _Match(factor=found, time_step=current)
-        return _Match()
+    def _success_state(self, token: Token, match: Match) -> TokenState:
+        return success_state(token, match, self.policy)
 
     def _hmacs_of(self, token: Token) -> Callable[[Sequence[bytes]], list[bytes]]:
         """The token's HMAC function, computed by the key backend (a batch per call)."""
@@ -428,22 +389,6 @@ class Validator:
             return self.keys.compute_hmacs(token.identity, token.sealed, messages)
 
         return hmacs
-
-    def _match_sent(self, token: Token, code: str, now: float) -> _Match:
-        """An out-of-band code: see :func:`otp_agent.oob.match_sent_code`."""
-        found = match_sent_code(token, code, now, self.policy.oob_validity, self._hmacs_of(token))
-        return _Match(factor=found.counter, replay=found.replay, expired=found.expired)
-
-    def _success_state(self, token: Token, match: _Match) -> TokenState:
-        assert match.factor is not None
-        state = after_success(token.state, self.policy)
-        if token.token_type is TokenType.OOB:
-            return replace(state, last_step=match.factor)
-        if token.token_type is TokenType.HOTP:
-            return replace(state, counter=match.factor + 1)
-        offset = match.factor - match.time_step
-        bound = max(self.policy.totp_max_drift, abs(token.drift))
-        return replace(state, last_step=match.factor, drift=offset if abs(offset) <= bound else token.drift)
 
     def _record_failures(self, tokens: Sequence[Token], context: RequestContext) -> None:
         for token in tokens:
@@ -493,34 +438,3 @@ class Validator:
                 reason="repeated_locks",
                 level=outcome.level,
             )
-
-    def _resync_state(self, token: Token, code1: str, code2: str) -> TokenState | None:
-        hmacs = self._hmacs_of(token)
-        now = self.clock()
-        if token.token_type is TokenType.HOTP:
-            factors = list(
-                range(token.counter, min(token.counter + self.policy.hotp_resync_window + 2, MAX_COUNTER - 2))
-            )
-        else:
-            current = time_step(now, token.period, token.t0)
-            reach = self.policy.totp_resync_window
-            factors = [
-                s
-                for s in range(current - reach, current + reach + 1)
-                if s >= 0 and (token.last_step is None or s > token.last_step)
-            ]
-        codes = codes_for(hmacs, factors, token.digits)
-        pairs = [
-            (factors[i], codes[i] + codes[i + 1])
-            for i in range(len(factors) - 1)
-            if factors[i + 1] == factors[i] + 1
-        ]
-        found = match_code(code1 + code2, pairs)
-        if found is None:
-            return None
-        # Two consecutive codes prove the token: its failures and any running lock end (the lock
-        # level decays as usual).
-        reset = replace(token.state, failures=0, failures_at=now, locked_until=min(token.locked_until, now))
-        if token.token_type is TokenType.HOTP:
-            return replace(reset, counter=found + 2)
-        return replace(reset, last_step=found + 1, drift=found + 1 - current)
