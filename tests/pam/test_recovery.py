@@ -214,3 +214,40 @@ def test_self_enrollment_refused_under_never(self_service_agent: tuple[RunningAg
         refused = _as_user(user, agent, "enroll", "--json")
         assert refused.returncode == 1 and "self_enroll = never" in refused.stderr
         assert json.loads(agent.otpctl("list", "--json", check=True).stdout)["tokens"] == []
+
+
+@pytest.mark.parametrize("self_service_agent", ["always"], indirect=True)
+def test_enroll_on_a_terminal_asks_for_the_confirming_code(
+    self_service_agent: tuple[RunningAgent, str, Path],
+) -> None:
+    """``otpctl enroll`` on a terminal shows the QR code, then asks for the app's code (no echo)."""
+    import re
+
+    from tests.e2e.ptyproc import PtyProcess
+
+    agent, sshd, base = self_service_agent
+    with local_user(base / "homes") as user:
+        argv = [
+            "setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
+            SYSTEM_PYTHON, "-m", "otp_agent.cli", "--socket", str(agent.socket_path), "enroll",
+        ]  # fmt: skip
+        environment = {"PATH": "/usr/bin:/bin", "TERM": "dumb", "LANG": "C.UTF-8", "PYTHONPATH": str(REPO)}
+        process = PtyProcess(argv, env=environment)
+        try:
+            process.expect(b"to confirm: ")
+            uri = re.search(rb"otpauth://totp/\S+", process.output)
+            assert uri is not None and "\u2588".encode() in process.output  # the QR code was drawn
+            process.send(b"000000\n")
+            process.expect(b"rejected: bad_code (token OATO")
+            process.expect(b")\r\nCode shown by the app, to confirm: ")  # a wrong code: asked again
+            code = code_for_uri(uri.group().decode())
+            process.send(code.encode() + b"\n")
+            process.expect(b"it is active now")
+            assert process.wait() == 0
+            assert code.encode() not in process.output  # typed without echo
+        finally:
+            process.close()
+        assert (
+            pam_transaction(sshd, user.name, [code_for_uri(uri.group().decode(), steps=1)]).authenticate
+            == PAM_SUCCESS
+        )
