@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from otp_agent.testing import RunningAgent, code_for_uri, running_agent
+from tests.integration.test_payshield_agent import _payshield_table
 from tests.pam.support import (
     REPO,
     LocalUser,
@@ -43,35 +44,25 @@ class Stacks:
     login: str
 
 
-def _payshield(simulator: Any, directory: Path) -> dict[str, object]:
-    config = simulator.config()
-    return {
-        "hosts": [f"{simulator.host}:{simulator.port}"],
-        "lmk_check_value": config.lmk_check_value,
-        "header_length": config.header_length,
-        "request_timeout": 2.0,
-        "retry_initial": 0.1,
-        "retry_max": 0.5,
-        "zmk_file": str(config.zmk_file),
-        "zmk_key_block_file": str(config.zmk_key_block_file),
-        "fingerprint_key_file": str(directory / "fingerprint.kb"),
-        "tls_ca_file": str(simulator.tls_cert),
-        "tls_server_name": "localhost",
-    }
+def _base_and_helper(open_dir: Path, request: pytest.FixtureRequest, prefix: str) -> tuple[Path, str]:
+    """A directory other users can traverse, and the helper command pointed at its agent."""
+    require_root()
+    base = open_dir / f"{prefix}-{request.node.name[:30]}"
+    base.mkdir()
+    base.chmod(0o755)
+    return base, f"{make_wrapper(base)} --socket {base / 'agent' / 'agent.sock'}"
 
 
 @pytest.fixture
 def stacks(open_dir: Path, request: pytest.FixtureRequest) -> Iterator[Stacks]:
-    require_root()
-    base = open_dir / f"recovery-{request.node.name[:30]}"
-    base.mkdir()
-    base.chmod(0o755)
-    helper = f"{make_wrapper(base)} --socket {base / 'agent' / 'agent.sock'}"
+    base, helper = _base_and_helper(open_dir, request, "recovery")
     with (
         simulator_testing.running_simulator() as simulator,
         password_service() as password_name,
     ):
-        sections = {"keystore": {"backend": "payshield", "payshield": _payshield(simulator, base / "agent")}}
+        sections = {
+            "keystore": {"backend": "payshield", "payshield": _payshield_table(simulator, base / "agent")}
+        }
         policy = {"lock_threshold": 3, "password_service": password_name}
         with (
             running_agent(base / "agent", sections=sections, policy=policy) as agent,
@@ -159,13 +150,8 @@ def _as_user(
 def self_service_agent(
     open_dir: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[RunningAgent, str, Path]]:
-    require_root()
-    base = open_dir / f"self-{request.node.name[:30]}"
-    base.mkdir()
-    base.chmod(0o755)
-    mode = request.param
-    helper = f"{make_wrapper(base)} --socket {base / 'agent' / 'agent.sock'}"
-    policy = {"self_enroll": mode, "self_service": True}
+    base, helper = _base_and_helper(open_dir, request, "self")
+    policy = {"self_enroll": request.param, "self_service": True}
     with (
         running_agent(base / "agent", policy=policy, sections={"agent": {"socket_mode": 0o666}}) as agent,
         pam_service(render_stack("sshd", helper), prefix="otp-test-self-sshd") as sshd,
