@@ -184,6 +184,12 @@ def read_google_authenticator(
     )
 
 
+def _not_positive(value: str) -> bool:
+    """True when a counter value reads as 0 or less (an optional sign, then digits)."""
+    head = value.split()[0] if value.split() else ""
+    return bool(re.fullmatch(r"[-+]?[0-9]+", head)) and int(head) <= 0
+
+
 def _counters(count: int) -> str:
     return "1 counter" if count == 1 else f"{count} counters"
 
@@ -201,7 +207,19 @@ class _OptionReader:
         return option.line if option is not None else None
 
     def token_type(self) -> TokenType | None:
-        """HOTP when HOTP_COUNTER is present, TOTP when TOTP_AUTH is; ``None`` (a problem) else."""
+        """HOTP when HOTP_COUNTER is above 0, TOTP when TOTP_AUTH is; ``None`` (a problem) else.
+
+        As in the module, a counter of 0 or less does not make the file HOTP: with TOTP_AUTH it
+        is a TOTP file (the counter is ignored, with a warning).
+        """
+        counter = self.options.get("HOTP_COUNTER")
+        if counter is not None and "TOTP_AUTH" in self.options and _not_positive(counter.value):
+            self.findings.warning(
+                counter.line,
+                "HOTP_COUNTER is 0 or less: the module ignores it and uses TOTP (TOTP_AUTH), and so "
+                "does the import",
+            )
+            del self.options["HOTP_COUNTER"]
         if "HOTP_COUNTER" in self.options:
             if "TOTP_AUTH" in self.options:
                 self.findings.warning(

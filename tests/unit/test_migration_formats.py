@@ -694,3 +694,15 @@ def test_secret_sizes_short_warned_long_warned_for_liboath() -> None:
     assert excinfo.value.problems == [
         "users.oath line 1: the secret has 129 bytes; otp-agent accepts at most 128"
     ]
+
+
+def test_a_zero_hotp_counter_beside_totp_auth_is_a_totp_file_like_the_module() -> None:
+    """pam_google_authenticator uses the counter only when it is above 0, else TOTP_AUTH."""
+    text = b'JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP\n" TOTP_AUTH\n" HOTP_COUNTER 0\n" DISALLOW_REUSE\n'
+    migration = read_google_authenticator(text, "alice", policy=POLICY)
+    assert migration.records[0].type == "totp"
+    assert any("HOTP_COUNTER is 0 or less" in w for w in migration.warnings)
+    with pytest.raises(MigrationRefused):  # without TOTP_AUTH the module accepts no code at all
+        read_google_authenticator(
+            b'JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP\n" HOTP_COUNTER 0\n', "alice", policy=POLICY
+        )
