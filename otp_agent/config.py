@@ -10,6 +10,7 @@ A path given as ``credential:NAME`` is read from ``$CREDENTIALS_DIRECTORY/NAME``
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,13 @@ class AgentConfig:
     admin_group: str | None = None
     #: Members may call ``validate``, ``enrolled`` and ``send`` for any user (applications).
     validator_group: str | None = None
+    #: The issuer new tokens get (shown by the phone app beside the account); None: the host name.
+    issuer: str | None = None
+
+    @property
+    def default_issuer(self) -> str:
+        """The configured issuer, or this host's name (so each server is told apart in the app)."""
+        return self.issuer or socket.gethostname() or "otp-agent"
 
 
 @dataclass(frozen=True)
@@ -242,6 +250,7 @@ def parse_config(
         max_clients=a.integer("max_clients", 64, 1, 4096),
         admin_group=a.string("admin_group", None),
         validator_group=a.string("validator_group", None),
+        issuer=a.string("issuer", None) or None,
     )
     a.finish()
 

@@ -41,7 +41,10 @@ def run_demo() -> int:
         _say(f"Starting otp-agent in {directory} (software keystore + SQLite)")
         with running_agent(directory) as agent:
             print(agent.otpctl("status").stdout, end="")
-            _say(f"Enrolling {user}: scan the QR code with an authenticator app")
+            _say(
+                f"Enrolling {user}: the QR code an administrator would show to the user's phone "
+                "(a demo token: it is deleted with the demo in a moment, do not scan it)"
+            )
             enrolled = agent.otpctl(
                 "enroll", user, "--issuer", "otp-agent demo", "--qr", "always", check=True
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 
 from otp_agent import __version__
 from otp_agent.cli import recovery_commands
-from otp_agent.cli.render import print_decision, print_status, print_tokens, show_qr
+from otp_agent.cli.render import print_decision, print_status, print_tokens, save_qr, show_qr
 from otp_agent.client import AgentClient
 from otp_agent.config import DEFAULT_SOCKET, load_config
 from otp_agent.errors import ConfigError, OtpAgentError, PskcError, UsageError, exit_status_of
@@ -84,6 +85,10 @@ def cmd_enroll(arguments: argparse.Namespace, client: AgentClient, out: TextIO) 
     if arguments.type == "oob":
         return _enroll_oob(arguments, client, out)
     fields = {"user": arguments.user} if arguments.user else {}
+    images = [(kind, path) for kind in ("png", "svg") if (path := getattr(arguments, f"qr_{kind}"))]
+    for _kind, path in images:  # before enrolling: a token must not be made for an image that cannot be
+        if os.path.lexists(path):
+            raise UsageError(f"{path} exists: the QR code is never written over a file")
     reply = client.request(
         "enroll",
         **fields,
@@ -93,10 +98,14 @@ def cmd_enroll(arguments: argparse.Namespace, client: AgentClient, out: TextIO) 
         period=arguments.period,
         issuer=arguments.issuer,
     )
+    for kind, path in images:
+        save_qr(reply["uri"], path, kind)
     if arguments.json:
         _emit(arguments, out, reply, "")
         return 0
     print(f"Enrolled token {reply['serial']} for {reply['token']['user']}.", file=out)
+    for _kind, path in images:
+        print(f"QR code written to {path} (mode 0600: it holds the secret).", file=out)
     print("Scan this code with an authenticator app, or enter the URI by hand:", file=out)
     print(reply["uri"], file=out)
     if arguments.qr == "always" or (arguments.qr == "auto" and out.isatty()):
@@ -252,12 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--algorithm", choices=["sha1", "sha256", "sha512"], default="sha1")
     enroll.add_argument("--digits", type=int, choices=[6, 8], default=6)
     enroll.add_argument("--period", type=int, default=30, help="TOTP time step in seconds")
-    enroll.add_argument("--issuer", default="otp-agent", help="name shown by the authenticator app")
+    enroll.add_argument(
+        "--issuer",
+        help="name shown by the authenticator app (default: [agent] issuer, else the agent's host name)",
+    )
     enroll.add_argument(
         "--qr",
         choices=["auto", "always", "never"],
         default="auto",
         help="print a QR code (auto: only on a terminal)",
+    )
+    enroll.add_argument(
+        "--qr-png", metavar="FILE", help="also write the QR code as a PNG image (new file, 0600)"
+    )
+    enroll.add_argument(
+        "--qr-svg", metavar="FILE", help="also write the QR code as an SVG image (new file, 0600)"
     )
 
     from otp_agent.cli import pskc_commands  # lxml is loaded only by the verbs that need it

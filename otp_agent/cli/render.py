@@ -102,8 +102,56 @@ def print_status(reply: dict[str, Any], out: TextIO) -> None:
             print(f"  hsm {host.get('address')}: {state}  {extra}", file=out)
 
 
-def show_qr(uri: str, out: TextIO) -> None:
-    """Draw the otpauth:// URI as a QR code on the terminal."""
+#: Black on white, whatever the terminal's theme: a QR code scans only with dark modules on a
+#: light background and a light quiet zone around it.
+_DARK_ON_LIGHT = "\x1b[30;47m"
+_RESET = "\x1b[0m"
+#: The quiet zone the QR standard asks for, in modules.
+QUIET_ZONE = 4
+
+
+def qr_text(uri: str) -> str:
+    """The otpauth:// URI as a QR code for a terminal: half blocks in explicit colours.
+
+    Each character holds two rows of modules (upper and lower half); the colours are set on
+    every line, so a dark and a light terminal theme draw the same black-on-white code.
+    """
     import segno
 
-    segno.make(uri, error="m").terminal(out=out, compact=True)
+    rows = [list(row) for row in segno.make(uri, error="m").matrix_iter(border=QUIET_ZONE)]
+    if len(rows) % 2:
+        rows.append([False] * len(rows[0]))
+    glyphs = {(True, True): "\u2588", (True, False): "\u2580", (False, True): "\u2584", (False, False): " "}
+    lines = []
+    for top, bottom in zip(rows[0::2], rows[1::2], strict=True):
+        cells = "".join(glyphs[bool(a), bool(b)] for a, b in zip(top, bottom, strict=True))
+        lines.append(f"{_DARK_ON_LIGHT}{cells}{_RESET}")
+    return "\n".join(lines) + "\n"
+
+
+def show_qr(uri: str, out: TextIO) -> None:
+    """Draw the otpauth:// URI as a QR code on the terminal (scans on dark and light themes)."""
+    out.write(qr_text(uri))
+
+
+def save_qr(uri: str, path: str, kind: str) -> None:
+    """Write the QR code of ``uri`` to a new file (``png`` or ``svg``), mode 0600, never over one.
+
+    The image holds the token's secret, like the URI: it is created readable by its owner only.
+
+    :raises UsageError: the file exists or cannot be created.
+    """
+    import os
+
+    import segno
+
+    from otp_agent.errors import UsageError
+
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} exists: the QR code is never written over a file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create {path}: {exc.strerror or exc}") from None
+    with os.fdopen(descriptor, "wb") as handle:
+        segno.make(uri, error="m").save(handle, kind=kind, scale=8, border=QUIET_ZONE)

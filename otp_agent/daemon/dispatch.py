@@ -92,8 +92,10 @@ class Dispatcher:
         validator_group: str | None = None,
         status: Callable[[], dict[str, Any]],
         oob: OutOfBand | None = None,
+        default_issuer: str = "otp-agent",
     ) -> None:
         self.validator, self.admin, self.status = validator, admin, status
+        self.default_issuer = default_issuer
         self.oob = oob
         self.self_service = SelfService(admin, validator, validator.policy, clock=validator.clock)
         self._admin_gid = _group_id(admin_group, "admin group", "only root may administer")
@@ -237,7 +239,7 @@ class Dispatcher:
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        issuer = request.get("issuer") or "otp-agent"
+        issuer = request.get("issuer") or self.default_issuer
         if not admin:
             return self.self_service.enroll(self._self_user(request, peer), params, issuer, context)
         user = canonical_user(check_name(_string(request, "user"), "user"))
@@ -280,7 +282,7 @@ class Dispatcher:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         user = canonical_user(check_name(_string(request, "user"), "user"))
-        issuer = request.get("issuer") or "otp-agent"
+        issuer = request.get("issuer") or self.default_issuer
         return self.admin.enroll_oob(user, params, name, address, check_name(issuer, "issuer"), context)
 
     def op_import(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:

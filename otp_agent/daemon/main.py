@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pwd
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from otp_agent import __version__
 from otp_agent.administration import Administration
@@ -26,7 +27,13 @@ from otp_agent.config import Config, load_config
 from otp_agent.daemon.dispatch import Dispatcher
 from otp_agent.daemon.server import AgentServer
 from otp_agent.daemon.systemd import Notifier, bind_socket, inherited_socket
-from otp_agent.errors import KeyBackendUnavailable, OtpAgentError, StoreUnavailable, exit_status_of
+from otp_agent.errors import (
+    ConfigError,
+    KeyBackendUnavailable,
+    OtpAgentError,
+    StoreUnavailable,
+    exit_status_of,
+)
 from otp_agent.keystore import KeyBackend
 from otp_agent.oob import OutOfBand
 from otp_agent.rowbinding import require_row_binding
@@ -136,6 +143,7 @@ class Agent:
             admin_group=config.agent.admin_group,
             validator_group=config.agent.validator_group,
             status=self.status,
+            default_issuer=config.agent.default_issuer,
             oob=OutOfBand(
                 self.store,
                 self.keys,
@@ -143,6 +151,7 @@ class Agent:
                 self.audit,
                 config.channels,
                 check_binding=self.validator.check_binding,
+                issuer=config.agent.default_issuer,
             ),
         )
 
@@ -189,8 +198,47 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("OTP_AGENT_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
     )
+    parser.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run as root even where the agent's directories belong to another user (the service's)",
+    )
     parser.add_argument("--version", action="version", version=f"otp-agent {__version__}")
     return parser.parse_args(argv)
+
+
+def refuse_root_over_service_files(config: Config) -> None:
+    """Refuse to run as root where the agent's files belong to another user (the service user).
+
+    A root-run daemon would create the audit log, the database's journal files or the socket as
+    root, and the service (user otp-agent) would then fail on them (Permission denied, exit 4)
+    while every login needing a code is refused.
+
+    :raises ConfigError: running as root over directories owned by someone else.
+    """
+    if os.geteuid() != 0:
+        return
+    directories = [config.agent.socket.parent]
+    if config.audit.path is not None:
+        directories.append(config.audit.path.parent)
+    if config.store.backend == "sqlite":
+        directories.append(config.store.path.parent)
+    for directory in directories:
+        try:
+            owner = directory.stat().st_uid
+        except OSError:
+            continue
+        if owner != 0:
+            try:
+                name = pwd.getpwuid(owner).pw_name
+            except KeyError:
+                name = str(owner)
+            raise ConfigError(
+                f"refusing to run as root: {directory} belongs to {name}, the user the service runs "
+                f"as, and files created by root there would stop the service. Start the service "
+                f"(systemctl start otp-agent), or run it as that user (runuser -u {name} -- otp-agent "
+                "...); --allow-root overrides this"
+            )
 
 
 def serve(config: Config) -> int:
@@ -241,14 +289,40 @@ def serve(config: Config) -> int:
     return 0
 
 
+#: syslog priorities by logging level: journald reads a "<N>" prefix as the line's priority.
+_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """Lines for journald: it adds the name and pid itself; the priority goes in a prefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+
+def on_journal(stream: TextIO | None = None) -> bool:
+    """True when standard error is the journal's stream ($JOURNAL_STREAM names its device:inode)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        stat = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if on_journal():
+        handler.setFormatter(_JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("otp-agent[%(process)d]: %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``otp-agent``."""
     arguments = _parse_arguments(argv)
-    logging.basicConfig(
-        level=arguments.log_level,
-        stream=sys.stderr,
-        format="otp-agent[%(process)d]: %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(arguments.log_level)
     try:
         config = load_config(arguments.config)
         if arguments.command == "init":
@@ -263,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             agent.close()
             print(f"configuration {config.source} is valid; store and key backend are usable")
             return 0
+        if not arguments.allow_root:
+            refuse_root_over_service_files(config)
         return serve(config)
     except (OtpAgentError, OSError) as exc:
         print(f"otp-agent: {exc}", file=sys.stderr)

@@ -67,14 +67,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def _make_zmk(lmk: Lmk, directory: Path) -> int:
     clear, key_block = directory / "zmk.hex", directory / "zmk.kb"
+    if not directory.is_dir():
+        print(
+            f"payshield-sim: {directory} is not a directory: create it first (mkdir -m 0700 {directory})",
+            file=sys.stderr,
+        )
+        return 2
     if clear.exists() or key_block.exists():
         print(f"payshield-sim: {clear} or {key_block} exists; not overwritten", file=sys.stderr)
         return 1
     zmk, block = make_zmk(lmk)
-    descriptor = os.open(clear, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(zmk.hex() + "\n")
-    key_block.write_text(block + "\n")
+    try:
+        descriptor = os.open(clear, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(zmk.hex() + "\n")
+        key_block.write_text(block + "\n")
+    except OSError as exc:
+        print(f"payshield-sim: cannot write the ZMK into {directory}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"ZMK written to {clear} (clear, mode 0600) and {key_block} (key block under the LMK)")
     return 0
 

@@ -597,6 +597,16 @@ def test_shipped_unit_under_systemd_in_a_container(
         apt("purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
     apt("install", "-y", "--no-install-recommends", str(packages["deb"]))
     try:
+        # The trap of the quick start: the daemon run by hand as root. It refuses (its files
+        # would stop the service), and files an older version left owned by root are given
+        # back to the service user by the unit before it starts.
+        by_hand = run("/usr/sbin/otp-agent", "--config", "/etc/otp-agent/agent.toml", check=False)
+        assert by_hand.returncode == 2 and "refusing to run as root" in by_hand.stderr, by_hand
+        assert "runuser -u otp-agent" in by_hand.stderr, by_hand.stderr
+        left_by_root = Path("/var/log/otp-agent/audit.log")
+        left_by_root.write_text("")
+        left_by_root.chmod(0o600)
+        os.chown(left_by_root, 0, 0)
         dropin = EXAMPLES / "password-and-code.conf"
         binds = {dropin: "/etc/systemd/system/otp-agent.service.d/password-and-code.conf"}
         with Container(binds, tmp_path / "container.log") as box:
@@ -639,6 +649,8 @@ def test_shipped_unit_under_systemd_in_a_container(
             assert on_disk == "600 root", on_disk  # as root, outside the service's namespace
             status = box.run("otpctl", "status", "--json")
             assert status.returncode == 0 and json.loads(status.stdout)["keystore"]["ok"], status
+            healed = box.run("stat", "-c", "%U", "/var/log/otp-agent/audit.log").stdout.strip()
+            assert healed == "otp-agent", healed  # the root-owned audit log was given back
 
             user, password = "otpct" + secrets.token_hex(3), "Pw-" + secrets.token_hex(6)
             assert box.run("useradd", "-m", user).returncode == 0
@@ -674,6 +686,7 @@ def test_shipped_unit_under_systemd_in_a_container(
             ).stdout
             assert "WatchdogTimestampMonotonic=0" not in watchdog and "NRestarts=0" in watchdog, watchdog
         figures.append(
+            "root-run daemon refused before the unit; a root-owned audit log given back by the unit; "
             "real systemd (nspawn container of this machine): shipped units started at boot, "
             "LoadCredential + seccomp + MemoryDenyWriteExecute + no capabilities in force, "
             "watchdog pinged; password+code accepted with password-and-code.conf, "
