@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -60,14 +61,23 @@ class Decision:
     serial: str | None = None
     #: A backup code was tried: how many unused ones the user has left (audited, not sent).
     remaining: int | None = None
+    #: ``locked``: whole seconds until the earliest lock ends (``pam-helper --tell-user``).
+    retry_after: int | None = None
 
     def wire(self) -> ValidateReply:
         """The decision as the protocol's reply type."""
-        return ValidateReply(Result.ACCEPT if self.accepted else Result.REJECT, self.reason, self.serial)
+        return ValidateReply(
+            Result.ACCEPT if self.accepted else Result.REJECT, self.reason, self.serial, self.retry_after
+        )
 
     def reply(self) -> dict[str, Any]:
         """The reply fields sent to the client."""
         return self.wire().fields()
+
+
+def _retry_after(locked: Sequence[Token], now: float) -> int:
+    """Whole seconds until the earliest of these locks ends (at least 1)."""
+    return max(1, math.ceil(min(t.locked_until for t in locked) - now))
 
 
 def is_valid_code(code: object) -> bool:
@@ -176,7 +186,7 @@ class Validator:
             if token is None or token.pending_until is None or token.pending_until <= now:
                 return Decision(False, Reason.NO_TOKEN, serial)
             if is_locked(token, now):
-                return Decision(False, Reason.LOCKED, serial)
+                return Decision(False, Reason.LOCKED, serial, retry_after=_retry_after([token], now))
             if token.digits != len(code):
                 self._record_failures([token], context)
                 return Decision(False, Reason.BAD_CODE, serial)
@@ -267,7 +277,7 @@ class Validator:
             now = self.clock()
             unlocked = [t for t in usable if not is_locked(t, now)]
             if not unlocked:
-                return Decision(False, Reason.LOCKED, usable[0].serial)
+                return Decision(False, Reason.LOCKED, usable[0].serial, retry_after=_retry_after(usable, now))
             candidates = [t for t in unlocked if t.digits == len(code)]
             try:
                 for token in candidates:
@@ -314,7 +324,13 @@ class Validator:
         now = self.clock()
         unlocked = [t for t in usable if not is_locked(t, now)]
         if usable and not unlocked:
-            return Decision(False, Reason.LOCKED, usable[0].serial, remaining=use.remaining)
+            return Decision(
+                False,
+                Reason.LOCKED,
+                usable[0].serial,
+                remaining=use.remaining,
+                retry_after=_retry_after(usable, now),
+            )
         self._record_failures(unlocked, context)
         return Decision(False, Reason.BAD_CODE, remaining=use.remaining)
 

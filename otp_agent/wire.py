@@ -174,6 +174,8 @@ class ValidateReply:
     result: Result
     reason: Reason
     serial: str | None = None
+    #: ``locked``: whole seconds until the earliest lock of the user's tokens ends.
+    retry_after: int | None = None
 
     @property
     def accepted(self) -> bool:
@@ -182,7 +184,14 @@ class ValidateReply:
 
     def fields(self) -> dict[str, Any]:
         """The reply's fields (without ``v``/``ok``)."""
-        return {"result": self.result.value, "reason": self.reason.value, "serial": self.serial}
+        fields: dict[str, Any] = {
+            "result": self.result.value,
+            "reason": self.reason.value,
+            "serial": self.serial,
+        }
+        if self.retry_after is not None:
+            fields["retry_after"] = self.retry_after
+        return fields
 
     @classmethod
     def parse(cls, reply: dict[str, Any]) -> ValidateReply:
@@ -192,6 +201,7 @@ class ValidateReply:
                 Result(reply.get("result")),
                 Reason(reply.get("reason")),
                 reply.get("serial") if isinstance(reply.get("serial"), str) else None,
+                reply.get("retry_after") if type(reply.get("retry_after")) is int else None,
             )
         except ValueError:
             raise ProtocolError("not a validate reply") from None

@@ -61,9 +61,17 @@ EXIT_UNAVAILABLE = 3
 
 MODES = ("--code-only", "--password-and-code", "--enrolled", "--not-enrolled", "--send-code")
 USAGE = (
-    "usage: pam-helper [--socket PATH] [--timeout SECONDS] [--syslog-socket PATH]"
+    "usage: pam-helper [--socket PATH] [--timeout SECONDS] [--syslog-socket PATH] [--tell-user]"
     " [--code-only | --password-and-code | --enrolled | --not-enrolled | --send-code]\n"
 )
+#: ``--tell-user``: the one line shown (through pam_exec's ``stdout``) for a refusal whose reason
+#: the user may know.  Nothing else is ever told: not which part of a password+code answer was
+#: wrong (the agent says only bad_password_or_code), not whether the user exists or is enrolled.
+TOLD = {
+    "locked": "too many failed attempts: try again in {retry_after} s",
+    "replay": "this code was already used: wait for the next one",
+    "expired": "this code has expired: ask for a new one",
+}
 
 #: Untrusted PAM items: (environment name, request field, byte limit).
 _CONTEXT = ((b"PAM_SERVICE", "service", 64), (b"PAM_RHOST", "rhost", 255), (b"PAM_TTY", "tty", 64))
@@ -83,11 +91,14 @@ class Failure(Exception):
 class Options:
     """The parsed command line."""
 
-    def __init__(self, mode: str, socket_path: str, timeout: float, syslog_path: str) -> None:
+    def __init__(
+        self, mode: str, socket_path: str, timeout: float, syslog_path: str, tell_user: bool = False
+    ) -> None:
         self.mode = mode
         self.socket_path = socket_path
         self.timeout = timeout
         self.syslog_path = syslog_path
+        self.tell_user = tell_user
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -99,6 +110,7 @@ def parse_args(argv: list[str]) -> Options:
     timeout = DEFAULT_TIMEOUT
     paths = {"--socket": DEFAULT_SOCKET, "--syslog-socket": DEFAULT_SYSLOG_SOCKET}
     modes_seen = 0
+    tell_user = False
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -108,6 +120,8 @@ def parse_args(argv: list[str]) -> Options:
         if arg in MODES and value is None:
             mode = arg
             modes_seen += 1
+        elif arg == "--tell-user" and value is None:
+            tell_user = True
         elif arg in ("--socket", "--syslog-socket", "--timeout"):
             if value is None:
                 if not args:
@@ -128,7 +142,7 @@ def parse_args(argv: list[str]) -> Options:
             raise Failure(EXIT_USAGE, "unknown argument")
     if modes_seen > 1:
         raise Failure(EXIT_USAGE, "give at most one mode")
-    return Options(mode, paths["--socket"], timeout, paths["--syslog-socket"])
+    return Options(mode, paths["--socket"], timeout, paths["--syslog-socket"], tell_user)
 
 
 def clean_text(raw: bytes, limit: int) -> str | None:
@@ -564,6 +578,22 @@ _SEVERITY = {"LOG_ERR": 3, "LOG_WARNING": 4, "LOG_NOTICE": 5}
 _LOG_AUTHPRIV = 10 << 3
 
 
+def told(reply: dict[str, object]) -> str | None:
+    """The line ``--tell-user`` prints for a refusal, or None when nothing may be said."""
+    if reply.get("result") != RESULT_REJECT:
+        return None
+    reason = reply.get("reason")
+    line = TOLD.get(reason) if isinstance(reason, str) else None
+    if line is None:
+        return None
+    retry_after = reply.get("retry_after")
+    if "{retry_after}" in line:
+        if not isinstance(retry_after, int) or isinstance(retry_after, bool) or not 0 < retry_after < 10**7:
+            return "too many failed attempts: try again later"
+        return line.format(retry_after=retry_after)
+    return line
+
+
 def log_line(priority_name: str, text: str, path: str = DEFAULT_SYSLOG_SOCKET) -> None:
     """Send one line to the syslog socket at ``path`` (facility authpriv), as syslog(3) would.
 
@@ -619,6 +649,11 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
         if request["op"] in (OP_VALIDATE, OP_SEND):
             request.update(context)
         reply = exchange(options.socket_path, encode_request(request), deadline, options.timeout)
+        if options.tell_user and request["op"] == OP_VALIDATE and (line := told(reply)) is not None:
+            try:
+                sys.stdout.write(line + "\n")
+            except Exception:
+                pass
         status = judge(options.mode, reply)
         if notes:
             who = f"user={user_label} service={service_label}"

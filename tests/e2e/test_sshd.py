@@ -5,6 +5,7 @@ packaged helper wrapper and the real otp-agent; then a real session runs a comma
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,3 +190,32 @@ def test_rollout_fails_closed_when_the_agent_is_down(world: World) -> None:
     finally:
         repoint(world, world.agent.socket_path)
     assert not login.accepted
+
+
+def _told(login: Any) -> list[str]:
+    """The text sshd showed the client besides the prompts (keyboard-interactive instructions)."""
+    return [
+        line for _title, instructions, _prompts in login.prompts for line in instructions.splitlines() if line
+    ]
+
+
+def test_the_user_is_told_why_a_replay_or_a_lock_refuses_and_nothing_else(world: World) -> None:
+    """--tell-user with pam_exec's stdout: the client receives one line for a replay and a lock,
+    none for a wrong code, and none at all for an account that has no token."""
+    account = world.new_account()
+    code = account.next_code()
+    assert ssh_login(world.sshd, account.user.name, account.key, code).accepted
+    replayed = ssh_login(world.sshd, account.user.name, account.key, code)
+    assert not replayed.accepted
+    assert _told(replayed) == ["this code was already used: wait for the next one"], replayed.prompts
+    wrong = [ssh_login(world.sshd, account.user.name, account.key, account.wrong()) for _ in range(3)]
+    assert all(not w.accepted and _told(w) == [] for w in wrong), [w.prompts for w in wrong]
+    locked = ssh_login(world.sshd, account.user.name, account.key, account.code(account.counter))
+    assert not locked.accepted
+    (line,) = _told(locked)
+    assert re.fullmatch(r"too many failed attempts: try again in [0-9]+ s", line), locked.prompts
+    assert 0 < int(line.split()[-2]) <= 30  # lock_base_seconds
+    stranger = world.new_account(enroll=False)
+    unknown = ssh_login(world.sshd, stranger.user.name, stranger.key, "123456")
+    assert not unknown.accepted and _told(unknown) == []
+    world.agent.otpctl("unlock", account.user.name, check=True)

@@ -37,6 +37,8 @@ def test_the_helpers_backup_code_shape_is_the_agents() -> None:
 
 
 def test_the_helpers_copies_match_wire() -> None:
+    assert set(helper.TOLD) <= {r.value for r in wire.Reason}
+    assert "retry_after" in {f.name for f in fields(wire.ValidateReply)}
     assert helper.PROTOCOL_VERSION == wire.VERSION
     assert helper.MAX_REPLY == wire.MAX_FRAME
     assert {helper.OP_VALIDATE, helper.OP_ENROLLED} <= wire.VALIDATION_OPS
