@@ -1,8 +1,11 @@
 #!/bin/sh
 # Build the otp-agent .deb from a clean copy of the source tree and run lintian on it.
 #
-#     packaging/build-deb.sh OUTDIR
+#     packaging/build-deb.sh [--install-build-deps] OUTDIR
 #
+# --install-build-deps (as root) first installs, with apt-get, what the build needs: the
+# Build-Depends of packaging/debian/control, dpkg-dev, fakeroot and lintian (and git, which
+# copies the tree).
 # OUTDIR receives otp-agent_<version>_all.deb, the .changes and .buildinfo files, the build log
 # (build-deb.log) and lintian's report (lintian.txt); the last line printed is lintian's summary.
 # The copy holds the files git tracks plus untracked ones that are not ignored, so a working tree
@@ -10,8 +13,22 @@
 # Needs the packages of .ci/apt/packaging.txt; uses Debian's /usr/bin/python3 whatever PATH says.
 set -eu
 
+BUILD_DEPS="debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+python3-build python3-installer python3-wheel dpkg-dev build-essential fakeroot lintian git"
+if [ "${1:-}" = "--install-build-deps" ]; then
+    shift
+    if [ "$(id -u)" != 0 ]; then
+        echo "build-deb: --install-build-deps needs root (apt-get)" >&2
+        exit 2
+    fi
+    echo "build-deb: apt-get install $BUILD_DEPS" | tr '\n' ' '
+    echo
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $BUILD_DEPS >/dev/null
+fi
 if [ $# -ne 1 ]; then
-    echo "usage: $0 OUTDIR" >&2
+    echo "usage: $0 [--install-build-deps] OUTDIR" >&2
     exit 2
 fi
 top=$(cd "$(dirname "$0")/.." && pwd)
