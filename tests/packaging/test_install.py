@@ -602,8 +602,8 @@ def test_shipped_unit_under_systemd_in_a_container(
         # would stop the service), and files an older version left owned by root are given
         # back to the service user by the unit before it starts.
         by_hand = run("/usr/sbin/otp-agent", "--config", "/etc/otp-agent/agent.toml", check=False)
-        assert by_hand.returncode == 2 and "refusing to run as root" in by_hand.stderr, by_hand
-        assert "runuser -u otp-agent" in by_hand.stderr, by_hand.stderr
+        assert by_hand.returncode == 2 and "refusing to run as root" in by_hand.stdout, by_hand
+        assert "runuser -u otp-agent" in by_hand.stdout, by_hand.stdout
         left_by_root = Path("/var/log/otp-agent/audit.log")
         left_by_root.write_text("")
         left_by_root.chmod(0o600)
