@@ -348,17 +348,28 @@ class Administration:
         return token
 
     def set_enabled(self, serial: str, enabled: bool, context: RequestContext) -> Token:
-        """Enable or disable a token."""
+        """Enable or disable a token (disabling ends its user's remembered hosts)."""
         token = self.store.set_enabled(serial, enabled)
         self.audit.record(
             "enable" if enabled else "disable", context, serial=serial, user=token.user, result="ok"
         )
+        if not enabled and token.user is not None:
+            self.forget(token.user, context, "disabled")
         return token
 
     def remove(self, serial: str, context: RequestContext) -> None:
-        """Delete a token."""
+        """Delete a token (and its user's remembered hosts)."""
+        token = self.store.get(serial)
         self.store.remove(serial)
         self.audit.record("remove", context, serial=serial, result="ok")
+        if token is not None and token.user is not None:
+            self.forget(token.user, context, "removed")
+
+    def forget(self, user: str, context: RequestContext, why: str = "otpctl forget") -> int:
+        """End every remembered host of ``user``; return how many there were (audited)."""
+        forgotten = self.store.forget(user)
+        self.audit.record("forget", context, user=user, result="forgotten", reason=why, count=forgotten)
+        return forgotten
 
     def create_backup_codes(self, user: str, count: int, context: RequestContext) -> list[str]:
         """Replace the user's backup codes with ``count`` fresh ones; return them, printed, once."""
@@ -389,6 +400,8 @@ class Administration:
         for token in tokens:
             self.store.reset_throttling(token.serial, self.clock())
             self.audit.record("unlock", context, serial=token.serial, user=token.user, result="ok")
+        for user in {t.user for t in tokens if t.user is not None}:
+            self.forget(user, context, "unlocked")
         return len(tokens)
 
 

@@ -101,6 +101,9 @@ class PolicyConfig:
     self_enroll: str = "never"
     self_service: bool = False
     pending_lifetime: int = 600
+    #: Remembered hosts: seconds the same user, remote host and PAM service need no code again
+    #: after an accepted one (0: off, the default; at most 12 hours).
+    remember_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ def parse_config(
         self_enroll=p.choice("self_enroll", "never", ("never", "first", "always")),
         self_service=p.boolean("self_service", False),
         pending_lifetime=p.integer("pending_lifetime", 600, 60, 7 * 86400),
+        remember_seconds=p.integer("remember_seconds", 0, 0, 43200),
     )
     if policy.lock_max_seconds < policy.lock_base_seconds:
         raise ConfigError("policy.lock_max_seconds: must not be smaller than policy.lock_base_seconds")

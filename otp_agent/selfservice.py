@@ -109,7 +109,8 @@ class SelfService:
 
 
 class PendingSweeper:
-    """A thread that removes pending tokens whose confirmation time is up, and audits each."""
+    """A thread that removes pending tokens whose confirmation time is up (audited), and the
+    remembered hosts whose time is up."""
 
     def __init__(self, admin: Administration, interval: float = SWEEP_SECONDS) -> None:
         self.admin, self.interval = admin, interval
@@ -124,8 +125,9 @@ class PendingSweeper:
             self.sweep()
 
     def sweep(self) -> list[str]:
-        """Remove the expired pending tokens now; never raises (a failing store is logged)."""
+        """Remove the expired pending tokens (and remembered hosts) now; never raises."""
         try:
+            self.admin.store.forget_expired(self.admin.clock())
             return self.admin.expire_pending(RequestContext(0, 0, "otp-agent"))
         except OtpAgentError as exc:
             _log.warning("expired pending tokens could not be removed (will try again): %s", exc)

@@ -37,6 +37,7 @@ from otp_agent.keyedlock import KeyedLocks
 from otp_agent.keystore import KeyBackend
 from otp_agent.matching import Match, find_match, resync_state, success_state
 from otp_agent.oath import TokenType
+from otp_agent.remember import RememberedHosts
 from otp_agent.store import Token, TokenState, TokenStore
 from otp_agent.store.models import BACKUP_GENERATED, BACKUP_SCRATCH
 from otp_agent.throttle import FailureOutcome, failure_outcome, is_locked
@@ -102,6 +103,7 @@ class Validator:
         self.clock = clock
         self.password_checker = password_checker
         self.backup = BackupCodes(store, keys, clock=clock)
+        self.remembered = RememberedHosts(store, keys, policy, audit, clock=clock)
         self._user_locks = KeyedLocks()
 
     # -- public entry points ---------------------------------------------------------------
@@ -109,18 +111,23 @@ class Validator:
     def validate(self, user: str, code: str, context: RequestContext) -> Decision:
         """Validate ``code`` for ``user`` and commit the outcome; audit it."""
         decision = self._one_at_a_time(user, lambda: self._validate_code(user, code, context))
-        self._audit_decision(decision, user, context)
+        self._after_decision(decision, user, context)
         return decision
 
     def validate_password_and_code(self, user: str, answer: str, context: RequestContext) -> Decision:
         """Validate a password immediately followed by a code; never tell which part failed."""
         decision = self._one_at_a_time(user, lambda: self._password_and_code(user, answer, context))
-        self._audit_decision(decision, user, context, mode="password+code")
+        self._after_decision(decision, user, context, mode="password+code")
         return decision
 
-    def _audit_decision(
+    def _after_decision(
         self, decision: Decision, user: str, context: RequestContext, **extra: object
     ) -> None:
+        """Remember the host after an acceptance, forget the user's after a refusal; audit."""
+        if decision.accepted and decision.reason is not Reason.NOT_ENROLLED:
+            self.remembered.after_acceptance(user, context)
+        elif not decision.accepted and decision.reason not in (Reason.BUSY, Reason.AUDIT_UNAVAILABLE):
+            self.remembered.forget(user, context, f"refused:{decision.reason.value}")
         if decision.remaining is not None:
             extra["backup_codes_remaining"] = decision.remaining
         self.audit.record(

@@ -27,10 +27,10 @@ MAX_ADMIN_FRAME = 256 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
 
 #: Operations a non-admin peer may call (anything else needs uid 0 or the admin group).
-VALIDATION_OPS = frozenset({"validate", "enrolled", "ping"})
+VALIDATION_OPS = frozenset({"validate", "enrolled", "remembered", "ping"})
 #: Operations a member of ``[agent] validator_group`` (and uid 0) may call for any user.  A
 #: validator is not an administrator; ``send`` is listed before the daemon answers it.
-VALIDATOR_OPS = frozenset({"validate", "enrolled", "send", "ping"})
+VALIDATOR_OPS = frozenset({"validate", "enrolled", "remembered", "send", "ping"})
 #: Operations any peer may call for its own user, as ``policy.self_enroll`` and
 #: ``policy.self_service`` allow (administrators may call them for anyone).
 SELF_SERVICE_OPS = frozenset({"enroll", "confirm", "list", "backup_codes"})
@@ -53,6 +53,7 @@ OPERATIONS = VALIDATION_OPS | frozenset(
         "send",
         "confirm",
         "backup_codes",
+        "forget",
     }
 )
 
@@ -69,6 +70,7 @@ class Reason(str, enum.Enum):
 
     ACCEPTED = "accepted"
     BACKUP_CODE = "backup_code"
+    REMEMBERED = "remembered"
     NOT_ENROLLED = "not_enrolled"
     MALFORMED = "malformed"
     NO_TOKEN = "no_token"

@@ -41,7 +41,7 @@ MAX_ANSWER = 511
 #: these to that module): version, reply size cap, operations, request fields and verdicts.
 PROTOCOL_VERSION = 1
 MAX_REPLY = 65536
-OP_VALIDATE, OP_ENROLLED, OP_SEND = "validate", "enrolled", "send"
+OP_VALIDATE, OP_ENROLLED, OP_SEND, OP_REMEMBERED = "validate", "enrolled", "send", "remembered"
 FIELD_USER, FIELD_CODE, FIELD_PASSWORD_AND_CODE = "user", "code", "password_and_code"
 RESULT_ACCEPT, RESULT_REJECT = "accept", "reject"
 #: Seconds between connection attempts while the agent's listen backlog is full.
@@ -59,10 +59,10 @@ EXIT_REJECT = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
-MODES = ("--code-only", "--password-and-code", "--enrolled", "--not-enrolled", "--send-code")
+MODES = ("--code-only", "--password-and-code", "--enrolled", "--not-enrolled", "--send-code", "--remembered")
 USAGE = (
     "usage: pam-helper [--socket PATH] [--timeout SECONDS] [--syslog-socket PATH] [--tell-user]"
-    " [--code-only | --password-and-code | --enrolled | --not-enrolled | --send-code]\n"
+    " [--code-only | --password-and-code | --enrolled | --not-enrolled | --send-code | --remembered]\n"
 )
 #: ``--tell-user``: the one line shown (through pam_exec's ``stdout``) for a refusal whose reason
 #: the user may know.  Nothing else is ever told: not which part of a password+code answer was
@@ -559,6 +559,10 @@ def judge(mode: str, reply: dict[str, object]) -> int:
         code = _word(error.get("code")) if isinstance(error, dict) else "?"
         status = EXIT_REJECT if code == "permission" else EXIT_UNAVAILABLE
         raise Failure(status, f"agent refused the request (error={code})")
+    if mode == "--remembered":
+        if reply.get("remembered") is True:
+            return EXIT_ACCEPT
+        raise Failure(EXIT_REJECT, "not remembered")
     if mode in ("--enrolled", "--not-enrolled"):
         enrolled = reply.get("enrolled")
         if enrolled is not True and enrolled is not False:
@@ -644,9 +648,11 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
             request[FIELD_PASSWORD_AND_CODE] = password_and_code_field(read_answer(deadline))
         elif options.mode == "--send-code":
             request = {"op": OP_SEND, FIELD_USER: user}
+        elif options.mode == "--remembered":
+            request = {"op": OP_REMEMBERED, FIELD_USER: user}
         else:
             request = {"op": OP_ENROLLED, FIELD_USER: user}
-        if request["op"] in (OP_VALIDATE, OP_SEND):
+        if request["op"] in (OP_VALIDATE, OP_SEND, OP_REMEMBERED):
             request.update(context)
         reply = exchange(options.socket_path, encode_request(request), deadline, options.timeout)
         if options.tell_user and request["op"] == OP_VALIDATE and (line := told(reply)) is not None:
@@ -667,7 +673,9 @@ def run(argv: list[str], environ: dict[bytes, bytes]) -> int:
                 pass
         priority = "LOG_ERR" if failure.status in (EXIT_UNAVAILABLE, EXIT_USAGE) else "LOG_NOTICE"
         # The enrolment modes answer a question; a "no" is not worth a log line.
-        if not (failure.status == EXIT_REJECT and failure.text in ("enrolled", "not enrolled")):
+        if not (
+            failure.status == EXIT_REJECT and failure.text in ("enrolled", "not enrolled", "not remembered")
+        ):
             extra = ("; " + "; ".join(notes)) if notes else ""
             who = f"user={user_label} service={service_label}"
             log_line(priority, f"refused {who}: {failure.text}{extra}", log_path)

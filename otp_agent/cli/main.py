@@ -318,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         "clear the throttling lock of a serial or a user's tokens",
     )
     unlock.add_argument("target", metavar="USER|SERIAL")
+    forget = verb(
+        "forget",
+        _simple("forget", ("user",), "{forgotten} remembered host(s) of {user} forgotten."),
+        "end USER's remembered hosts (policy.remember_seconds): the next login asks for a code",
+    )
+    forget.add_argument("user")
     check = verb("check", cmd_check, "validate USER's CODE exactly as a login would (consumes it)")
     check.add_argument("user")
     check.add_argument("code", nargs="?", help=f"the code; {on_argv}")

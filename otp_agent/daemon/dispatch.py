@@ -203,6 +203,14 @@ class Dispatcher:
         assert validate.code is not None
         return self.validator.validate(user, validate.code, context).reply()
 
+    def op_remembered(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        user = self._check_user_for_peer(_string(request, "user"), peer)
+        return {"remembered": self.validator.remembered.check(user, context)}
+
+    def op_forget(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        user = canonical_user(check_name(_string(request, "user"), "user"))
+        return {"forgotten": self.admin.forget(user, context)}
+
     def op_enrolled(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         user = self._check_user_for_peer(_string(request, "user"), peer)
         return {"enrolled": self.validator.is_enrolled(user)}

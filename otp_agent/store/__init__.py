@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
-from otp_agent.store.models import BackupCode, Token, TokenState
+from otp_agent.store.models import BackupCode, Remembered, Token, TokenState
 
-__all__ = ["BackupCode", "Token", "TokenState", "TokenStore"]
+__all__ = ["BackupCode", "Remembered", "Token", "TokenState", "TokenStore"]
 
 
 class TokenStore(Protocol):
@@ -90,6 +90,18 @@ class TokenStore(Protocol):
 
         False when it is gone or was used already (by a concurrent use, possibly on another host).
         """
+
+    def remember(self, entry: Remembered) -> None:
+        """Record (or extend) a remembered host."""
+
+    def remembered(self, user: str, rhost: str, service: str) -> Remembered | None:
+        """The remembered host of this key, or None (expired ones included: the caller checks)."""
+
+    def forget(self, user: str) -> int:
+        """Forget every remembered host of ``user``; return how many there were."""
+
+    def forget_expired(self, now: float) -> int:
+        """Delete the remembered hosts whose time is up; return how many."""
 
     def get_meta(self, key: str) -> str | None:
         """Read a store-wide setting (e.g. the key backend's check value)."""

@@ -235,3 +235,26 @@ class BackupCode:
                 self.digest.hex().encode(),
             )
         )
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """A remembered host: ``user`` coming from ``rhost`` through PAM ``service`` needs no code
+    until ``until``.  ``binding`` is the key backend's tag over :meth:`binding_message`."""
+
+    user: str
+    rhost: str
+    service: str
+    until: float
+    binding: bytes = field(default=b"", repr=False)
+
+    def binding_message(self) -> bytes:
+        """Canonical bytes of what the binding tag covers: the whole key and the end time."""
+        parts = (self.user, self.rhost, self.service)
+        return b"\x1f".join(
+            [
+                b"otp-agent/remembered/v1",
+                *(f"{len(p)}:{p}".encode() for p in parts),
+                repr(self.until).encode(),
+            ]
+        )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.store.migrate import apply_migrations
-from otp_agent.store.models import BackupCode, Token, TokenState
+from otp_agent.store.models import BackupCode, Remembered, Token, TokenState
 from otp_agent.store.pg_calls import Calls
 from otp_agent.store.pg_dsn import Dsn
 from otp_agent.store.pg_watchdog import Watchdog
@@ -33,16 +33,21 @@ from otp_agent.store.rows import (
     COLUMNS,
     DELETE_BACKUP,
     DELETE_EXPIRED_PENDING,
+    FORGET,
+    FORGET_EXPIRED,
     INSERT_BACKUP,
+    REMEMBER,
     RESET_THROTTLING,
     SELECT,
     SELECT_BACKUP,
+    SELECT_REMEMBERED,
     SET_BINDING,
     SET_ENABLED,
     STATE_UPDATE,
     USE_BACKUP,
     backup_code_to_row,
     row_to_backup_code,
+    row_to_remembered,
     row_to_token,
     state_parameters,
     token_to_row,
@@ -55,7 +60,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Key of the advisory lock taken while the schema is checked and migrated ("otp-agen").
 MIGRATION_LOCK = 0x6F74702D6167656E
 _INSERT = f"INSERT INTO tokens ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
@@ -364,6 +369,23 @@ class PostgreSQLStore:
             != 1
         ):
             raise NotFound(f"no token with serial {serial}")
+
+    def remember(self, entry: Remembered) -> None:
+        self._write(
+            "remembering a host",
+            REMEMBER,
+            (entry.user, entry.rhost, entry.service, entry.until, entry.binding),
+        )
+
+    def remembered(self, user: str, rhost: str, service: str) -> Remembered | None:
+        rows = self._read(SELECT_REMEMBERED, (user, rhost, service))
+        return row_to_remembered(rows[0]) if rows else None
+
+    def forget(self, user: str) -> int:
+        return self._write("forgetting hosts", FORGET, (user,))
+
+    def forget_expired(self, now: float) -> int:
+        return self._write("forgetting hosts", FORGET_EXPIRED, (now,))
 
     def set_meta(self, key: str, value: str) -> None:
         self._write(

@@ -9,7 +9,7 @@ from typing import Any
 from otp_agent.oath.params import HashAlgorithm, TokenType
 
 # Moved to otp_agent.store.migrate; kept importable from here for otp_agent.daemon.initialise.
-from otp_agent.store.models import BackupCode, Token, TokenState, decode_sends, encode_sends
+from otp_agent.store.models import BackupCode, Remembered, Token, TokenState, decode_sends, encode_sends
 
 COLUMNS = (
     "serial",
@@ -177,3 +177,22 @@ def backup_code_to_row(code: BackupCode) -> tuple[Any, ...]:
         code.used_at,
         code.binding,
     )
+
+
+#: Remembered hosts (parameters: user, rhost, service, until, binding), one row per key.
+REMEMBER = (
+    "INSERT INTO remembered (user_name, rhost, service, until, binding) VALUES (%s, %s, %s, %s, %s) "
+    "ON CONFLICT (user_name, rhost, service) DO UPDATE SET until = EXCLUDED.until, binding = EXCLUDED.binding"
+)
+SELECT_REMEMBERED = (
+    "SELECT user_name, rhost, service, until, binding FROM remembered "
+    "WHERE user_name = %s AND rhost = %s AND service = %s"
+)
+FORGET = "DELETE FROM remembered WHERE user_name = %s"
+FORGET_EXPIRED = "DELETE FROM remembered WHERE until <= %s"
+
+
+def row_to_remembered(row: Sequence[Any]) -> Remembered:
+    """Build a remembered host from a row of :data:`SELECT_REMEMBERED`."""
+    user, rhost, service, until, binding = row
+    return Remembered(user, rhost, service, float(until), bytes(binding))

@@ -21,29 +21,34 @@ from typing import Any
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.store.groupcommit import GroupCommitter
 from otp_agent.store.migrate import apply_migrations
-from otp_agent.store.models import BackupCode, Token, TokenState
+from otp_agent.store.models import BackupCode, Remembered, Token, TokenState
 from otp_agent.store.rows import (
     ASSIGN,
     COLUMNS,
     DELETE_BACKUP,
     DELETE_EXPIRED_PENDING,
     EXPIRED_PENDING,
+    FORGET,
+    FORGET_EXPIRED,
     INSERT_BACKUP,
+    REMEMBER,
     RESET_THROTTLING,
     SELECT,
     SELECT_BACKUP,
+    SELECT_REMEMBERED,
     SET_BINDING,
     SET_ENABLED,
     STATE_UPDATE,
     USE_BACKUP,
     backup_code_to_row,
     row_to_backup_code,
+    row_to_remembered,
     row_to_token,
     state_parameters,
     token_to_row,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _log = logging.getLogger(__name__)
 #: What a damaged database can raise: sqlite3's errors, and UnicodeDecodeError when an error
 #: message quotes a schema name that is not UTF-8.
@@ -61,6 +66,10 @@ _DATABASE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
     _INSERT_BACKUP,
     _DELETE_BACKUP,
     _USE_BACKUP,
+    _REMEMBER,
+    _SELECT_REMEMBERED,
+    _FORGET,
+    _FORGET_EXPIRED,
 ) = (
     sql.replace("%s", "?")
     for sql in (
@@ -75,6 +84,10 @@ _DATABASE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
         INSERT_BACKUP,
         DELETE_BACKUP,
         USE_BACKUP,
+        REMEMBER,
+        SELECT_REMEMBERED,
+        FORGET,
+        FORGET_EXPIRED,
     )
 )
 
@@ -357,6 +370,26 @@ class SQLiteStore:
 
         if self._write(f"removing token {serial}", delete) != 1:
             raise NotFound(f"no token with serial {serial}")
+
+    def remember(self, entry: Remembered) -> None:
+        parameters = (entry.user, entry.rhost, entry.service, entry.until, entry.binding)
+        self._write("remembering a host", lambda connection: connection.execute(_REMEMBER, parameters))
+
+    def remembered(self, user: str, rhost: str, service: str) -> Remembered | None:
+        rows = self._read(_SELECT_REMEMBERED, (user, rhost, service))
+        return row_to_remembered(rows[0]) if rows else None
+
+    def forget(self, user: str) -> int:
+        return int(
+            self._write("forgetting hosts", lambda connection: connection.execute(_FORGET, (user,)).rowcount)
+        )
+
+    def forget_expired(self, now: float) -> int:
+        return int(
+            self._write(
+                "forgetting hosts", lambda connection: connection.execute(_FORGET_EXPIRED, (now,)).rowcount
+            )
+        )
 
     def set_meta(self, key: str, value: str) -> None:
         self._write(

@@ -41,7 +41,7 @@ def test_the_helpers_copies_match_wire() -> None:
     assert "retry_after" in {f.name for f in fields(wire.ValidateReply)}
     assert helper.PROTOCOL_VERSION == wire.VERSION
     assert helper.MAX_REPLY == wire.MAX_FRAME
-    assert {helper.OP_VALIDATE, helper.OP_ENROLLED} <= wire.VALIDATION_OPS
+    assert {helper.OP_VALIDATE, helper.OP_ENROLLED, helper.OP_REMEMBERED} <= wire.VALIDATION_OPS
     assert helper.OP_SEND in wire.VALIDATOR_OPS and helper.OP_SEND in wire.OPERATIONS
     assert (helper.RESULT_ACCEPT, helper.RESULT_REJECT) == (
         wire.Result.ACCEPT.value,

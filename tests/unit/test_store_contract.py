@@ -19,7 +19,7 @@ import pytest
 
 from otp_agent.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from otp_agent.oath import HashAlgorithm, TokenType
-from otp_agent.store import BackupCode, Token, TokenState, TokenStore
+from otp_agent.store import BackupCode, Remembered, Token, TokenState, TokenStore
 from otp_agent.store.models import Send
 from otp_agent.store.sqlite import SQLiteStore
 from tests.postgresql.support import fresh_database
@@ -173,17 +173,17 @@ def test_absent_store_is_a_clear_error(backend: Backend) -> None:
 
 def test_schema_version_recorded_and_reopen_is_idempotent(backend: Backend) -> None:
     """The schema version is recorded; opening again, even with create, changes nothing."""
-    assert backend.store.get_meta("schema_version") == "4"
+    assert backend.store.get_meta("schema_version") == "5"
     backend.open().close()
     backend.open(create=True).close()
     health = backend.store.health()
     assert health["ok"] is True and health["backend"] == backend.name
-    assert health["schema_version"] == 4 and health["tokens"] == 0
+    assert health["schema_version"] == 5 and health["tokens"] == 0
 
 
 def test_newer_schema_is_refused(backend: Backend) -> None:
     """A store written by a newer otp-agent is refused with a message saying so."""
-    backend.store.set_meta("schema_version", "5")
+    backend.store.set_meta("schema_version", "6")
     with pytest.raises(StoreUnavailable, match="newer"):
         backend.open()
 
@@ -442,3 +442,18 @@ def test_expired_pending_tokens_are_removed(backend: Backend) -> None:
     assert store.remove_expired_pending(400.0) == []
     confirmed = store.get("P2")
     assert confirmed is not None and confirmed.pending is False
+
+
+def test_remembered_hosts_upsert_read_and_forget(backend: Backend) -> None:
+    """One row per (user, remote host, service), extended by a new acceptance; forget by user."""
+    store = backend.store
+    store.remember(Remembered("alice", "192.0.2.1", "sshd", 100.0, b"t"))
+    store.remember(Remembered("alice", "192.0.2.1", "sshd", 200.0, b"u"))  # extended, not doubled
+    store.remember(Remembered("alice", "192.0.2.2", "sshd", 150.0, b"v"))
+    store.remember(Remembered("bob", "192.0.2.1", "sshd", 300.0, b"w"))
+    entry = store.remembered("alice", "192.0.2.1", "sshd")
+    assert entry is not None and (entry.until, entry.binding) == (200.0, b"u")
+    assert store.remembered("alice", "192.0.2.1", "login") is None
+    assert store.forget_expired(160.0) == 1  # alice's 192.0.2.2
+    assert store.forget("alice") == 1 and store.remembered("alice", "192.0.2.1", "sshd") is None
+    assert store.remembered("bob", "192.0.2.1", "sshd") is not None
