@@ -1,8 +1,11 @@
 """The audit log: one JSON line per decision, never a code or a secret.
 
-Each event records time, event kind, user, serial, PAM service, remote host, tty, the peer's uid
-and pid (from SO_PEERCRED), result and reason.  Lines go to an append-only file (mode 0640) and,
-if configured, to syslog (facility authpriv).
+Each event records time, event kind, severity, user, serial, PAM service, remote host, tty, the
+peer's uid and pid (from SO_PEERCRED), result and reason.  Lines go to an append-only file (mode
+0640) and, if configured, to syslog (facility authpriv, at the event's severity).  Events of
+severity warning or above (:data:`SEVERITY`: locks, disables, replay bursts, key backend
+failovers, tampered rows) also go to the daemon's log, so journald and a SIEM rule can key on
+them without the audit file.  Observers (the metrics) see every event.
 
 The file is written by a background thread that gathers the lines of about
 ``FLUSH_INTERVAL`` seconds into one ``write``: appending to a file on every decision made each
@@ -20,11 +23,30 @@ import os
 import syslog
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 _log = logging.getLogger(__name__)
+_alerts = logging.getLogger("otp_agent.alert")
+#: The severity of the events that call for attention (every other event is "info").
+SEVERITY = {
+    "lock": "warning",
+    "disable": "error",
+    "replay_burst": "warning",
+    "failover": "warning",
+    "tampered": "error",
+}
+_LEVELS = {"warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+_SYSLOG_PRIORITY = {
+    "info": syslog.LOG_INFO,
+    "warning": syslog.LOG_WARNING,
+    "error": syslog.LOG_ERR,
+    "critical": syslog.LOG_CRIT,
+}
+#: An observer of audit events: (event, fields).
+Observer = Callable[[str, dict[str, Any]], None]
 _MAX_FIELD = 256
 FLUSH_INTERVAL = 0.05
 #: Lines kept in memory while the file cannot be written; older ones are counted as lost.
@@ -83,10 +105,16 @@ class AuditLog:
             self._writer.start()
         if use_syslog:
             syslog.openlog("otp-agent", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+        self._observers: list[Observer] = []
+
+    def subscribe(self, observer: Observer) -> None:
+        """Call ``observer(event, fields)`` for every event recorded from now on."""
+        self._observers.append(observer)
 
     def record(self, event: str, context: RequestContext | None, **fields: Any) -> None:
         """Write one event; ``fields`` must never include a code, password or secret."""
-        entry: dict[str, Any] = {"time": round(time.time(), 3), "event": event}
+        severity = str(fields.pop("severity", None) or SEVERITY.get(event, "info"))
+        entry: dict[str, Any] = {"time": round(time.time(), 3), "event": event, "severity": severity}
         if context is not None:
             entry.update(
                 peer_uid=context.peer_uid,
@@ -103,7 +131,14 @@ class AuditLog:
                 if len(self._pending) == 1:
                     self._condition.notify()
         if self._syslog:
-            syslog.syslog(syslog.LOG_INFO, line)
+            syslog.syslog(_SYSLOG_PRIORITY.get(severity, syslog.LOG_INFO), line)
+        if severity in _LEVELS:
+            _alerts.log(_LEVELS[severity], "AUDIT %s", line)
+        for observer in self._observers:
+            try:
+                observer(event, entry)
+            except Exception:  # an observer must never cost a decision
+                _log.exception("audit observer failed")
 
     def _write_loop(self) -> None:
         while True:

@@ -118,6 +118,16 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The ``[metrics]`` table: the Prometheus textfile the agent writes (it opens no port)."""
+
+    #: Where to write the metrics for node_exporter's textfile collector (None: not written;
+    #: ``otpctl metrics`` prints them anyway).
+    textfile: Path | None = None
+    interval: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -126,6 +136,7 @@ class Config:
     keystore: KeystoreConfig = field(default_factory=KeystoreConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: The ``[channel.NAME]`` tables: where out-of-band codes are delivered (otp_agent.channels).
     channels: Mapping[str, Any] = field(default_factory=dict)
     source: Path | None = None
@@ -239,7 +250,7 @@ def parse_config(
     top = _Table("", document, base)
     sections = {
         name: _Table(name, document.get(name, {}), base)
-        for name in ("agent", "store", "keystore", "policy", "audit")
+        for name in ("agent", "store", "keystore", "policy", "audit", "metrics")
     }
     top.used.update(sections)
     top.used.add("channel")
@@ -319,6 +330,11 @@ def parse_config(
         on_failure=au.choice("on_failure", "continue", ("continue", "reject")),
     )
     au.finish()
+    m = sections["metrics"]
+    textfile = m.path("textfile", Path()) if m.data.get("textfile") else None
+    m.used.add("textfile")
+    metrics = MetricsConfig(textfile=textfile, interval=m.number("interval", 60.0, 5.0, 3600.0))
+    m.finish()
     channels: Mapping[str, Any] = {}
     if "channel" in document:
         from otp_agent.channels.config import parse_channels
@@ -330,6 +346,7 @@ def parse_config(
         keystore=keystore,
         policy=policy,
         audit=audit,
+        metrics=metrics,
         channels=channels,
         source=source,
     )

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from otp_agent import backup
+from otp_agent.alerts import ReplayBursts
 from otp_agent.audit import AuditLog, RequestContext
 from otp_agent.backup import BackupCodes, BackupUse
 from otp_agent.config import PolicyConfig
@@ -48,6 +49,14 @@ _CODE = re.compile(r"[0-9]{6}|[0-9]{8}")
 _CAS_ATTEMPTS = 16
 #: How long an attempt waits for the same user's attempt in flight before it is refused (busy).
 USER_WAIT_SECONDS = 5.0
+
+#: Decisions that are alerts by themselves (every other decision is "info").
+_DECISION_SEVERITY = {
+    Reason.SEALED_SECRET_INVALID: "error",
+    Reason.KEYSTORE_UNAVAILABLE: "warning",
+    Reason.STORE_UNAVAILABLE: "warning",
+    Reason.ACCOUNT_LOOKUP: "warning",
+}
 
 #: Checks a user's password through PAM: (user, password) -> bool.
 PasswordChecker = Callable[[str, str], bool]
@@ -104,6 +113,7 @@ class Validator:
         self.password_checker = password_checker
         self.backup = BackupCodes(store, keys, clock=clock)
         self.remembered = RememberedHosts(store, keys, policy, audit, clock=clock)
+        self._replays = ReplayBursts()
         self._user_locks = KeyedLocks()
 
     # -- public entry points ---------------------------------------------------------------
@@ -123,11 +133,14 @@ class Validator:
     def _after_decision(
         self, decision: Decision, user: str, context: RequestContext, **extra: object
     ) -> None:
-        """Remember the host after an acceptance, forget the user's after a refusal; audit."""
+        """Remember the host after an acceptance, forget the user's after a refusal; audit, with
+        the severity an alert needs, and a ``replay_burst`` event when replays pile up."""
         if decision.accepted and decision.reason is not Reason.NOT_ENROLLED:
             self.remembered.after_acceptance(user, context)
         elif not decision.accepted and decision.reason not in (Reason.BUSY, Reason.AUDIT_UNAVAILABLE):
             self.remembered.forget(user, context, f"refused:{decision.reason.value}")
+        if decision.reason in _DECISION_SEVERITY:
+            extra["severity"] = _DECISION_SEVERITY[decision.reason]
         if decision.remaining is not None:
             extra["backup_codes_remaining"] = decision.remaining
         self.audit.record(
@@ -139,6 +152,16 @@ class Validator:
             reason=decision.reason,
             **extra,
         )
+        if decision.reason is Reason.REPLAY and (count := self._replays.replayed(user)) is not None:
+            self.audit.record(
+                "replay_burst",
+                context,
+                user=user,
+                result="alert",
+                reason="replays",
+                count=count,
+                seconds=int(self._replays.window),
+            )
 
     def is_enrolled(self, user: str) -> bool:
         """True when the user has a token (enabled or not, pending or not) or a backup code.

@@ -54,6 +54,7 @@ OPERATIONS = VALIDATION_OPS | frozenset(
         "confirm",
         "backup_codes",
         "forget",
+        "metrics",
     }
 )
 

@@ -214,6 +214,11 @@ def cmd_status(arguments: argparse.Namespace, client: AgentClient, out: TextIO) 
     return 0 if healthy else 4
 
 
+def cmd_metrics(arguments: argparse.Namespace, client: AgentClient, out: TextIO) -> int:
+    out.write(client.request("metrics")["text"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``otpctl`` argument parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -328,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("user")
     check.add_argument("code", nargs="?", help=f"the code; {on_argv}")
     verb("status", cmd_status, "agent, store and key backend health")
+    verb("metrics", cmd_metrics, "the agent's metrics, in the Prometheus text format", with_json=False)
     codes = verb(
         "backup-codes",
         recovery_commands.run_backup_codes,

@@ -93,9 +93,11 @@ class Dispatcher:
         status: Callable[[], dict[str, Any]],
         oob: OutOfBand | None = None,
         default_issuer: str = "otp-agent",
+        metrics: Callable[[], str] | None = None,
     ) -> None:
         self.validator, self.admin, self.status = validator, admin, status
         self.default_issuer = default_issuer
+        self.metrics = metrics
         self.oob = oob
         self.self_service = SelfService(admin, validator, validator.policy, clock=validator.clock)
         self._admin_gid = _group_id(admin_group, "admin group", "only root may administer")
@@ -359,3 +361,8 @@ class Dispatcher:
 
     def op_status(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         return self.status()
+
+    def op_metrics(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
+        if self.metrics is None:
+            raise UsageError("metrics are not available on this agent")
+        return {"text": self.metrics()}

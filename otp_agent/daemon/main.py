@@ -35,6 +35,7 @@ from otp_agent.errors import (
     exit_status_of,
 )
 from otp_agent.keystore import KeyBackend
+from otp_agent.metrics import Metrics, TextfileWriter, timed
 from otp_agent.oob import OutOfBand
 from otp_agent.rowbinding import require_row_binding
 from otp_agent.selfservice import SWEEP_SECONDS, PendingSweeper
@@ -106,6 +107,20 @@ def bind_backend_to_store(keys: KeyBackend, store: TokenStore) -> None:
         )
 
 
+#: The key backend and store calls whose latency the metrics record.
+KEYSTORE_TIMED = ("compute_hmacs", "seal_secret", "fingerprint", "generate_secret")
+STORE_TIMED = (
+    "compare_and_set",
+    "tokens_for_user",
+    "get",
+    "add_tokens",
+    "use_backup_code",
+    "backup_codes",
+    "remembered",
+    "remember",
+)
+
+
 class Agent:
     """The running daemon: owns the backends, the engine and the server."""
 
@@ -126,6 +141,14 @@ class Agent:
         self.audit = AuditLog(
             config.audit.path, use_syslog=config.audit.syslog, on_failure=config.audit.on_failure
         )
+        self.metrics = Metrics()
+        self.audit.subscribe(self.metrics.observe_event)
+        observe_failover = getattr(self.keys, "observe_failover", None)
+        if observe_failover is not None:
+            observe_failover(self._failover)
+        # The engine sees the backends through timing wrappers (the latency histograms).
+        keys = timed(self.keys, self.metrics, "keystore_seconds", KEYSTORE_TIMED)
+        store = timed(self.store, self.metrics, "store_seconds", STORE_TIMED)
         checker = None
         if config.policy.password_service:
             service = config.policy.password_service
@@ -135,8 +158,8 @@ class Agent:
 
                 return bool(check_password(user, password, service=service))
 
-        self.validator = Validator(self.store, self.keys, config.policy, self.audit, password_checker=checker)
-        self.admin = Administration(self.store, self.keys, self.audit)
+        self.validator = Validator(store, keys, config.policy, self.audit, password_checker=checker)
+        self.admin = Administration(store, keys, self.audit)
         self.dispatcher = Dispatcher(
             self.validator,
             self.admin,
@@ -144,9 +167,10 @@ class Agent:
             validator_group=config.agent.validator_group,
             status=self.status,
             default_issuer=config.agent.default_issuer,
+            metrics=self.render_metrics,
             oob=OutOfBand(
-                self.store,
-                self.keys,
+                store,
+                keys,
                 config.policy,
                 self.audit,
                 config.channels,
@@ -154,6 +178,31 @@ class Agent:
                 issuer=config.agent.default_issuer,
             ),
         )
+
+    def _failover(self, previous: str, active: str) -> None:
+        self.audit.record(
+            "failover", None, result="failover", reason="hsm_down", previous=previous, active=active
+        )
+
+    def render_metrics(self) -> str:
+        """The Prometheus text exposition: the counters, histograms and the gauges read now."""
+        gauges: list[tuple[str, tuple[tuple[str, str], ...], float]] = []
+        try:
+            for kind, state, count in self.store.token_counts(time.time()):
+                gauges.append(("tokens", (("state", state), ("type", kind)), float(count)))
+            store_up = bool(self.store.health().get("ok"))
+        except OtpAgentError:
+            store_up = False
+        gauges.append(("store_up", (), float(store_up)))
+        health = self.keys.health()
+        gauges.append(("keystore_up", (("backend", self.keys.name),), float(bool(health.get("ok")))))
+        hosts = health.get("hosts")
+        for host in hosts if isinstance(hosts, list) else []:
+            if isinstance(host, dict):
+                gauges.append(
+                    ("hsm_up", (("address", str(host.get("address"))),), float(bool(host.get("up"))))
+                )
+        return self.metrics.render(gauges)
 
     def status(self) -> dict[str, Any]:
         """Health of the agent, the store and the key backend."""
@@ -279,9 +328,15 @@ def serve(config: Config) -> int:
     notifier.notify(f"READY=1\nSTATUS=serving on {config.agent.socket}\nMAINPID={os.getpid()}")
     sweeper = PendingSweeper(agent.admin, min(SWEEP_SECONDS, config.policy.pending_lifetime / 4))
     sweeper.start()
+    textfile = None
+    if config.metrics.textfile is not None:
+        textfile = TextfileWriter(str(config.metrics.textfile), config.metrics.interval, agent.render_metrics)
+        textfile.start()
     try:
         server.serve_forever(tick=notifier.watchdog_tick)
     finally:
+        if textfile is not None:
+            textfile.stop()
         sweeper.stop()
         listener.close()
         agent.close()

@@ -103,6 +103,9 @@ class TokenStore(Protocol):
     def forget_expired(self, now: float) -> int:
         """Delete the remembered hosts whose time is up; return how many."""
 
+    def token_counts(self, now: float) -> list[tuple[str, str, int]]:
+        """(type, state, count) of the tokens: state is active, locked, disabled or pending."""
+
     def get_meta(self, key: str) -> str | None:
         """Read a store-wide setting (e.g. the key backend's check value)."""
 

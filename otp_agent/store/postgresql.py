@@ -44,6 +44,7 @@ from otp_agent.store.rows import (
     SET_BINDING,
     SET_ENABLED,
     STATE_UPDATE,
+    TOKEN_COUNTS,
     USE_BACKUP,
     backup_code_to_row,
     row_to_backup_code,
@@ -369,6 +370,11 @@ class PostgreSQLStore:
             != 1
         ):
             raise NotFound(f"no token with serial {serial}")
+
+    def token_counts(self, now: float) -> list[tuple[str, str, int]]:
+        return [
+            (str(kind), str(state), int(count)) for kind, state, count in self._read(TOKEN_COUNTS, (now,))
+        ]
 
     def remember(self, entry: Remembered) -> None:
         self._write(

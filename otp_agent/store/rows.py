@@ -196,3 +196,11 @@ def row_to_remembered(row: Sequence[Any]) -> Remembered:
     """Build a remembered host from a row of :data:`SELECT_REMEMBERED`."""
     user, rhost, service, until, binding = row
     return Remembered(user, rhost, service, float(until), bytes(binding))
+
+
+#: Tokens by type and state, for the metrics (parameter: now).
+TOKEN_COUNTS = (
+    "SELECT token_type, CASE WHEN pending_until IS NOT NULL THEN 'pending' "
+    "WHEN NOT enabled THEN 'disabled' WHEN locked_until > %s THEN 'locked' ELSE 'active' END AS state, "
+    "count(*) FROM tokens GROUP BY token_type, state"
+)

@@ -39,6 +39,7 @@ from otp_agent.store.rows import (
     SET_BINDING,
     SET_ENABLED,
     STATE_UPDATE,
+    TOKEN_COUNTS,
     USE_BACKUP,
     backup_code_to_row,
     row_to_backup_code,
@@ -70,6 +71,7 @@ _DATABASE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
     _SELECT_REMEMBERED,
     _FORGET,
     _FORGET_EXPIRED,
+    _TOKEN_COUNTS,
 ) = (
     sql.replace("%s", "?")
     for sql in (
@@ -88,6 +90,7 @@ _DATABASE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
         SELECT_REMEMBERED,
         FORGET,
         FORGET_EXPIRED,
+        TOKEN_COUNTS,
     )
 )
 
@@ -370,6 +373,11 @@ class SQLiteStore:
 
         if self._write(f"removing token {serial}", delete) != 1:
             raise NotFound(f"no token with serial {serial}")
+
+    def token_counts(self, now: float) -> list[tuple[str, str, int]]:
+        return [
+            (str(kind), str(state), int(count)) for kind, state, count in self._read(_TOKEN_COUNTS, (now,))
+        ]
 
     def remember(self, entry: Remembered) -> None:
         parameters = (entry.user, entry.rhost, entry.service, entry.until, entry.binding)

@@ -128,3 +128,20 @@ def test_plaintext_opt_in_is_logged_and_shown_by_status(agent_directory: Path) -
             log = agent.log()
     warnings = [line for line in log.splitlines() if "insecure_plaintext = true" in line]
     assert warnings and all("WARNING" in line for line in warnings), log[-2000:]
+
+
+def test_metrics_show_the_hsm_up_and_the_key_backend_latency(hsm_agent: tuple[RunningAgent, object]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    agent, simulator = hsm_agent
+    _serial, uri = agent.enroll("hank")
+    assert request(agent.socket_path, "validate", user="hank", code=agent.code_for(uri))["result"] == "accept"
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(agent.otpctl("metrics", check=True).stdout)
+        for sample in family.samples
+    }
+    address = f"{simulator.host}:{simulator.port}"  # type: ignore[attr-defined]
+    assert values[("otp_agent_hsm_up", (("address", address),))] == 1
+    assert values[("otp_agent_keystore_up", (("backend", "payshield"),))] == 1
+    assert values[("otp_agent_keystore_seconds_count", (("operation", "compute_hmacs"),))] >= 1

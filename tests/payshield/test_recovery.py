@@ -115,3 +115,21 @@ def test_floor_only_when_every_hsm_is_down(sim: RunningSimulator, attempts: list
             assert attempts.count(sim.address) == before
         finally:
             keys.close()
+
+
+def test_a_failover_is_told_to_the_observer_once(sim: RunningSimulator) -> None:
+    """When the active HSM dies and the other takes over, the observer hears (previous, active)
+    once; the agent turns that into a ``failover`` audit event of severity warning."""
+    with running_simulator(lmk_file=sim.lmk_file, directory=sim.directory) as second:
+        keys = PayShieldKeyBackend(config_for(sim, second, **LONG_BACK_OFF))
+        heard: list[tuple[str, str]] = []
+        keys.observe_failover(lambda previous, active: heard.append((previous, active)))
+        try:
+            sealed = keys.seal_secret(IDENTITY, Secret(b"12345678901234567890"))
+            assert _try(keys, sealed) and heard == []
+            sim.stop()
+            for _ in range(5):
+                _try(keys, sealed)
+            assert heard == [(sim.address, second.address)]
+        finally:
+            keys.close()

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from otp_agent.errors import KeyBackendError, KeyBackendUnavailable
@@ -251,6 +251,10 @@ class PayShieldKeyBackend:
                 self._binding_key = Secret(self._fingerprint_hmac(hashlib.sha256(_BINDING_LABEL).digest()))
             key = self._binding_key.reveal()
         return hmac.digest(key, message, "sha256")
+
+    def observe_failover(self, observer: Callable[[str, str], None]) -> None:
+        """Call ``observer(previous, active)`` whenever another HSM takes over the requests."""
+        self._transport.on_failover = observer
 
     # -- status --------------------------------------------------------------------------------
 

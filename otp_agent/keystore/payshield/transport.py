@@ -32,7 +32,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from otp_agent.errors import KeyBackendError, KeyBackendUnavailable
@@ -67,6 +67,10 @@ class Transport:
         self._next_slot = 0.0
         self._health_task: asyncio.Task[None] | None = None
         self._closed = False
+        #: The HSM that served the last request, and who is told when another one takes over:
+        #: ``on_failover(previous, active)`` (called in the transport's thread; must not block).
+        self._active: str | None = None
+        self.on_failover: Callable[[str, str], None] | None = None
 
     @property
     def _connect_budget(self) -> float:
@@ -273,18 +277,31 @@ class Transport:
                 continue
             reusable = host.reusable(self.config)
             if reusable is not None:
-                return reusable
+                return self._serving(host, reusable)
             async with host.opening:
                 reusable = host.reusable(self.config)  # Another request may have opened one.
                 if reusable is not None:
-                    return reusable
+                    return self._serving(host, reusable)
                 if host.due(every_host_down, self.config):
                     try:
-                        return await self._connect(host)
+                        return self._serving(host, await self._connect(host))
                     except KeyBackendError:
                         continue
         reasons = "; ".join(f"{h.address}: {h.last_error or 'down'}" for h in self._hosts)
         raise PayShieldUnavailable(f"no payShield available ({reasons})")
+
+    def _serving(self, host: HostState, connection: HsmConnection) -> HsmConnection:
+        """Note which HSM serves; a change from one that served before is a failover."""
+        address = str(host.address)
+        previous, self._active = self._active, address
+        if previous is not None and previous != address:
+            logger.warning("payShield failover: %s took over from %s", address, previous)
+            if self.on_failover is not None:
+                try:
+                    self.on_failover(previous, address)
+                except Exception:
+                    logger.exception("failover observer failed")
+        return connection
 
     async def _pace(self, count: int, deadline: float) -> None:
         """Wait for ``count`` slots under the licence limit, or fail if past the deadline."""
