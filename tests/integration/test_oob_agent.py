@@ -93,6 +93,13 @@ def test_application_flow_over_smtp(agent_directory: Path, backend: str) -> None
                     raise AssertionError("a second send within the resend interval was not refused")
             blocked = agent.otpctl("send", "alice")
             assert blocked.returncode == 1 and "moments ago" in blocked.stderr
+            from tests.integration.test_metrics import scrape
+
+            sends = {
+                labels: value for (name, labels), value in scrape(agent).items() if name == "otp_agent_sends_total"
+            }
+            assert sends[(("channel", "mail"), ("result", "sent"))] == 1
+            assert sends[(("channel", "mail"), ("result", "refused"))] == 2  # the blocked resends
             agent.stop()
             for path in (
                 agent_directory / "tokens.db",

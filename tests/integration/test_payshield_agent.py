@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from otp_agent.testing import RunningAgent, running_agent
+from otp_agent.testing import RunningAgent, code_for_uri, running_agent
 from tests.integration.agentclient import request
 
 simulator_testing = pytest.importorskip("otp_agent.payshield_sim.testing")
@@ -145,3 +145,40 @@ def test_metrics_show_the_hsm_up_and_the_key_backend_latency(hsm_agent: tuple[Ru
     assert values[("otp_agent_hsm_up", (("address", address),))] == 1
     assert values[("otp_agent_keystore_up", (("backend", "payshield"),))] == 1
     assert values[("otp_agent_keystore_seconds_count", (("operation", "compute_hmacs"),))] >= 1
+
+
+def test_a_failover_is_an_audit_event_of_severity_warning(agent_directory: Path) -> None:
+    """Two HSMs; the active one stops: the other takes over, and the audit log (and the daemon's
+    log, so the journal) carries a ``failover`` event naming both."""
+    with simulator_testing.running_simulator() as first:
+        with simulator_testing.running_simulator(
+            lmk_file=first.lmk_file, directory=first.directory
+        ) as second:
+            payshield = _payshield_table(first, agent_directory)
+            payshield["hosts"] = [f"{first.host}:{first.port}", f"{second.host}:{second.port}"]
+            sections = {"keystore": {"backend": "payshield", "payshield": payshield}}
+            with running_agent(agent_directory, sections=sections) as agent:
+                _serial, uri = agent.enroll("ivan", "--type", "hotp")
+                first.stop()
+                accepted = [
+                    request(
+                        agent.socket_path,
+                        "validate",
+                        user="ivan",
+                        code=code_for_uri(uri, counter=c),
+                        timeout=30,
+                    )
+                    for c in range(3)
+                ]
+                assert any(reply["result"] == "accept" for reply in accepted), accepted
+                time.sleep(0.3)
+                events = [
+                    json.loads(line) for line in (agent.directory / "audit.log").read_text().splitlines()
+                ]
+                failovers = [e for e in events if e["event"] == "failover"]
+                assert len(failovers) == 1 and failovers[0]["severity"] == "warning"
+                assert (failovers[0]["previous"], failovers[0]["active"]) == (
+                    f"{first.host}:{first.port}",
+                    f"{second.host}:{second.port}",
+                )
+                assert '"event":"failover"' in agent.log_path.read_text()
