@@ -254,6 +254,7 @@ def parse_config(
     }
     top.used.update(sections)
     top.used.add("channel")
+    top.used.add("radius")  # read by otp-radiusd (otp_agent.radius), not by the agent
     top.finish()
     a, s, k, p, au = (sections[n] for n in ("agent", "store", "keystore", "policy", "audit"))
 

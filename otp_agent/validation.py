@@ -130,6 +130,31 @@ class Validator:
         self._after_decision(decision, user, context, mode="password+code")
         return decision
 
+    def verify_password(self, user: str, password: str, context: RequestContext) -> Decision:
+        """Check the user's password alone (the first step of a RADIUS challenge); audit it.
+
+        The same Linux-PAM service and the same per-user serialisation as password+code mode;
+        a wrong password never touches the tokens (password guessing is pam_unix's and
+        pam_faillock's business), and the refusal is the one password+code gives.
+        """
+
+        def check() -> Decision:
+            if self.password_checker is None:
+                raise UsageError("password checks are not available on this agent")
+            if password and self.password_checker(user, password):
+                return Decision(True, Reason.ACCEPTED)
+            return Decision(False, Reason.BAD_PASSWORD_OR_CODE)
+
+        decision = self._one_at_a_time(user, check)
+        self.audit.record(
+            "verify_password",
+            context,
+            user=user,
+            result="accept" if decision.accepted else "reject",
+            reason=decision.reason,
+        )
+        return decision
+
     def _after_decision(
         self, decision: Decision, user: str, context: RequestContext, **extra: object
     ) -> None:

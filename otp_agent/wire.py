@@ -30,7 +30,7 @@ _LENGTH = struct.Struct(">I")
 VALIDATION_OPS = frozenset({"validate", "enrolled", "remembered", "ping"})
 #: Operations a member of ``[agent] validator_group`` (and uid 0) may call for any user.  A
 #: validator is not an administrator; ``send`` is listed before the daemon answers it.
-VALIDATOR_OPS = frozenset({"validate", "enrolled", "remembered", "send", "ping"})
+VALIDATOR_OPS = frozenset({"validate", "enrolled", "remembered", "send", "verify_password", "ping"})
 #: Operations any peer may call for its own user, as ``policy.self_enroll`` and
 #: ``policy.self_service`` allow (administrators may call them for anyone).
 SELF_SERVICE_OPS = frozenset({"enroll", "confirm", "list", "backup_codes"})
@@ -55,6 +55,7 @@ OPERATIONS = VALIDATION_OPS | frozenset(
         "backup_codes",
         "forget",
         "metrics",
+        "verify_password",
     }
 )
 

@@ -205,6 +205,12 @@ class Dispatcher:
         assert validate.code is not None
         return self.validator.validate(user, validate.code, context).reply()
 
+    def op_verify_password(
+        self, request: dict[str, Any], peer: Peer, context: RequestContext
+    ) -> dict[str, Any]:
+        user = self._check_user_for_peer(_string(request, "user"), peer)
+        return self.validator.verify_password(user, _string(request, "password"), context).reply()
+
     def op_remembered(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
         user = self._check_user_for_peer(_string(request, "user"), peer)
         return {"remembered": self.validator.remembered.check(user, context)}

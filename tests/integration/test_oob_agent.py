@@ -96,7 +96,9 @@ def test_application_flow_over_smtp(agent_directory: Path, backend: str) -> None
             from tests.integration.test_metrics import scrape
 
             sends = {
-                labels: value for (name, labels), value in scrape(agent).items() if name == "otp_agent_sends_total"
+                labels: value
+                for (name, labels), value in scrape(agent).items()
+                if name == "otp_agent_sends_total"
             }
             assert sends[(("channel", "mail"), ("result", "sent"))] == 1
             assert sends[(("channel", "mail"), ("result", "refused"))] == 2  # the blocked resends

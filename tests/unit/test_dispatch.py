@@ -188,3 +188,10 @@ def test_validator_group_is_an_agent_key() -> None:
     for bad in ("", 7):
         with pytest.raises(ConfigError, match="agent.validator_group"):
             parse_config({"agent": {"validator_group": bad}})
+
+
+def test_verify_password_is_for_validators_only(dispatcher: Dispatcher) -> None:
+    nobody = pwd.getpwnam("nobody")
+    peer = Peer(pid=2, uid=nobody.pw_uid, gid=nobody.pw_gid)
+    reply = call(dispatcher, peer, "verify_password", user="nobody", password="x")
+    assert reply["error"]["code"] == "permission"
