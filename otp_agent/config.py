@@ -104,6 +104,9 @@ class PolicyConfig:
     #: Remembered hosts: seconds the same user, remote host and PAM service need no code again
     #: after an accepted one (0: off, the default; at most 12 hours).
     remember_seconds: int = 0
+    #: "likely_first": one HMAC for the most likely factor, the rest of the window only when it
+    #: does not match; "whole_window": the whole window in one batch (docs/benchmarks.md).
+    window_strategy: str = "likely_first"
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,7 @@ def parse_config(
         self_service=p.boolean("self_service", False),
         pending_lifetime=p.integer("pending_lifetime", 600, 60, 7 * 86400),
         remember_seconds=p.integer("remember_seconds", 0, 0, 43200),
+        window_strategy=p.choice("window_strategy", "likely_first", ("likely_first", "whole_window")),
     )
     if policy.lock_max_seconds < policy.lock_base_seconds:
         raise ConfigError("policy.lock_max_seconds: must not be smaller than policy.lock_base_seconds")

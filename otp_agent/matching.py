@@ -10,6 +10,7 @@ commits what these functions return with the store's compare-and-set.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -37,16 +38,8 @@ class Match:
     expired: bool = False
 
 
-def find_match(token: Token, code: str, now: float, policy: PolicyConfig, hmacs: Hmacs) -> Match:
-    """Find the moving factor of ``code`` within the token's window (no writes).
-
-    A code equal to one already used (the last accepted counter or step, or any step at or
-    before it in the window) is a replay even when it also matches a later factor: two
-    submissions of one code must never give two acceptances.
-    """
-    if token.token_type is TokenType.OOB:
-        sent = match_sent_code(token, code, now, policy.oob_validity, hmacs)
-        return Match(factor=sent.counter, replay=sent.replay, expired=sent.expired)
+def _window(token: Token, now: float, policy: PolicyConfig) -> tuple[list[int], list[int], int, int]:
+    """The factors to compare, those not used yet, the current time step, and the likely one."""
     if token.token_type is TokenType.HOTP:
         first = max(token.counter - 1, 0)
         # An accepted counter c is stored as c + 1, which must still fit: a token at the end
@@ -55,19 +48,63 @@ def find_match(token: Token, code: str, now: float, policy: PolicyConfig, hmacs:
         if token.counter > last:
             _log.warning("token %s has exhausted its counter; it can accept no code", token.serial)
         factors = list(range(first, last + 1))
-        fresh = [f for f in factors if f >= token.counter]
-        current = 0
-    else:
-        if now < token.t0:
-            return Match()
-        current = time_step(now, token.period, token.t0)
-        centre = current + token.drift
-        window = policy.totp_window
-        factors = [s for s in range(centre - window, centre + window + 1) if s >= 0]
-        if token.last_step is not None and token.last_step not in factors:
-            factors.insert(0, token.last_step)
-        fresh = [s for s in factors if token.last_step is None or s > token.last_step]
-    codes = dict(zip(factors, codes_for(hmacs, factors, token.digits), strict=True))
+        return factors, [f for f in factors if f >= token.counter], 0, token.counter
+    current = time_step(now, token.period, token.t0)
+    centre = current + token.drift
+    window = policy.totp_window
+    factors = [s for s in range(centre - window, centre + window + 1) if s >= 0]
+    if token.last_step is not None and token.last_step not in factors:
+        factors.insert(0, token.last_step)
+    fresh = [s for s in factors if token.last_step is None or s > token.last_step]
+    return factors, fresh, current, centre
+
+
+def _nothing_used(token: Token) -> bool:
+    """True when the token never accepted a code (there is no code to refuse as a replay)."""
+    return token.last_step is None if token.token_type is TokenType.TOTP else token.counter == 0
+
+
+def find_match(
+    token: Token,
+    code: str,
+    now: float,
+    policy: PolicyConfig,
+    hmacs: Hmacs,
+    replay_tag: Callable[[str], bytes] | None = None,
+) -> Match:
+    """Find the moving factor of ``code`` within the token's window (no writes).
+
+    A code equal to one already used (the last accepted counter or step, or any step at or
+    before it in the window) is a replay even when it also matches a later factor: two
+    submissions of one code must never give two acceptances.
+
+    ``policy.window_strategy = "likely_first"`` (with ``replay_tag``, the tag a token keeps of
+    its last accepted code) asks the key backend for the most likely factor alone first (HOTP:
+    the expected counter; TOTP: the current step after the learned drift): a phone in sync costs
+    one HMAC (one payShield LQ) instead of the whole window, and the last accepted code is still
+    refused, by its tag.  Only when that factor does not match is the rest of the window
+    computed, as ``"whole_window"`` always does.
+    """
+    if token.token_type is TokenType.OOB:
+        sent = match_sent_code(token, code, now, policy.oob_validity, hmacs)
+        return Match(factor=sent.counter, replay=sent.replay, expired=sent.expired)
+    if token.token_type is TokenType.TOTP and now < token.t0:
+        return Match()
+    factors, fresh, current, likely = _window(token, now, policy)
+    codes: dict[int, str] = {}
+    if (
+        policy.window_strategy == "likely_first"
+        and replay_tag is not None
+        and likely in fresh
+        and (token.last_code_tag is not None or _nothing_used(token))
+    ):
+        (codes[likely],) = codes_for(hmacs, [likely], token.digits)
+        if match_code(code, [(likely, codes[likely])]) is not None:
+            if token.last_code_tag is not None and hmac.compare_digest(replay_tag(code), token.last_code_tag):
+                return Match(replay=True)
+            return Match(factor=likely, time_step=current)
+    rest = [f for f in factors if f not in codes]
+    codes.update(zip(rest, codes_for(hmacs, rest, token.digits), strict=True))
     stale = [(f, codes[f]) for f in factors if f not in fresh]
     found = match_code(code, [(f, codes[f]) for f in fresh])
     if match_code(code, stale) is not None:
@@ -77,12 +114,15 @@ def find_match(token: Token, code: str, now: float, policy: PolicyConfig, hmacs:
     return Match()
 
 
-def success_state(token: Token, match: Match, policy: PolicyConfig) -> TokenState:
-    """The token's state once ``match`` is accepted: the factor used, and any drift learned."""
+def success_state(
+    token: Token, match: Match, policy: PolicyConfig, last_code_tag: bytes | None = None
+) -> TokenState:
+    """The token's state once ``match`` is accepted: the factor used, any drift learned, and the
+    tag of the accepted code (for the replay check of ``likely_first``)."""
     assert match.factor is not None
-    state = after_success(token.state, policy)
+    state = replace(after_success(token.state, policy), last_code_tag=last_code_tag)
     if token.token_type is TokenType.OOB:
-        return replace(state, last_step=match.factor)
+        return replace(state, last_step=match.factor, last_code_tag=None)
     if token.token_type is TokenType.HOTP:
         return replace(state, counter=match.factor + 1)
     offset = match.factor - match.time_step
@@ -118,7 +158,14 @@ def resync_state(
         return None
     # Two consecutive codes prove the token: its failures and any running lock end (the lock
     # level decays as usual).
-    reset = replace(token.state, failures=0, failures_at=now, locked_until=min(token.locked_until, now))
+    # The tag of the old last code is dropped: the next validation checks the whole window.
+    reset = replace(
+        token.state,
+        failures=0,
+        failures_at=now,
+        locked_until=min(token.locked_until, now),
+        last_code_tag=None,
+    )
     if token.token_type is TokenType.HOTP:
         return replace(reset, counter=found + 2)
     return replace(reset, last_step=found + 1, drift=found + 1 - current)

@@ -251,7 +251,7 @@ class Validator:
                 if not match.replay:
                     self._record_failures([token], context)
                 return Decision(False, Reason.REPLAY if match.replay else Reason.BAD_CODE, serial)
-            state = replace(self._success_state(token, match), pending_until=None)
+            state = replace(self._success_state(token, match, code), pending_until=None)
             if self.store.compare_and_set(token.serial, token.version, state):
                 return Decision(True, Reason.ACCEPTED, serial)
         raise StoreError("too many concurrent changes to this token; try again")
@@ -347,7 +347,9 @@ class Validator:
             hit = next(((t, m) for t, m in matches if m.factor is not None), None)
             if hit is not None:
                 token, match = hit
-                if self.store.compare_and_set(token.serial, token.version, self._success_state(token, match)):
+                if self.store.compare_and_set(
+                    token.serial, token.version, self._success_state(token, match, code)
+                ):
                     return Decision(True, Reason.ACCEPTED, token.serial)
                 continue  # Someone else changed the token: decide again on fresh state.
             if not any(m.replay for _t, m in matches):
@@ -448,10 +450,20 @@ class Validator:
         return Decision(False, Reason.BAD_PASSWORD_OR_CODE)
 
     def _match(self, token: Token, code: str, now: float) -> Match:
-        return find_match(token, code, now, self.policy, self._hmacs_of(token))
+        return find_match(token, code, now, self.policy, self._hmacs_of(token), self._replay_tag(token))
 
-    def _success_state(self, token: Token, match: Match) -> TokenState:
-        return success_state(token, match, self.policy)
+    def _replay_tag(self, token: Token) -> Callable[[str], bytes]:
+        """The tag a token keeps of its last accepted code: the key backend's, on the host."""
+
+        def tag(code: str) -> bytes:
+            return self.keys.binding_tag(
+                b"otp-agent/last-code/v1\x1f" + token.serial.encode() + b"\x1f" + code.encode()
+            )
+
+        return tag
+
+    def _success_state(self, token: Token, match: Match, code: str) -> TokenState:
+        return success_state(token, match, self.policy, self._replay_tag(token)(code))
 
     def _hmacs_of(self, token: Token) -> Callable[[Sequence[bytes]], list[bytes]]:
         """The token's HMAC function, computed by the key backend (a batch per call)."""

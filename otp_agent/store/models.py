@@ -64,6 +64,9 @@ class TokenState:
     sends: tuple[Send, ...] = ()
     #: A self-enrolled token not confirmed yet: when it expires (None once confirmed).
     pending_until: float | None = None
+    #: The key backend's tag over the serial and the last accepted code (never the code): lets a
+    #: validation try the most likely factor first and still refuse that code as a replay.
+    last_code_tag: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class Token:
     #: Self-service: a token its owner has not confirmed yet lets nobody in until then, and is
     #: removed once this time passes.
     pending_until: float | None = None
+    last_code_tag: bytes | None = field(default=None, repr=False)
 
     @property
     def pending(self) -> bool:
@@ -135,6 +139,7 @@ class Token:
             self.enabled,
             self.sends,
             self.pending_until,
+            self.last_code_tag,
         )
 
     @property

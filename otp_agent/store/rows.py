@@ -39,6 +39,7 @@ COLUMNS = (
     "address",
     "sends",
     "pending_until",
+    "last_code_tag",
 )
 SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tokens"
 #: Token attribute names that differ from their column names.
@@ -47,7 +48,7 @@ COLUMN_OF = {"user": "user_name"}
 STATE_UPDATE = (
     "UPDATE tokens SET counter = %s, last_step = %s, drift = %s, failures = %s, "
     "failures_at = %s, lock_count = %s, locked_until = %s, enabled = %s, sends = %s, "
-    "pending_until = %s, version = version + 1 WHERE serial = %s AND version = %s"
+    "pending_until = %s, last_code_tag = %s, version = version + 1 WHERE serial = %s AND version = %s"
 )
 ASSIGN = "UPDATE tokens SET user_name = %s, binding = %s, version = version + 1 WHERE serial = %s"
 SET_ENABLED = "UPDATE tokens SET enabled = %s, version = version + 1 WHERE serial = %s"
@@ -75,6 +76,7 @@ def state_parameters(serial: str, expected_version: int, state: TokenState) -> t
         bool(state.enabled),
         encode_sends(state.sends),
         state.pending_until,
+        state.last_code_tag,
         serial,
         expected_version,
     )
@@ -111,6 +113,7 @@ def row_to_token(row: Sequence[Any]) -> Token:
         address=values["address"],
         sends=decode_sends(values["sends"]),
         pending_until=values["pending_until"],
+        last_code_tag=None if values["last_code_tag"] is None else bytes(values["last_code_tag"]),
     )
 
 
@@ -144,6 +147,7 @@ def token_to_row(token: Token, now: float | None = None) -> tuple[Any, ...]:
         token.address,
         encode_sends(token.sends),
         token.pending_until,
+        token.last_code_tag,
     )
 
 

@@ -49,7 +49,7 @@ from otp_agent.store.rows import (
     token_to_row,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _log = logging.getLogger(__name__)
 #: What a damaged database can raise: sqlite3's errors, and UnicodeDecodeError when an error
 #: message quotes a schema name that is not UTF-8.
