@@ -1,0 +1,5 @@
+import sys
+
+from otp_agent.radius.main import main
+
+sys.exit(main())
