@@ -224,7 +224,7 @@ def running_radiusd(config: Path, work: Path) -> Iterator[subprocess.Popen[bytes
         env.pop("WATCHDOG_USEC", None)
         env.pop("WATCHDOG_PID", None)
         process = subprocess.Popen(
-            [sys.executable, "-m", "otp_agent.radius", "--config", str(config), "--log-level", "debug"],
+            [sys.executable, "-m", "otp_agent.radius", "--config", str(config), "--log-level", "DEBUG"],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
