@@ -157,6 +157,8 @@ def timed(target: _T, metrics: Metrics, histogram: str, operations: Sequence[str
                 finally:
                     metrics.observe(histogram, time.perf_counter() - start, operation=name)
 
+            # Kept on the wrapper: later calls find it without __getattr__ (a hot path).
+            object.__setattr__(self, name, call)
             return call
 
         def __repr__(self) -> str:
