@@ -173,17 +173,17 @@ def test_absent_store_is_a_clear_error(backend: Backend) -> None:
 
 def test_schema_version_recorded_and_reopen_is_idempotent(backend: Backend) -> None:
     """The schema version is recorded; opening again, even with create, changes nothing."""
-    assert backend.store.get_meta("schema_version") == "5"
+    assert backend.store.get_meta("schema_version") == "6"
     backend.open().close()
     backend.open(create=True).close()
     health = backend.store.health()
     assert health["ok"] is True and health["backend"] == backend.name
-    assert health["schema_version"] == 5 and health["tokens"] == 0
+    assert health["schema_version"] == 6 and health["tokens"] == 0
 
 
 def test_newer_schema_is_refused(backend: Backend) -> None:
     """A store written by a newer otp-agent is refused with a message saying so."""
-    backend.store.set_meta("schema_version", "6")
+    backend.store.set_meta("schema_version", "7")
     with pytest.raises(StoreUnavailable, match="newer"):
         backend.open()
 
