@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import grp
 import hashlib
 import hmac
 import json
@@ -29,6 +30,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +43,8 @@ UNIT_DIR = Path("/lib/systemd/system")
 EXAMPLES = Path("/usr/share/doc/otp-agent/examples")
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXPOSURE_TARGET = 2.0
+# otp-radiusd needs the network (UDP): no PrivateNetwork=, IPAddressDeny= or AF_INET ban.
+RADIUS_EXPOSURE_TARGET = 2.0
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -157,6 +161,10 @@ def test_rpm_has_the_deb_layout_and_scripts(packages: dict[str, Path]) -> None:
         "/usr/lib/systemd/system/otp-agent.service",
         "/usr/lib/systemd/system/otp-agent.socket",
         "/usr/lib/sysusers.d/otp-agent.conf",
+        "/usr/sbin/otp-radiusd",
+        "/usr/lib/systemd/system/otp-radiusd.service",
+        "/usr/lib/sysusers.d/otp-radiusd.conf",
+        "/usr/share/man/man8/otp-radiusd.8.gz",
         "/usr/lib/tmpfiles.d/otp-agent.conf",
         "/usr/share/man/man8/otp-agent.8.gz",
         "/usr/share/man/man8/otpctl.8.gz",
@@ -188,6 +196,9 @@ def test_rpm_has_the_deb_layout_and_scripts(packages: dict[str, Path]) -> None:
             assert line.startswith("drwxr-x--- otp-agent otp-agent"), line
     scripts = contents.split("== scripts")[1]
     assert "useradd -r -g otp-agent" in scripts
+    assert "useradd -r -g otp-radius" in scripts
+    # otp-radiusd.service is never enabled by the package (no preset, no enable).
+    assert not re.search(r"(preset|enable)\b[^\n]*otp-radiusd", scripts), scripts
     assert "otp-agent init --config /etc/otp-agent/agent.toml" in scripts
     # init creates the database as its directory's owner: no script chowns it (through a link).
     assert not re.search(r"chown\b.*tokens\.db", scripts), scripts
@@ -258,6 +269,10 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
     user = pwd.getpwnam("otp-agent")
     assert user.pw_uid < 1000 and user.pw_shell == "/usr/sbin/nologin", user
     assert user.pw_dir == "/var/lib/otp-agent"
+    # The user of otp-radiusd.service, with a group of the same name (validator_group).
+    radius_user = pwd.getpwnam("otp-radius")
+    assert radius_user.pw_uid < 1000 and radius_user.pw_shell == "/usr/sbin/nologin", radius_user
+    assert grp.getgrgid(radius_user.pw_gid).gr_name == "otp-radius"
 
     key = Path("/etc/otp-agent/master.key").stat()
     assert stat.S_IMODE(key.st_mode) == 0o600 and key.st_uid == 0, "master key must be 0600 root"
@@ -284,22 +299,62 @@ def _install_and_check(packages: dict[str, Path], figures: list[str]) -> None:
     # The pam-auth-update profile is shipped but off: common-auth does not name the helper.
     assert Path("/usr/share/pam-configs/otp-agent").is_file()
     assert "otp-agent" not in Path("/etc/pam.d/common-auth").read_text()
-    for program in ("/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/libexec/otp-agent/pam-helper"):
+    for program in (
+        "/usr/sbin/otp-agent",
+        "/usr/sbin/otp-radiusd",
+        "/usr/bin/otpctl",
+        "/usr/libexec/otp-agent/pam-helper",
+    ):
         assert os.access(program, os.X_OK), program
     assert not Path("/usr/bin/otp-pam-helper").exists()
-    for program in ("/usr/sbin/otp-agent", "/usr/bin/otpctl", "/usr/libexec/otp-agent/pam-helper"):
+    for program in (
+        "/usr/sbin/otp-agent",
+        "/usr/sbin/otp-radiusd",
+        "/usr/bin/otpctl",
+        "/usr/libexec/otp-agent/pam-helper",
+    ):
         first = Path(program).read_text().splitlines()[0]
         assert first.startswith("#!/usr/bin/python3"), f"{program}: {first}"
     # Debian's libraries, not bundled copies.
     listing = run("dpkg", "-L", "otp-agent").stdout
     assert not re.search(r"/(cryptography|lxml|segno|psycopg)/", listing)
 
-    units = [str(UNIT_DIR / "otp-agent.service"), str(UNIT_DIR / "otp-agent.socket")]
+    # otp-radiusd: installed, runs, not enabled (the administrator enables it).
+    helped = run("/usr/sbin/otp-radiusd", "--help")
+    assert "--check-config" in helped.stdout and "--config" in helped.stdout, helped.stdout
+    assert not Path("/etc/systemd/system/multi-user.target.wants/otp-radiusd.service").exists()
+    figures.append("otp-radiusd: /usr/sbin/otp-radiusd --help runs; unit installed, not enabled")
+
+    units = [
+        str(UNIT_DIR / "otp-agent.service"),
+        str(UNIT_DIR / "otp-agent.socket"),
+        str(UNIT_DIR / "otp-radiusd.service"),
+    ]
     verify = run("systemd-analyze", "verify", *units, check=False)
+    # verify loads what the units are wanted by (multi-user.target) and so every unit enabled on
+    # the machine: findings about other packages' units (freeradius.service's MemoryLimit=) are
+    # theirs, and reported only.
+    ours = [line for line in verify.stdout.splitlines() if "otp-" in line]
+    others = [line for line in verify.stdout.splitlines() if "otp-" not in line]
     figures.append(
-        f"systemd-analyze verify: exit {verify.returncode}, {len(verify.stdout.splitlines())} message(s)"
+        f"systemd-analyze verify (otp-agent.service, .socket, otp-radiusd.service): exit "
+        f"{verify.returncode}, {len(ours)} message(s) about them"
+        + (f"; {len(others)} about other units: {' | '.join(others)[:300]}" if others else "")
     )
-    assert verify.returncode == 0 and verify.stdout.strip() == "", verify.stdout
+    assert verify.returncode == 0 and not ours, verify.stdout
+    radius_security = run(
+        "systemd-analyze", "security", "--offline=yes", "--no-pager", units[2], check=False
+    ).stdout
+    radius_match = re.search(
+        r"Overall exposure level for otp-radiusd\.service: ([0-9.]+) (\w+)", radius_security
+    )
+    assert radius_match, radius_security
+    figures.append(
+        f"systemd-analyze security --offline=yes otp-radiusd.service: exposure "
+        f"{radius_match.group(1)} {radius_match.group(2)} (network: AF_INET/AF_INET6 UDP; target <= "
+        f"{RADIUS_EXPOSURE_TARGET})"
+    )
+    assert float(radius_match.group(1)) <= RADIUS_EXPOSURE_TARGET
     security = run("systemd-analyze", "security", "--offline=yes", "--no-pager", units[0], check=False)
     match = re.search(r"Overall exposure level for otp-agent\.service: ([0-9.]+) (\w+)", security.stdout)
     assert match, security.stdout
@@ -483,18 +538,21 @@ def _purge_keeps_secrets_then_reinstall(
     assert not package_installed()
     for gone in (
         "/usr/sbin/otp-agent",
+        "/usr/sbin/otp-radiusd",
         "/usr/bin/otpctl",
         "/usr/libexec/otp-agent",
         "/etc/otp-agent/agent.toml",
         "/etc/pam.d/otp-agent-password",
         str(UNIT_DIR / "otp-agent.service"),
+        str(UNIT_DIR / "otp-radiusd.service"),
         "/usr/share/pam-configs/otp-agent",
     ):
         assert not Path(gone).exists(), f"{gone} left after purge"
     kept = ["/etc/otp-agent/master.key", "/var/lib/otp-agent/tokens.db", "/var/log/otp-agent/audit.log"]
     for path in kept:
         assert Path(path).exists(), f"{path} deleted by a plain purge"
-    pwd.getpwnam("otp-agent")  # the system user stays, as Debian does
+    pwd.getpwnam("otp-agent")  # the system users stay, as Debian does
+    pwd.getpwnam("otp-radius")
     figures.append("after purge: kept " + ", ".join(kept) + " and user otp-agent")
 
     apt("install", "-y", "--no-install-recommends", str(packages["deb"]))
@@ -582,6 +640,98 @@ def test_pam_auth_update_profile_is_off_until_enabled_and_removable(
     assert auth_lines("removed") == original
 
 
+RADIUS_PORT = 18120
+
+
+def _radclient(box: Any, secret: str, user: str, code: str) -> str:
+    """One signed Access-Request from radclient inside the container; the reply's name or ''."""
+    request = f'User-Name = "{user}"\nUser-Password = "{code}"\nMessage-Authenticator = 0x00\n'
+    sent = box.run(
+        "radclient", "-x", "-r", "1", "-t", "4", f"127.0.0.1:{RADIUS_PORT}", "auth", secret, input=request
+    )
+    for line in (sent.stdout + sent.stderr).splitlines():
+        if line.startswith("Received "):
+            return line.split()[1]
+    return ""
+
+
+def _radiusd_in_container(box: Any, figures: list[str]) -> None:
+    """otp-radiusd.service as an administrator sets it up (docs/radius.md): validator_group,
+    the clients file (0600 otp-radius), a [radius] table; it starts under systemd as otp-radius
+    with no capability and the seccomp filter, READY and watchdog, and answers radclient: a right
+    code accepted, its replay refused. The container's writes vanish with it."""
+    assert box.run("systemctl", "is-enabled", "otp-radiusd.service").stdout.strip() == "disabled"
+    secret = "radius-" + secrets.token_hex(12)
+    config = box.run("cat", "/etc/otp-agent/agent.toml").stdout
+    assert "\n[agent]\n" in config, config
+    config = config.replace("\n[agent]\n", '\n[agent]\nvalidator_group = "otp-radius"\n', 1)
+    config += (
+        f'\n[radius]\nlisten = ["127.0.0.1:{RADIUS_PORT}"]\n'
+        'clients_file = "/etc/otp-agent/radius-clients"\nmode = "code"\n'
+    )
+    written = box.run("sh", "-c", "cat > /etc/otp-agent/agent.toml", input=config)
+    assert written.returncode == 0, written
+    clients = box.run(
+        "sh",
+        "-c",
+        "install -m 0600 -o otp-radius -g otp-radius /dev/null /etc/otp-agent/radius-clients"
+        " && cat > /etc/otp-agent/radius-clients",
+        input=f"# written by the installation test\n127.0.0.1 {secret} installation-test\n",
+    )
+    assert clients.returncode == 0, clients
+    # As the service user: the clients file must belong to root or to the user that reads it.
+    checked = box.run(
+        "runuser",
+        "-u",
+        "otp-radius",
+        "--",
+        "otp-radiusd",
+        "--check-config",
+        "--config",
+        "/etc/otp-agent/agent.toml",
+    )
+    assert checked.returncode == 0, checked
+    assert box.run("systemctl", "restart", "otp-agent.service").returncode == 0
+    started = box.run("systemctl", "start", "otp-radiusd.service")
+    state = box.wait_active("otp-radiusd.service", 30)
+    journal = box.run("journalctl", "--no-pager", "-u", "otp-radiusd.service").stdout
+    assert started.returncode == 0 and state == "active", f"{started}\n{state}\n{journal}"
+    show = box.run(
+        "systemctl", "show", "otp-radiusd.service", "-p", "MainPID", "-p", "WatchdogUSec", "-p", "User"
+    ).stdout
+    fields = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    assert fields["User"] == "otp-radius" and fields["WatchdogUSec"] == "30s", fields
+    proc = box.run("cat", f"/proc/{fields['MainPID']}/status").stdout
+    radius_uid = str(pwd.getpwnam("otp-radius").pw_uid)
+    uid_line = next(line for line in proc.splitlines() if line.startswith("Uid:"))
+    assert set(uid_line.split()[1:]) == {radius_uid}, uid_line
+    for expected in (
+        "CapBnd:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ):
+        assert expected in proc, f"{expected!r} not in\n{proc}"
+
+    user = "radct" + secrets.token_hex(3)
+    enrolled = box.run("otpctl", "enroll", user, "--json", "--qr", "never")
+    assert enrolled.returncode == 0, enrolled.stderr
+    uri = json.loads(enrolled.stdout)["uri"]
+    secret_b32 = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+    code = totp(secret_b32)
+    accepted = _radclient(box, secret, user, code)
+    journal = box.run("journalctl", "--no-pager", "-u", "otp-radiusd.service").stdout
+    assert accepted == "Access-Accept", f"{accepted!r}\n{journal}"
+    assert _radclient(box, secret, user, code) == "Access-Reject", "replayed code accepted"
+    assert box.run("systemctl", "reload", "otp-radiusd.service").returncode == 0  # SIGHUP: clients again
+    assert box.wait_active("otp-radiusd.service", 10) == "active"
+    figures.append(
+        "otp-radiusd.service under real systemd (nspawn): disabled after install; with validator_group,"
+        " a 0600 clients file and [radius] it ran as otp-radius, no capabilities, seccomp; radclient:"
+        " right code Access-Accept, replay Access-Reject; reload (SIGHUP) kept it active"
+    )
+
+
 def test_shipped_unit_under_systemd_in_a_container(
     packages: dict[str, Path], tmp_path: Path, figures: list[str]
 ) -> None:
@@ -589,10 +739,16 @@ def test_shipped_unit_under_systemd_in_a_container(
     systemd-nspawn container of this machine): started at boot, READY and watchdog, the master key
     through LoadCredential= (still 0600 root on disk), the seccomp filter, MemoryDenyWriteExecute=
     and no capabilities in force; enroll, and a password+code validation with the shipped
-    password-and-code.conf drop-in (PAM from inside the confined daemon)."""
+    password-and-code.conf drop-in (PAM from inside the confined daemon). Then the installed
+    otp-radiusd.service, set up as radius.md says, answers radclient there."""
     from tests.packaging.container import NSPAWN, Container
 
     require(os.path.exists(NSPAWN), "systemd-nspawn is missing (systemd-container)")
+    require(shutil.which("radclient") is not None, "radclient is missing (.ci/apt/radius.txt)")
+    require(
+        Path("/usr/lib/python3/dist-packages/pyrad").is_dir(),
+        "Debian's python3-pyrad is missing (.ci/apt/radius.txt)",
+    )
     if package_installed():
         require(IN_CI, "otp-agent is already installed here; this test would replace it")
         apt("purge", "-y", "otp-agent", OTP_AGENT_PURGE_SECRETS="yes")
@@ -686,6 +842,7 @@ def test_shipped_unit_under_systemd_in_a_container(
                 "NRestarts",
             ).stdout
             assert "WatchdogTimestampMonotonic=0" not in watchdog and "NRestarts=0" in watchdog, watchdog
+            _radiusd_in_container(box, figures)
         figures.append(
             "root-run daemon refused before the unit; a root-owned audit log given back by the unit; "
             "real systemd (nspawn container of this machine): shipped units started at boot, "
