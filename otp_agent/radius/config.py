@@ -129,7 +129,7 @@ def parse_radius_config(
         mode=table.choice("mode", "code", MODES),
         rate_limit=table.number("rate_limit", 200.0, 1.0, 100000.0),
         timeout=table.number("timeout", 5.0, 0.1, 60.0),
-        challenge_lifetime=table.integer("challenge_lifetime", 120, 10, 3600),
+        challenge_lifetime=table.integer("challenge_lifetime", 120, 1, 3600),
         source=source,
     )
     table.finish()

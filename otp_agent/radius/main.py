@@ -53,6 +53,7 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level",
         default=os.environ.get("OTP_AGENT_LOG_LEVEL", "INFO"),
+        type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
     )
     parser.add_argument("--version", action="version", version=f"otp-radiusd {__version__}")
