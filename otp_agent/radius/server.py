@@ -331,6 +331,7 @@ class RadiusServer:
         self._transports: list[asyncio.DatagramTransport] = []
         self.agent_down = False
         self._closing = False
+        self._sources: dict[str, IPAddress] = {}  # parsed source addresses, by the socket's text
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -361,10 +362,15 @@ class RadiusServer:
         """Check one datagram and answer it, at once or through a task; or drop it."""
         if self._closing:
             return
-        try:
-            source = source_address(address[0])
-        except ValueError:
-            return
+        source = self._sources.get(address[0])
+        if source is None:
+            try:
+                source = source_address(address[0])
+            except ValueError:
+                return
+            if len(self._sources) >= 4096:
+                self._sources.clear()
+            self._sources[address[0]] = source
         client = self.clients.lookup(source)
         if client is None:
             self._warn.note("unknown", "dropping datagrams from %s: no client of the clients file", source)
@@ -428,22 +434,28 @@ class RadiusServer:
         self, data: bytes, client: Client, address: tuple[Any, ...], source: IPAddress, now: float
     ) -> _Request | Outcome:
         """Read User-Name, User-Password, State and NAS-Identifier; an Outcome when unusable."""
-        names = raw_values(data, USER_NAME)
-        passwords = raw_values(data, USER_PASSWORD)
+        try:
+            packet = AuthPacket(packet=data, secret=client.secret, dict=self.dictionary)
+        except Exception:  # pyrad's PacketError: the framing was checked, an attribute is not
+            return _reject("malformed")
+
+        def raw(kind: int) -> list[bytes]:  # pyrad keeps the raw values by attribute number
+            return list(dict.get(packet, kind) or [])
+
+        names, passwords = raw(USER_NAME), raw(USER_PASSWORD)
         if not passwords:
-            unsupported = raw_values(data, CHAP_PASSWORD) or raw_values(data, EAP_MESSAGE)
+            unsupported = raw(CHAP_PASSWORD) or raw(EAP_MESSAGE)
             return _reject("unsupported" if unsupported else "no_password", "CHAP and EAP are not offered")
         try:
             user = names[0].decode("utf-8") if len(names) == 1 else ""
-            packet = AuthPacket(packet=data, secret=client.secret, dict=self.dictionary)
             answer = packet.PwDecrypt(passwords[0])
-            nas = raw_values(data, NAS_IDENTIFIER)
+            nas = raw(NAS_IDENTIFIER)
             nas_name = nas[0].decode("utf-8") if nas else client.name
         except Exception:  # UnicodeDecodeError, pyrad's PacketError, ...
             return _reject("malformed")
         if not user or len(names[0]) > 253 or not user.isprintable() or not isinstance(answer, str):
             return _reject("malformed", "bad User-Name")
-        states = raw_values(data, STATE)
+        states = raw(STATE)
         return _Request(
             data,
             client,
