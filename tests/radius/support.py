@@ -63,7 +63,20 @@ class Radiusd:
     secret: str
     config: Path
     log_path: Path
+    notify: socket.socket
+    #: What it sent to its NOTIFY_SOCKET so far (read by :meth:`notifications`).
     messages: list[str] = field(default_factory=list)
+
+    def notifications(self, until: str, timeout: float = 5.0) -> list[str]:
+        """The sd_notify lines received, once one equals ``until`` (or after ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        self.notify.settimeout(0.05)
+        while until not in self.messages and time.monotonic() < deadline:
+            try:
+                self.messages += self.notify.recv(4096).decode(errors="replace").splitlines()
+            except TimeoutError:
+                continue
+        return self.messages
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -111,13 +124,15 @@ def running_radiusd(
     python: Sequence[str] = (sys.executable,),
     user: int | None = None,
     environment: Mapping[str, str] | None = None,
+    extra_listen: Sequence[str] = (),
     **radius: Any,
 ) -> Iterator[Radiusd]:
     """otp-radiusd for ``agent`` in ``directory`` (made), serving 127.0.0.1 with ``secret``.
 
     ``clients`` replaces the clients file's text (by default one line: 127.0.0.1 and the secret);
     ``radius`` adds or overrides keys of the ``[radius]`` table; ``user`` runs the daemon as that
-    uid (and its primary group), the clients file then being that user's.
+    uid (and its primary group), the clients file then being that user's; ``extra_listen``
+    adds listen addresses after 127.0.0.1:``port``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o711)
@@ -130,7 +145,7 @@ def running_radiusd(
     clients_file.chmod(0o600)
     if user is not None:
         os.chown(clients_file, user, -1)
-    table = {"listen": [f"127.0.0.1:{port}"], "clients_file": str(clients_file), **radius}
+    table = {"listen": [f"127.0.0.1:{port}", *extra_listen], "clients_file": str(clients_file), **radius}
     config = write_radius_config(agent, directory, table)
     log_path = directory / "otp-radiusd.log"
     notify_path = directory / f"notify-{secrets.token_hex(4)}.sock"
@@ -140,9 +155,10 @@ def running_radiusd(
         if user is not None:
             os.chown(notify_path, user, -1)
         output = stack.enter_context(open(log_path, "wb"))
-        env = {**os.environ, **(environment or {}), "NOTIFY_SOCKET": str(notify_path)}
+        env = dict(os.environ)
         for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
             env.pop(name, None)
+        env.update(environment or {}, NOTIFY_SOCKET=str(notify_path))
         process = subprocess.Popen(
             [*python, "-m", "otp_agent.radius", "--config", str(config), "--log-level", "DEBUG"],
             stdin=subprocess.DEVNULL,
@@ -155,21 +171,18 @@ def running_radiusd(
             extra_groups=None if user is None else [],
             cwd="/",
         )
-        daemon = Radiusd(process, port, secret, config, log_path)
+        daemon = Radiusd(process, port, secret, config, log_path, notify)
         failed = True
         try:
             deadline = time.monotonic() + READY_TIMEOUT
-            notify.settimeout(0.1)
             while "READY=1" not in daemon.messages and process.poll() is None and time.monotonic() < deadline:
-                try:
-                    daemon.messages += notify.recv(4096).decode(errors="replace").splitlines()
-                except TimeoutError:
-                    continue
+                daemon.notifications("READY=1", timeout=0.2)
             assert "READY=1" in daemon.messages, (
                 f"otp-radiusd sent no READY=1 (exit {process.poll()}):\n{daemon.log()[-4000:]}"
             )
             yield daemon
-            assert process.poll() is None, f"otp-radiusd exited during the test:\n{daemon.log()[-4000:]}"
+            # (A test may stop it itself; exiting 0 then is checked below.)
+            assert process.poll() in (None, 0), f"otp-radiusd exited during the test:\n{daemon.log()[-4000:]}"
             failed = False
         finally:
             status = daemon.stop()
