@@ -32,6 +32,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RECOMMENDED_SECRET_LENGTH = 16
 MAX_SECRET_LENGTH = 256
 MAX_NAME_LENGTH = 64
+#: Senders with a bucket at once; a new one is refused while all are in use.
+MAX_BUCKETS = 65536
+#: Kinds of throttled log lines remembered before the stale ones are forgotten.
+MAX_KINDS = 1024
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,8 @@ class RateLimiter:
     """A token bucket per key: ``rate`` tokens a second, at most ``rate`` (one second) stored.
 
     Used from the event loop only.  Buckets that have refilled are forgotten now and then, so
-    that the table stays as small as the set of recently active senders.
+    that the table stays as small as the set of recently active senders; when
+    :data:`MAX_BUCKETS` senders are active at once, a new one is refused.
     """
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -173,6 +178,10 @@ class RateLimiter:
     def allow(self, key: object) -> bool:
         """Take one token from ``key``'s bucket; False when it is empty."""
         now = self._clock()
+        if key not in self._buckets and len(self._buckets) >= MAX_BUCKETS:
+            self._prune(now)
+            if len(self._buckets) >= MAX_BUCKETS:  # a flood from many addresses of a wide network
+                return False
         tokens, last = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         allowed = tokens >= 1.0
@@ -212,6 +221,10 @@ class ThrottledLog:
             self._counts[kind] = self._counts.get(kind, 0) + 1
             if now - self._last.get(kind, -1e9) < self.interval:
                 return
+            if len(self._last) >= MAX_KINDS:  # many senders (a wide network): forget the old ones
+                for old in [k for k, at in self._last.items() if now - at >= self.interval]:
+                    del self._last[old]
+                    self._counts.pop(old, None)
             self._last[kind] = now
             count = self._counts.pop(kind)
         suffix = f" ({count} such since the last report)" if count > 1 else ""

@@ -377,7 +377,7 @@ class RadiusServer:
             return
         if not self._limiter.allow(source):
             self._warn.note(
-                f"rate {source}",
+                f"rate {client.name}",
                 "client %s (%s) is over the rate limit of %g requests/s: dropping requests",
                 client.name,
                 source,
@@ -390,7 +390,7 @@ class RadiusServer:
             )
         except Dropped as exc:
             self._warn.note(
-                f"drop {source} {exc}",
+                f"drop {client.name} {exc}",
                 "dropping a datagram from client %s (%s): %s",
                 client.name,
                 source,
@@ -403,7 +403,7 @@ class RadiusServer:
             return
         if data[0] != ACCESS_REQUEST:
             self._warn.note(
-                f"code {source}",
+                f"code {client.name}",
                 "dropping a packet of code %d from client %s: not served",
                 data[0],
                 client.name,
