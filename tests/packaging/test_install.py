@@ -579,7 +579,7 @@ def _purge_keeps_secrets_then_reinstall(
     ]
     figures.append(
         "after purge with OTP_AGENT_PURGE_SECRETS=yes: left "
-        + (", ".join(leftovers) or "nothing but user otp-agent")
+        + (", ".join(leftovers) or "nothing but users otp-agent and otp-radius")
     )
 
 
