@@ -150,21 +150,32 @@ def default_config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENVIRONMENT_VARIABLE) or DEFAULT_CONFIG_PATH)
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML document at ``path`` (agent.toml, for the agent and for otp-radiusd).
+
+    :raises ConfigError: the file is missing, unreadable, a directory or not TOML; the cause is
+        the OSError, so a caller can tell "not there / not mine" from "wrong".
+    """
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: configuration file not found") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"{path}: configuration file not readable") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
 def load_config(path: Path | None = None) -> Config:
     """Read and check the configuration file.
 
     :raises ConfigError: the file is missing, unreadable, not TOML, or has a bad key.
     """
     path = path or default_config_path()
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: configuration file not found") from exc
-    except PermissionError as exc:
-        raise ConfigError(f"{path}: configuration file not readable") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    document = read_toml(path)
     try:
         return parse_config(document, base=path.parent, source=path)
     except ConfigError as exc:

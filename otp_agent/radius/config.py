@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from otp_agent.config import DEFAULT_SOCKET, _Table, default_config_path, resolve_path
+from otp_agent.config import DEFAULT_SOCKET, _Table, default_config_path, read_toml, resolve_path
 from otp_agent.errors import ConfigError
 
 #: The modes: what the User-Password of an Access-Request carries.
@@ -143,17 +142,7 @@ def load_radius_config(path: Path | None = None) -> RadiusConfig:
         the message starts with the file's name.
     """
     path = path or default_config_path()
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: configuration file not readable") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    document = read_toml(path)
     try:
         return parse_radius_config(document, base=path.parent, source=path)
     except ConfigError as exc:
