@@ -223,6 +223,17 @@ def test_rpm_has_the_deb_layout_and_scripts(packages: dict[str, Path]) -> None:
 # ---------------------------------------------------------------------------- deb lifecycle
 
 
+def assert_confined(proc_status: str) -> None:
+    """A service process (its /proc/PID/status) with no capability, no new privileges, seccomp on."""
+    for expected in (
+        "CapBnd:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ):
+        assert expected in proc_status, f"{expected!r} not in\n{proc_status}"
+
+
 def otpctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return run("/usr/bin/otpctl", "--config", "/etc/otp-agent/agent.toml", *args, check=check, timeout=60)
 
@@ -705,13 +716,7 @@ def _radiusd_in_container(box: Any, figures: list[str]) -> None:
     radius_uid = str(pwd.getpwnam("otp-radius").pw_uid)
     uid_line = next(line for line in proc.splitlines() if line.startswith("Uid:"))
     assert set(uid_line.split()[1:]) == {radius_uid}, uid_line
-    for expected in (
-        "CapBnd:\t0000000000000000",
-        "CapEff:\t0000000000000000",
-        "NoNewPrivs:\t1",
-        "Seccomp:\t2",
-    ):
-        assert expected in proc, f"{expected!r} not in\n{proc}"
+    assert_confined(proc)
 
     user = "radct" + secrets.token_hex(3)
     enrolled = box.run("otpctl", "enroll", user, "--json", "--qr", "never")
@@ -792,13 +797,7 @@ def test_shipped_unit_under_systemd_in_a_container(
             assert fields["StatusText"].startswith("serving on /run/otp-agent/agent.sock"), fields
             pid = fields["MainPID"]
             proc = box.run("cat", f"/proc/{pid}/status").stdout
-            for expected in (
-                "CapBnd:\t0000000000000000",
-                "CapEff:\t0000000000000000",
-                "NoNewPrivs:\t1",
-                "Seccomp:\t2",
-            ):
-                assert expected in proc, f"{expected!r} not in\n{proc}"
+            assert_confined(proc)
             mounts = box.run("cat", f"/proc/{pid}/mountinfo").stdout
             key_mount = [line for line in mounts.splitlines() if " /etc/otp-agent/master.key " in line]
             assert key_mount and " ro," in key_mount[0], mounts
