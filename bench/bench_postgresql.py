@@ -3,8 +3,8 @@
 Prints one table, in one run, for durable acceptances (HOTP codes, each accepted once) through:
   1. one daemon on SQLite (WAL, synchronous=FULL, group commit), the single-host reference;
   2. one daemon on PostgreSQL;
-  3. two daemons sharing one PostgreSQL database and one master key (a two-host fleet on one
-     machine), with the client processes split between the two sockets;
+  3. two and four daemons sharing one PostgreSQL database and one master key (a fleet of hosts
+     on one machine), with the client processes spread over their sockets;
 each with 1, 2, 4 and 8 concurrent client processes opening one connection per validation, as
 the PAM helper does.  Tokens are loaded through the agent's "import" operation.
 
@@ -113,15 +113,23 @@ def main() -> None:
             ) as agent,
         ):
             measure("PostgreSQL, one daemon", [agent], rounds)
-        with scratch_database() as dsn, ExitStack() as stack:
-            sections: dict[str, dict[str, Any]] = {
-                "store": {"backend": "postgresql", "dsn": dsn},
-                "audit": {"path": ""},
-            }
-            first = stack.enter_context(running_agent(directory / "pgA", policy=POLICY, sections=sections))
-            sections["keystore"] = {"master_key_file": str(first.directory / "master.key")}
-            second = stack.enter_context(running_agent(directory / "pgB", policy=POLICY, sections=sections))
-            measure("PostgreSQL, two daemons (fleet)", [first, second], rounds)
+        for count in (2, 4):
+            with scratch_database() as dsn, ExitStack() as stack:
+                sections: dict[str, dict[str, Any]] = {
+                    "store": {"backend": "postgresql", "dsn": dsn},
+                    "audit": {"path": ""},
+                }
+                first = stack.enter_context(
+                    running_agent(directory / f"pg{count}-0", policy=POLICY, sections=sections)
+                )
+                sections["keystore"] = {"master_key_file": str(first.directory / "master.key")}
+                fleet = [first] + [
+                    stack.enter_context(
+                        running_agent(directory / f"pg{count}-{i}", policy=POLICY, sections=sections)
+                    )
+                    for i in range(1, count)
+                ]
+                measure(f"PostgreSQL, {count} daemons (fleet)", fleet, rounds)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
