@@ -336,6 +336,21 @@ class Administration:
             raise NotFound(f"no token with serial or owner {target!r}")
         return tokens
 
+    def show(self, target: str) -> tuple[list[Token], int | None]:
+        """The token of a serial, or else a user's tokens and how many unused backup codes they
+        have (None for a serial).
+
+        :raises NotFound: no such serial, and no user with a token or a backup code.
+        """
+        token = self.store.get(target)
+        if token is not None:
+            return [token], None
+        tokens = self.store.tokens_for_user(target)
+        remaining = self.backup.remaining(target)
+        if not tokens and not remaining:
+            raise NotFound(f"no token with serial or owner {target!r}")
+        return tokens, remaining
+
     def assign(self, serial: str, user: str, context: RequestContext) -> Token:
         """Give a token to ``user``, with a new binding tag for that owner."""
         current = self.store.get(serial)

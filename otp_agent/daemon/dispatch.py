@@ -24,7 +24,6 @@ from otp_agent.audit import RequestContext
 from otp_agent.channels import check_address
 from otp_agent.errors import (
     AccountLookupError,
-    NotFound,
     OtpAgentError,
     PermissionDenied,
     PskcError,
@@ -329,15 +328,10 @@ class Dispatcher:
         return {"tokens": [t.public() for t in self.admin.store.all_tokens()]}
 
     def op_show(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
-        target = _string(request, "target")
-        reply: dict[str, Any] = {"tokens": []}
-        try:
-            reply["tokens"] = [t.public() for t in self.admin.find(target)]
-        except NotFound:
-            if not self.admin.backup.remaining(target):
-                raise
-        if self.admin.store.get(target) is None:  # the target is a user: their backup codes too
-            reply["backup_codes_remaining"] = self.admin.backup.remaining(target)
+        tokens, remaining = self.admin.show(_string(request, "target"))
+        reply: dict[str, Any] = {"tokens": [t.public() for t in tokens]}
+        if remaining is not None:  # the target is a user: their backup codes too
+            reply["backup_codes_remaining"] = remaining
         return reply
 
     def op_assign(self, request: dict[str, Any], peer: Peer, context: RequestContext) -> dict[str, Any]:
