@@ -1,6 +1,6 @@
 """The Unix-socket server: accepts connections, reads frames, answers them.  Knows no OATH.
 
-Each connection is served by a worker thread from a bounded pool.  The peer's credentials come
+Each connection is served by the worker thread that accepted it (one of ``max_clients``).  The peer's credentials come
 from the kernel (``SO_PEERCRED``, ``SO_PEERGROUPS``) when the connection is accepted.  Every frame
 must arrive within ``client_timeout`` seconds; a client that connects and never writes is dropped
 then.  :meth:`AgentServer.shutdown` stops accepting; requests in flight finish and are answered.
@@ -15,7 +15,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from otp_agent import wire
@@ -28,6 +27,8 @@ _UCRED = struct.Struct("3i")
 #: Requests and seconds one connection of a non-root peer may use (the PAM helper needs one or two).
 NON_ROOT_MAX_REQUESTS = 64
 NON_ROOT_LIFETIME = 30.0
+_TICK_SECONDS = 0.5
+_BUSY_POLL_SECONDS = 0.05
 _BUSY = wire.encode_frame(wire.error_reply("unreachable", "agent busy, try again"))
 
 
@@ -80,7 +81,9 @@ class AgentServer:
         self.client_timeout = client_timeout
         self.max_clients = max_clients
         self._stopping = threading.Event()
-        self._slots = threading.BoundedSemaphore(max_clients)
+        self._leadership = threading.Lock()
+        self._state = threading.Condition()
+        self._serving = 0
         # One unprivileged user may not hold every slot and lock everyone (root too) out of
         # logins: each non-root uid gets at most a quarter of the slots, and an eighth of them
         # is kept for uid 0 (pam_exec runs the helper as root for sshd and login).
@@ -88,57 +91,121 @@ class AgentServer:
         self._reserved_for_root = max(1, max_clients // 8)
         self._by_uid: dict[int, int] = {}
         self._uid_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max_clients, thread_name_prefix="client")
         self._refusals = _RateLimitedWarning()
 
     def serve_forever(self, tick: Callable[[], None] | None = None) -> None:
-        """Accept connections until :meth:`shutdown`; call ``tick`` about every half second."""
+        """Serve until :meth:`shutdown`; call ``tick`` about every half second.
+
+        ``max_clients`` worker threads take turns at the listener (leader and followers): the
+        one holding the leadership waits for a connection, accepts it, passes the leadership on
+        and serves the connection itself, so a request costs no hand-off between threads.  This
+        thread ticks, and answers "busy" while every worker is serving.
+        """
         self.listener.setblocking(False)
+        workers = [
+            threading.Thread(target=self._work, name=f"client-{number}", daemon=True)
+            for number in range(self.max_clients)
+        ]
+        for worker in workers:
+            worker.start()
+        next_tick = time.monotonic()
         while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_tick:
+                if tick is not None:
+                    tick()
+                next_tick = now + _TICK_SECONDS
+            with self._state:
+                if self._serving < self.max_clients and not self._stopping.is_set():
+                    self._state.wait(max(0.0, next_tick - now))
+                every_worker_busy = self._serving >= self.max_clients
+            if every_worker_busy:
+                self._refuse_while_busy()
+        for worker in workers:
+            worker.join()
+
+    def _work(self) -> None:
+        """One worker: lead at the listener in turn, serve what it accepted, again."""
+        while not self._stopping.is_set():
+            with self._leadership:
+                if self._stopping.is_set():
+                    return
+                accepted = self._accept_admitted()
+            if accepted is None:
+                continue
+            connection, peer = accepted
+            with self._state:
+                self._serving += 1
+                if self._serving >= self.max_clients:
+                    self._state.notify_all()
             try:
-                readable, _, _ = select.select([self.listener], [], [], 0.5)
+                self._serve_connection(connection, peer)
+            finally:
+                with self._state:
+                    self._serving -= 1
+
+    def _accept_admitted(self) -> tuple[socket.socket, Peer] | None:
+        """Wait up to a tick for a connection the per-uid caps admit; None when none came.
+
+        The peer's credentials are read here, and the per-uid cap applies before the connection
+        takes a worker, so a flood from one uid can never take the workers root's logins need.
+        """
+        deadline = time.monotonic() + _TICK_SECONDS
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping.is_set():
+                return None
+            try:
+                readable, _, _ = select.select([self.listener], [], [], remaining)
             except InterruptedError:
                 continue
-            if tick is not None:
-                tick()
-            if readable:
-                self._accept_pending()
-        self._pool.shutdown(wait=True)
+            if not readable:
+                return None
+            accepted = self._accept()
+            if accepted is None:
+                continue
+            connection, peer = accepted
+            if self._admit(peer):
+                return connection, peer
+            self._refusals.note(f"uid {peer.uid} holds too many connections")
+            self._refuse(connection)
 
-    def _accept_pending(self) -> None:
-        """Accept every connection waiting in the backlog and hand each to a worker.
+    def _accept(self) -> tuple[socket.socket, Peer] | None:
+        try:
+            connection, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return None  # another thread took it
+        except OSError as exc:
+            _log.error("accept failed: %s", exc)
+            time.sleep(0.05)
+            return None
+        try:
+            return connection, peer_credentials(connection)
+        except OSError:
+            connection.close()
+            return None
 
-        The peer's credentials are read here, and the per-uid cap applies *before* a global slot
-        is taken, so a flood from one uid can never take the slots root's logins need.
-        """
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
+    def _refuse_while_busy(self) -> None:
+        """Every worker is serving: tell connections waiting now "busy" rather than nothing."""
+        try:
+            readable, _, _ = select.select([self.listener], [], [], _BUSY_POLL_SECONDS)
+        except InterruptedError:
+            return
+        while readable:
+            with self._state:
+                if self._serving < self.max_clients:
+                    return  # a worker is free again: it will take the connection
+            accepted = self._accept()
+            if accepted is None:
                 return
-            except OSError as exc:
-                _log.error("accept failed: %s", exc)
-                time.sleep(0.05)
-                return
-            try:
-                peer = peer_credentials(connection)
-            except OSError:
-                connection.close()
-                continue
-            if not self._admit(peer):
-                self._refusals.note(f"uid {peer.uid} holds too many connections")
-                self._refuse(connection)
-                continue
-            if not self._slots.acquire(blocking=False):
-                self._leave(peer)
-                self._refusals.note(f"too many clients ({self.max_clients})")
-                self._refuse(connection)
-                continue
-            self._pool.submit(self._serve_connection, connection, peer)
+            self._refusals.note(f"too many clients ({self.max_clients})")
+            self._refuse(accepted[0])
 
     def shutdown(self) -> None:
         """Stop accepting; in-flight requests finish (connections close after their reply)."""
         self._stopping.set()
+        with self._state:
+            self._state.notify_all()
 
     @staticmethod
     def _refuse(connection: socket.socket) -> None:
@@ -215,8 +282,6 @@ class AgentServer:
             _log.info("client connection failed: %s", exc)
         except Exception:  # A bug must not take the daemon down; the client gets nothing.
             _log.exception("unexpected error while serving a client")
-        finally:
-            self._slots.release()
 
     @staticmethod
     def _try_send(connection: socket.socket, reply: dict[str, Any]) -> bool:
