@@ -13,11 +13,13 @@ store; gauges (tokens by type and state, HSM up/down) are read when rendering.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import math
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from time import perf_counter
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -82,16 +84,22 @@ class Metrics:
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
         """Record one observation of the histogram ``name``."""
-        key = tuple(sorted(labels.items()))
+        self.observe_labelled(name, seconds, tuple(sorted(labels.items())))
+
+    def observe_labelled(self, name: str, seconds: float, labels: Labels) -> None:
+        """:meth:`observe` with the labels already as a sorted tuple (the per-request path)."""
+        bucket = bisect.bisect_left(BUCKETS, seconds)
         with self._lock:
-            series = self._histograms.setdefault(name, {})
-            # Buckets (cumulative counts), then sum and count.
-            values = series.setdefault(key, [0.0] * (len(BUCKETS) + 2))
-            for index, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    values[index] += 1
-            values[-2] += seconds
-            values[-1] += 1
+            series = self._histograms.get(name)
+            if series is None:
+                series = self._histograms[name] = {}
+            # A count per bucket (the last one: above every bound), then the sum; cumulated
+            # when rendered.
+            values = series.get(labels)
+            if values is None:
+                values = series[labels] = [0.0] * (len(BUCKETS) + 2)
+            values[bucket] += 1
+            values[-1] += seconds
 
     def observe_event(self, event: str, fields: Mapping[str, object]) -> None:
         """Count an audit event: decisions, sends, locks and alerts."""
@@ -120,14 +128,13 @@ class Metrics:
         for name in ("keystore_seconds", "store_seconds"):
             lines += [f"# HELP {PREFIX}{name} {HELP[name]}", f"# TYPE {PREFIX}{name} histogram"]
             for labels, values in sorted(histograms.get(name, {}).items()):
-                for bound, count in zip(
-                    (*BUCKETS, math.inf), (*values[: len(BUCKETS)], values[-1]), strict=True
-                ):
+                cumulative = list(itertools.accumulate(values[:-1]))
+                for bound, count in zip((*BUCKETS, math.inf), cumulative, strict=True):
                     lines.append(
                         f"{PREFIX}{name}_bucket{_labels(labels, (('le', _number(bound)),))} {_number(count)}"
                     )
-                lines.append(f"{PREFIX}{name}_sum{_labels(labels)} {_number(values[-2])}")
-                lines.append(f"{PREFIX}{name}_count{_labels(labels)} {_number(values[-1])}")
+                lines.append(f"{PREFIX}{name}_sum{_labels(labels)} {_number(values[-1])}")
+                lines.append(f"{PREFIX}{name}_count{_labels(labels)} {_number(cumulative[-1])}")
         declared: set[str] = set()
         for name, labels, value in gauges:
             if name not in declared:
@@ -150,12 +157,14 @@ def timed(target: _T, metrics: Metrics, histogram: str, operations: Sequence[str
             if name not in operations or not callable(attribute):
                 return attribute
 
+            labels = (("operation", name),)
+
             def call(*args: Any, **kwargs: Any) -> Any:
-                start = time.perf_counter()
+                start = perf_counter()
                 try:
                     return attribute(*args, **kwargs)
                 finally:
-                    metrics.observe(histogram, time.perf_counter() - start, operation=name)
+                    metrics.observe_labelled(histogram, perf_counter() - start, labels)
 
             # Kept on the wrapper: later calls find it without __getattr__ (a hot path).
             object.__setattr__(self, name, call)
