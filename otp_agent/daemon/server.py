@@ -130,7 +130,12 @@ class AgentServer:
             with self._leadership:
                 if self._stopping.is_set():
                     return
-                accepted = self._accept_admitted()
+                try:
+                    accepted = self._accept_admitted()
+                except Exception:  # A bug must not end the worker (nor leave nobody leading).
+                    _log.exception("unexpected error while accepting a connection")
+                    time.sleep(0.05)
+                    continue
             if accepted is None:
                 continue
             connection, peer = accepted
