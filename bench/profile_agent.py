@@ -9,7 +9,9 @@ WAL with synchronous=FULL, audit file), 400 HOTP tokens:
    the whole): request parsing, the account lookup, the store read, the binding check, the
    HMACs and window, the replay tag, the write and its durable commit, the audit line and the
    counters; the profiler's own overhead inflates every row alike;
-3. the ceiling this puts on one agent process: CPU per acceptance through the real socket is
+3. an experiment: the same acceptances with 1, 2, 8 and 32 of them sharing one transaction (one
+   COMMIT, one fsync), which is what a design committing a batch of requests together would pay;
+4. the ceiling this puts on one agent process: CPU per acceptance through the real socket is
    this in-process figure plus the socket and thread costs that bench/bench_agent.py shows
    against its ``ping`` baseline.
 
@@ -55,6 +57,8 @@ LAYERS = (
     ("audit line, counters, remembered host", "otp_agent/validation.py", "_after_decision"),
 )
 WHOLE = ("otp_agent/daemon/dispatch.py", "handle")
+#: Acceptances per transaction in the batched-commit experiment.
+BATCHES = (1, 2, 8, 32)
 
 
 def requests(count: int, first_counter: int) -> list[dict[str, Any]]:
@@ -75,6 +79,44 @@ def run(agent: Agent, batch: list[dict[str, Any]], peer: Peer) -> None:
         reply = agent.dispatcher.handle(request, peer)
         if reply.get("result") != "accept":
             raise SystemExit(f"profile_agent: unexpected reply {reply}")
+
+
+def batched_cost(agent: Agent, peer: Peer, count: int, first_counter: int, size: int) -> tuple[float, float]:
+    """Wall and CPU ms per acceptance when ``size`` acceptances share one transaction.
+
+    An experiment, not the shipped path: the SQLite store's group commit is replaced by one that
+    keeps a transaction open across ``size`` writes (the validations are still made one after
+    another, each on fresh reads; 400 users in turn, so no batch holds one user twice).  It
+    measures what a design that commits the requests of a batch together would pay.
+    """
+    writer: Any = getattr(agent.store, "_writer")  # noqa: B009 - the experiment reaches in
+    connection = writer._connection or writer._connect()
+    writer._connection = connection
+    pending = [0]
+    shipped = writer.submit
+
+    def submit(action: Any) -> Any:
+        if pending[0] == 0:
+            connection.execute("BEGIN IMMEDIATE")
+        result = action(connection)
+        pending[0] += 1
+        if pending[0] == size:
+            connection.execute("COMMIT")
+            pending[0] = 0
+        return result
+
+    writer.submit = submit
+    try:
+        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        run(agent, requests(count, first_counter), peer)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        if pending[0]:
+            connection.execute("COMMIT")
+        writer.submit = shipped
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall / count * 1e3, cpu / count * 1e3
 
 
 def cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:
@@ -115,6 +157,10 @@ def main() -> int:
         profiler.enable()
         run(agent, profiled, peer)
         profiler.disable()
+        batched = {
+            size: batched_cost(agent, peer, count, 1 + (2 + index) * rounds, size)
+            for index, size in enumerate(BATCHES)
+        }
     finally:
         agent.close()
     user = (after.ru_utime - before.ru_utime) / count * 1e3
@@ -131,6 +177,13 @@ def main() -> int:
     print(f"| CPU, system | {system:.3f} ms |")
     print(f"| CPU, total | {user + system:.3f} ms |")
     print(f"| one process's ceiling at this cost (1 core) | {1000 / (user + system):.0f} acceptances/s |")
+    print()
+    print("Experiment: the same acceptances with N of them per transaction (one COMMIT, one fsync):")
+    print()
+    print("| acceptances per transaction | wall ms per acceptance | CPU ms per acceptance |")
+    print("|---:|---:|---:|")
+    for size, (batch_wall, batch_cpu) in batched.items():
+        print(f"| {size} | {batch_wall:.3f} | {batch_cpu:.3f} |")
     print()
     stats = pstats.Stats(profiler)
     whole = cumulative(stats, *WHOLE)
