@@ -1,6 +1,6 @@
 """The SQLite token store: one host, WAL journal, durable commits, versioned schema.
 
-Each reading thread gets its own connection; all writes go through one writer thread that
+Each reading thread gets its own connection; all writes go through one writing connection that
 commits concurrent writes together (group commit, :mod:`otp_agent.store.groupcommit`) with
 ``synchronous = FULL`` before any caller returns, so an acceptance survives a crash or SIGKILL
 the moment the agent answers, and many acceptances share one fsync.  Validation state changes in

@@ -13,7 +13,7 @@ from otp_agent.errors import StoreError, StoreUnavailable
 
 def test_writer_that_cannot_open_its_connection_fails_the_write_and_recovers(tmp_path: Path) -> None:
     """The store's connect raises StoreUnavailable (e.g. no file descriptor left): the writes
-    waiting on it must fail (closed) at once, not wait forever on a dead writer thread."""
+    waiting on it must fail (closed) at once, not wait forever on a writer that never recovers."""
     from otp_agent.store.groupcommit import GroupCommitter
 
     attempts: list[int] = []
@@ -37,7 +37,7 @@ def test_writer_that_cannot_open_its_connection_fails_the_write_and_recovers(tmp
         thread = threading.Thread(target=write, daemon=True)
         thread.start()
         thread.join(5)
-        assert not thread.is_alive(), "a write waited forever on a dead writer thread"
+        assert not thread.is_alive(), "a write waited forever on a writer that could not connect"
     assert isinstance(outcomes[0], StoreError)
     assert outcomes[1] == 1
     writer.close()
