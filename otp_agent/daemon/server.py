@@ -106,8 +106,16 @@ class AgentServer:
             threading.Thread(target=self._work, name=f"client-{number}", daemon=True)
             for number in range(self.max_clients)
         ]
-        for worker in workers:
-            worker.start()
+        for number, worker in enumerate(workers):
+            try:
+                worker.start()
+            except RuntimeError as exc:  # the unit's TasksMax, or the kernel's thread limit
+                if not number:
+                    raise
+                _log.error("only %d of %d worker threads could start: %s", number, len(workers), exc)
+                del workers[number:]
+                self.max_clients = number
+                break
         next_tick = time.monotonic()
         while not self._stopping.is_set():
             now = time.monotonic()
