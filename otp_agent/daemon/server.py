@@ -1,9 +1,9 @@
 """The Unix-socket server: accepts connections, reads frames, answers them.  Knows no OATH.
 
-Each connection is served by the worker thread that accepted it (one of ``max_clients``).  The peer's credentials come
-from the kernel (``SO_PEERCRED``, ``SO_PEERGROUPS``) when the connection is accepted.  Every frame
-must arrive within ``client_timeout`` seconds; a client that connects and never writes is dropped
-then.  :meth:`AgentServer.shutdown` stops accepting; requests in flight finish and are answered.
+Each connection is served by the worker thread that accepted it (one of ``max_clients``).  The
+peer's credentials come from the kernel (``SO_PEERCRED``, ``SO_PEERGROUPS``) when the connection
+is accepted.  Every frame must arrive within ``client_timeout`` seconds; a client that connects
+and never writes is dropped then.  :meth:`AgentServer.shutdown` stops accepting; requests in flight finish and are answered.
 """
 
 from __future__ import annotations
@@ -204,7 +204,9 @@ class AgentServer:
             readable, _, _ = select.select([self.listener], [], [], _BUSY_POLL_SECONDS)
         except InterruptedError:
             return
-        while readable:
+        if not readable:
+            return
+        while True:
             with self._state:
                 if self._serving < self.max_clients:
                     return  # a worker is free again: it will take the connection
