@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from otp_agent.errors import StoreError, StoreUnavailable
 
 
@@ -119,12 +121,8 @@ def test_a_failing_write_is_rolled_back_alone(tmp_path: Path) -> None:
         thread.join(30)
     assert _rows(tmp_path) == [0, 1, 2, 3]
     assert sum(isinstance(o, sqlite3.IntegrityError) for o in outcomes) == 4
-    try:
+    with pytest.raises(sqlite3.IntegrityError):  # a duplicate key, alone in its batch
         writer.submit(lambda c: c.execute("INSERT INTO t VALUES (0)"))
-    except sqlite3.IntegrityError:
-        pass
-    else:
-        raise AssertionError("a duplicate key was accepted")
     assert writer.submit(lambda c: c.execute("INSERT INTO t VALUES (9)").rowcount) == 1
     writer.close()
     assert _rows(tmp_path) == [0, 1, 2, 3, 9]
@@ -155,9 +153,5 @@ def test_close_lets_writes_in_flight_finish_and_refuses_later_ones(tmp_path: Pat
     thread.join(10)
     assert outcome == [1]
     assert _rows(tmp_path) == [1]
-    try:
+    with pytest.raises(sqlite3.OperationalError, match="closed"):
         writer.submit(lambda c: c.execute("INSERT INTO t VALUES (2)"))
-    except sqlite3.OperationalError:
-        pass
-    else:
-        raise AssertionError("a write after close() was taken")
