@@ -141,38 +141,44 @@ def test_an_unprivileged_connection_is_bounded_in_requests(agent_directory: Path
         assert request_as(nobody.pw_uid, nobody.pw_gid, agent.socket_path, "ping")["ok"] is True
 
 
+def _served_connection(socket_path: Path) -> socket.socket:
+    """A connection a worker is serving: its ping answered, the worker now waits for its next
+    frame.  Retried while the agent answers busy (a worker may still be ending a connection, such
+    as running_agent's start-up probe); bounded."""
+    deadline = time.monotonic() + 10
+    while True:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.settimeout(5)
+        connection.connect(str(socket_path))
+        reply = wire.exchange(connection, {"v": 1, "op": "ping"}, deadline=time.monotonic() + 5)
+        if reply is not None and reply.get("ok") is True:
+            return connection
+        connection.close()
+        assert time.monotonic() < deadline, f"no worker took a connection: {reply}"
+        time.sleep(0.1)
+
+
 def test_busy_is_answered_when_every_worker_serves(agent_directory: Path) -> None:
-    """Every worker holding a connection (two silent clients, max_clients 2): a third client is
+    """Every worker holding a connection (two idle clients, max_clients 2): a third client is
     told "busy" at once instead of waiting in the backlog; once a worker is free, it is served."""
     with running_agent(
         agent_directory, sections={"agent": {"max_clients": 2, "client_timeout": 20.0}}
     ) as agent:
-        held = []
-        for _ in range(2):
-            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            connection.settimeout(5)
-            connection.connect(str(agent.socket_path))
-            held.append(connection)
-        time.sleep(0.5)  # Both workers are now waiting for the silent clients' frames.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as third:
-            third.settimeout(5)
-            third.connect(str(agent.socket_path))
-            # Waiting in the backlog instead would end in TimeoutError: 5 s with no answer.
-            reply = wire.exchange(third, {"v": 1, "op": "ping"}, deadline=time.monotonic() + 5)
-        assert reply is not None and reply.get("error", {}).get("code") == "unreachable", reply
-        held.pop().close()
-        deadline = time.monotonic() + 10
-        while True:  # The freed worker takes the next connection (its close is seen first).
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as fourth:
-                fourth.settimeout(5)
-                fourth.connect(str(agent.socket_path))
-                reply = wire.exchange(fourth, {"v": 1, "op": "ping"}, deadline=time.monotonic() + 5)
-            if reply is not None and reply.get("ok") is True or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert reply is not None and reply.get("ok") is True, reply
-        for connection in held:
-            connection.close()
+        held: list[socket.socket] = []
+        try:
+            for _ in range(2):
+                held.append(_served_connection(agent.socket_path))
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as third:
+                third.settimeout(5)
+                third.connect(str(agent.socket_path))
+                # Waiting in the backlog instead would end in TimeoutError: 5 s with no answer.
+                reply = wire.exchange(third, {"v": 1, "op": "ping"}, deadline=time.monotonic() + 5)
+            assert reply is not None and reply.get("error", {}).get("code") == "unreachable", reply
+            held.pop().close()
+            _served_connection(agent.socket_path).close()  # the freed worker takes the next one
+        finally:
+            for connection in held:
+                connection.close()
         assert "too many clients (2)" in agent.log()
 
 
